@@ -786,8 +786,11 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         logits = self.lm_head(hidden)
         loss = None
         if labels is not None or loss_kwargs.get("shift_labels") is not None:
-            if labels is not None and labels.shape != logits.shape[:2]:
-                raise ValueError(f"labels must have shape {tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
+            for name, target in (("labels", labels), ("shift_labels", loss_kwargs.get("shift_labels"))):
+                if target is not None and target.shape != logits.shape[:2]:
+                    raise ValueError(f"{name} must have shape {tuple(logits.shape[:2])}, got {tuple(target.shape)}")
+            if loss_kwargs.get("shift_labels") is not None:
+                loss_kwargs["shift_labels"] = loss_kwargs["shift_labels"].contiguous()
             loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **loss_kwargs)
         return LSTMCausalLMOutput(
             loss=loss,

@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny configurations and a real word-level tokenizer trained with `tokenizers`."""
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import hf_lstm  # noqa: E402  (registers the Auto classes)
+
+CELL_TYPES = ("lstm", "gru", "rnn", "peephole")
+FUSED_CELL_TYPES = ("lstm", "gru", "rnn")
+
+SENTENCES = [
+    "i grew up in france so i speak fluent french",
+    "the boy who lives next door is tall",
+    "the cat sat on the mat and the dog sat on the log",
+    "memory cells keep what matters and forget the rest",
+    "a vanilla recurrent network forgets what it read long ago",
+]
+
+
+def tiny_config(cell_type="lstm", **overrides):
+    """A small, fast configuration used across the tests."""
+    values = dict(vocab_size=40, hidden_size=12, num_hidden_layers=2, cell_type=cell_type, pad_token_id=0,
+                  eos_token_id=1, bos_token_id=1)
+    values.update(overrides)
+    return hf_lstm.LSTMConfig(**values)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def word_tokenizer():
+    """A real fast tokenizer (word level, with <pad>, <eos>, <unk>) trained on a few sentences."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.train_from_iterator(SENTENCES, trainers.WordLevelTrainer(special_tokens=["<pad>", "<eos>", "<unk>"]))
+    from tokenizers import decoders
+
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>",
+        model_input_names=["input_ids", "attention_mask"],
+    )
