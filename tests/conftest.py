@@ -37,15 +37,17 @@ def _seed():
 @pytest.fixture(scope="session")
 def word_tokenizer():
     """A real fast tokenizer (word level, with <pad>, <eos>, <unk>) trained on a few sentences."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    # Words carry their leading space ("Ġword", GPT-2's byte-level convention), so decoding only the new
+    # tokens (as the text-generation pipeline does) still puts a space between prompt and continuation.
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(SENTENCES, trainers.WordLevelTrainer(special_tokens=["<pad>", "<eos>", "<unk>"]))
-    from tokenizers import decoders
-
-    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>",
         model_input_names=["input_ids", "attention_mask"],

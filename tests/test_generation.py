@@ -1,0 +1,96 @@
+"""generate() with the recurrent cache: every decoding mode, token for token."""
+
+import pytest
+import torch
+from transformers import TextStreamer
+
+from conftest import CELL_TYPES, tiny_config
+from hf_lstm import LSTMCache, LSTMForCausalLM
+
+
+@pytest.fixture(scope="module", params=CELL_TYPES)
+def model(request):
+    torch.manual_seed(1)
+    # a larger initialisation gives peaked, input-dependent distributions, so ties are unlikely and a
+    # wrong state would change the tokens
+    return LSTMForCausalLM(tiny_config(request.param, initializer_range=0.6)).eval()
+
+
+def greedy(model, ids, **kwargs):
+    return model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=0, eos_token_id=None, **kwargs)
+
+
+def test_greedy_cached_equals_uncached(model):
+    ids = torch.randint(2, 40, (2, 5))
+    cached = greedy(model, ids)
+    assert torch.equal(cached, greedy(model, ids, use_cache=False))
+    assert cached.shape == (2, 17)
+
+
+def test_greedy_matches_a_hand_written_argmax_loop(model):
+    ids = torch.randint(2, 40, (1, 4))
+    seq = ids
+    for _ in range(12):
+        seq = torch.cat([seq, model(seq).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(greedy(model, ids), seq)
+
+
+def test_beam_search_cached_equals_uncached(model):
+    ids = torch.randint(2, 40, (2, 4))
+    kwargs = dict(num_beams=4, num_return_sequences=2)
+    assert torch.equal(greedy(model, ids, **kwargs), greedy(model, ids, use_cache=False, **kwargs))
+
+
+def test_left_padded_batch_equals_each_prompt_alone(model):
+    prompts = [torch.randint(2, 40, (n,)) for n in (6, 2, 4)]
+    ids = torch.zeros(3, 6, dtype=torch.long)
+    mask = torch.zeros(3, 6, dtype=torch.long)
+    for k, p in enumerate(prompts):
+        ids[k, 6 - len(p):], mask[k, 6 - len(p):] = p, 1
+    batch = greedy(model, ids, attention_mask=mask)
+    for k, p in enumerate(prompts):
+        assert torch.equal(batch[k, 6:], greedy(model, p[None])[0, len(p):])
+    beams = greedy(model, ids, attention_mask=mask, num_beams=3)
+    for k, p in enumerate(prompts):
+        assert torch.equal(beams[k, 6:], greedy(model, p[None], num_beams=3)[0, len(p):])
+
+
+def test_sampling_is_seeded_and_returns_several_sequences(model):
+    ids = torch.randint(2, 40, (2, 3))
+    kwargs = dict(max_new_tokens=8, do_sample=True, top_k=10, num_return_sequences=3, pad_token_id=0,
+                  eos_token_id=None)
+    torch.manual_seed(7)
+    a = model.generate(ids, **kwargs)
+    torch.manual_seed(7)
+    b = model.generate(ids, **kwargs)
+    assert a.shape == (6, 11) and torch.equal(a, b)
+    assert torch.equal(a[0, :3], ids[0]) and torch.equal(a[3, :3], ids[1])
+
+
+def test_inputs_embeds_generate_the_same_tokens_as_input_ids(model):
+    ids = torch.randint(2, 40, (1, 5))
+    embeds = model.get_input_embeddings()(ids)
+    from_embeds = greedy(model, None, inputs_embeds=embeds)  # returns only the new tokens
+    assert torch.equal(from_embeds, greedy(model, ids)[:, 5:])
+
+
+def test_continuing_from_a_returned_cache_equals_one_long_generation(model):
+    ids = torch.randint(2, 40, (1, 5))
+    first = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None,
+                           return_dict_in_generate=True)
+    assert isinstance(first.past_key_values, LSTMCache)
+    # the last generated token has not been read by the state yet: generate feeds it first
+    assert first.past_key_values.get_seq_length() == first.sequences.shape[1] - 1
+    more = model.generate(first.sequences, past_key_values=first.past_key_values, max_new_tokens=6,
+                          do_sample=False, pad_token_id=0, eos_token_id=None)
+    assert torch.equal(more, greedy(model, ids))
+
+
+def test_text_streamer_prints_the_generated_text(word_tokenizer, capsys):
+    lm = LSTMForCausalLM(tiny_config("lstm", vocab_size=len(word_tokenizer), initializer_range=0.6)).eval()
+    ids = word_tokenizer("the boy who lives", return_tensors="pt").input_ids
+    out = lm.generate(ids, max_new_tokens=6, do_sample=False, streamer=TextStreamer(word_tokenizer, skip_prompt=True),
+                      pad_token_id=word_tokenizer.pad_token_id, eos_token_id=None)
+    printed = capsys.readouterr().out.strip()
+    assert printed == word_tokenizer.decode(out[0, ids.shape[1]:]).strip()
+    assert len(printed.split()) == 6
