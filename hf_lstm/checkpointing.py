@@ -1,0 +1,223 @@
+"""Training checkpoints that are atomic, exact and free of pickle.
+
+A checkpoint is a folder `OUTPUT_DIR/step_N` (or `epoch_N`) holding
+
+    model.safetensors        the weights (tied tensors stored once)
+    optimizer.safetensors    every tensor of the optimizer state; optimizer.json: its scalars and param groups
+    rng_state_{rank}.safetensors / .json
+                             torch, numpy and Python random states of every process (dropout masks and data
+                             order after a resume are the ones the uninterrupted run would have drawn)
+    stream_state_{rank}.safetensors
+                             the recurrent state carried across batches (stream batching), per process
+    trainer_state.json       step, epoch, position in the epoch, scheduler, losses so far, and what was trained
+
+It is written to `.tmp-step_N` first and renamed into place only when complete: `os.rename` of a folder is
+atomic, so a run killed at any moment leaves either the whole checkpoint or none. Nothing here unpickles:
+everything loads through safetensors or JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+CHECKPOINT_PATTERN = re.compile(r"^(step|epoch)_(\d+)$")
+STATE_FILE = "trainer_state.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from (missing, incomplete, or from a different model)."""
+
+
+# -- writing ---------------------------------------------------------------------------------------------
+
+
+def temporary_path(output_dir: Path, name: str) -> Path:
+    return Path(output_dir) / f".tmp-{name}"
+
+
+def write_model_and_optimizer(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Weights and optimizer state (identical on every process under data parallelism: the main process writes)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(folder / "model.safetensors"))
+    tensors, scalars = _flatten_optimizer_state(optimizer.state_dict())
+    save_file(tensors, str(folder / "optimizer.safetensors"))
+    _write_json(folder / "optimizer.json", scalars)
+
+
+def write_process_state(folder: Path, rank: int, stream_state: list[tuple[torch.Tensor, ...]] | None) -> None:
+    """This process's random number generators and carried recurrent state."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for k, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda_{k}"] = state
+    np_state = np.random.get_state()
+    tensors["numpy_keys"] = torch.from_numpy(np_state[1].astype(np.int64))
+    save_file(tensors, str(folder / f"rng_state_{rank}.safetensors"))
+    py_version, py_internal, py_gauss = random.getstate()
+    _write_json(folder / f"rng_state_{rank}.json", {
+        "python": [py_version, list(py_internal), py_gauss],
+        "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    })
+    if stream_state is not None:
+        flat = {f"layer{k}.{j}": t.detach().contiguous().cpu() for k, state in enumerate(stream_state)
+                for j, t in enumerate(state)}
+        save_file(flat, str(folder / f"stream_state_{rank}.safetensors"))
+
+
+def write_trainer_state(folder: Path, state: dict) -> None:
+    _write_json(folder / STATE_FILE, state)
+
+
+def publish(output_dir: Path, name: str, keep_last: int | None = None) -> Path:
+    """Move a finished `.tmp-NAME` into place as `NAME` (atomically) and prune old checkpoints."""
+    tmp, final = temporary_path(output_dir, name), Path(output_dir) / name
+    _fsync_tree(tmp)
+    if final.exists():  # re-saving the same step (e.g. after a resume): swap, never leave a gap
+        old = Path(output_dir) / f".old-{name}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+    _fsync_dir(Path(output_dir))
+    if keep_last:
+        for stale in list_checkpoints(output_dir)[:-keep_last]:
+            shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def remove_leftovers(output_dir: Path) -> None:
+    """Delete half-written `.tmp-*` / `.old-*` folders that a killed run left behind."""
+    for leftover in Path(output_dir).glob(".tmp-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    for leftover in Path(output_dir).glob(".old-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+# -- reading ---------------------------------------------------------------------------------------------
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints in `output_dir`, oldest first (by training step)."""
+    found = []
+    for path in Path(output_dir).iterdir() if Path(output_dir).is_dir() else []:
+        if CHECKPOINT_PATTERN.match(path.name) and (path / STATE_FILE).is_file():
+            found.append((json.loads((path / STATE_FILE).read_text())["completed_steps"], path.name, path))
+    return [path for _, _, path in sorted(found)]
+
+
+def resolve(resume_from: str, output_dir: Path) -> Path | None:
+    """The checkpoint folder for `--resume_from_checkpoint PATH|latest` (None: `latest` with nothing saved yet)."""
+    if resume_from == "latest":
+        checkpoints = list_checkpoints(output_dir)
+        return checkpoints[-1] if checkpoints else None
+    path = Path(resume_from)
+    if not path.is_dir():
+        raise CheckpointError(
+            f"--resume_from_checkpoint {resume_from}: no such folder. Give a checkpoint folder such as "
+            f"{Path(output_dir) / 'step_100'}, or 'latest' to take the newest one in --output_dir."
+        )
+    if not (path / STATE_FILE).is_file() or not (path / "model.safetensors").is_file():
+        raise CheckpointError(
+            f"--resume_from_checkpoint {resume_from}: not a complete training checkpoint (no {STATE_FILE} or "
+            "model.safetensors). Use a step_N/epoch_N folder written by `hf-lstm train`."
+        )
+    return path
+
+
+def read_trainer_state(folder: Path) -> dict:
+    return json.loads((Path(folder) / STATE_FILE).read_text())
+
+
+def load_model_and_optimizer(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    try:
+        missing, unexpected = load_model(model, str(folder / "model.safetensors"), strict=False)
+    except Exception as error:  # shape mismatches, truncated files
+        raise CheckpointError(f"{folder}/model.safetensors does not fit this model: {error}") from None
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{folder} is from a different model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+    tensors = load_file(str(folder / "optimizer.safetensors"))
+    scalars = json.loads((folder / "optimizer.json").read_text())
+    optimizer.load_state_dict(_unflatten_optimizer_state(tensors, scalars))
+
+
+def load_process_state(folder: Path, rank: int) -> list[tuple[torch.Tensor, ...]] | None:
+    """Restore this process's random generators; return its carried recurrent state (or None)."""
+    tensors = load_file(str(folder / f"rng_state_{rank}.safetensors"))
+    meta = json.loads((folder / f"rng_state_{rank}.json").read_text())
+    torch.set_rng_state(tensors["torch"])
+    if torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensors[k] for k in sorted(t for t in tensors if t.startswith("cuda_"))])
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((name, tensors["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    stream_file = folder / f"stream_state_{rank}.safetensors"
+    if not stream_file.is_file():
+        return None
+    flat = load_file(str(stream_file))
+    layers = sorted({int(k.split(".")[0][5:]) for k in flat})
+    return [tuple(flat[f"layer{k}.{j}"] for j in range(sum(1 for key in flat if key.startswith(f"layer{k}."))))
+            for k in layers]
+
+
+# -- helpers ---------------------------------------------------------------------------------------------
+
+
+def _flatten_optimizer_state(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, per_param = {}, {}
+    for index, param_state in state_dict["state"].items():
+        plain = {}
+        for key, value in param_state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                plain[key] = value
+        per_param[str(index)] = plain
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in state_dict["param_groups"]]
+    return tensors, {"param_groups": groups, "state": per_param}
+
+
+def _unflatten_optimizer_state(tensors: dict[str, torch.Tensor], scalars: dict) -> dict:
+    state = {int(index): dict(plain) for index, plain in scalars["state"].items()}
+    for name, tensor in tensors.items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = tensor
+    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in scalars["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def _write_json(path: Path, value) -> None:
+    with open(path, "w") as handle:
+        json.dump(value, handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.iterdir():
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,100 @@
+"""Perplexity, token-weighted, in the two protocols every result of this project names.
+
+- **fixed windows** (`fixed_window_perplexity`): the split is cut into windows of `window + 1` tokens that
+  overlap by one token (`hf_lstm.data.fixed_windows`), so every token is predicted exactly once; each window
+  starts from a fresh state (or an empty context). Identical for any causal LM, recurrent or Transformer:
+  the fair comparison.
+- **stateful full stream** (`stateful_perplexity`): a recurrent model reads the whole split as one stream,
+  its state carried from window to window, as in the RNN language-modelling literature (Zaremba et al. 2014;
+  Merity et al. 2017). Every token is predicted, with all of the split before it as context.
+
+Both return the mean negative log-likelihood per scored token (nats), its exponential, and the count.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .data import IGNORE_INDEX, fixed_windows
+
+
+def _is_recurrent(model) -> bool:
+    return getattr(getattr(model, "config", None), "model_type", None) == "hf_lstm"
+
+
+def _result(total_nll: float, tokens: int) -> dict:
+    loss = total_nll / max(tokens, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": tokens}
+
+
+@torch.no_grad()
+def fixed_window_perplexity(model, ids: torch.LongTensor, window: int = 128, batch_size: int = 16,
+                            start_token_id: int | None = None) -> dict:
+    """Perplexity under the fixed-window protocol of `hf_lstm.data.fixed_windows`: windows of `window`
+    targets, overlapping by one token, each read from a fresh state (or empty context), so every token is
+    predicted exactly once. With `start_token_id` (the eos id) the first token of the split is scored too."""
+    windows = fixed_windows(ids, window, start_token_id=start_token_id)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total = 0.0
+    for k in range(0, len(windows), batch_size):
+        inputs = windows.inputs[k : k + batch_size].to(device)
+        targets = windows.targets[k : k + batch_size].to(device)
+        logits = model(input_ids=inputs, **_no_cache(model)).logits
+        total += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX,
+                                 reduction="sum").item()
+    model.train(was_training)
+    return _result(total, windows.num_scored_tokens)
+
+
+@torch.no_grad()
+def stateful_perplexity(model, ids: torch.LongTensor, bptt: int = 256, start_token_id: int | None = None) -> dict:
+    """Perplexity of a recurrent model reading the whole split as one stream (batch 1), its state carried
+    across windows of `bptt` tokens: every token is scored with the entire split before it as context.
+    With `start_token_id` (the eos id) placed before the split, its first token is scored too."""
+    if not _is_recurrent(model):
+        raise ValueError("the stateful full-stream protocol needs a recurrent (hf_lstm) model; use fixed windows")
+    if start_token_id is not None:
+        ids = torch.cat([torch.tensor([start_token_id], dtype=torch.long), ids])
+    if ids.dim() != 1 or ids.numel() < 2:
+        raise ValueError(f"need a 1-D stream of at least 2 token ids to evaluate, got shape {tuple(ids.shape)}")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    cache, total = None, 0.0
+    for start in range(0, ids.numel() - 1, bptt):
+        chunk = ids[start : start + bptt + 1].unsqueeze(0).to(device)
+        out = model(input_ids=chunk[:, :-1], past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        total += F.cross_entropy(out.logits[0].float(), chunk[0, 1:], reduction="sum").item()
+    model.train(was_training)
+    return _result(total, ids.numel() - 1)
+
+
+def _no_cache(model) -> dict:
+    return {} if _is_recurrent(model) else {"use_cache": False}
+
+
+def evaluate_splits(model, splits: dict[str, torch.LongTensor], window: int = 128, batch_size: int = 16,
+                    stateful: bool | None = None, start_token_id: int | None = None) -> dict:
+    """Both protocols on every given split, as flat metric names (`validation_perplexity_fixed_window`, ...).
+
+    `stateful` defaults to "if the model is recurrent"; Transformers get the fixed-window protocol only.
+    """
+    stateful = _is_recurrent(model) if stateful is None else stateful
+    metrics = {}
+    for split, ids in splits.items():
+        fixed = fixed_window_perplexity(model, ids, window=window, batch_size=batch_size, start_token_id=start_token_id)
+        metrics[f"{split}_perplexity_fixed_window"] = fixed["perplexity"]
+        metrics[f"{split}_loss_fixed_window"] = fixed["loss"]
+        metrics[f"{split}_tokens_scored"] = fixed["tokens"]
+        if stateful:
+            full = stateful_perplexity(model, ids, start_token_id=start_token_id)
+            metrics[f"{split}_perplexity_stateful"] = full["perplexity"]
+            metrics[f"{split}_loss_stateful"] = full["loss"]
+    metrics["eval_window"] = window
+    return metrics
