@@ -1,0 +1,251 @@
+""""I grew up in France ... so I speak fluent French" as a language-modelling task.
+
+    hf-lstm experiment long-dependency --output_dir runs/ld --budget_minutes 3
+
+A generated corpus (this module writes it, from a fixed seed) of sentences
+
+    <eos> i grew up in COUNTRY . w_1 ... w_d so i speak fluent LANGUAGE .
+
+where COUNTRY is one of 8 countries, LANGUAGE is the one language that goes with it, and w_1 ... w_d is a
+distractor span of d words drawn independently and uniformly from 40 filler words that never name a country
+or a language and never contain the cue words "so i speak fluent". So the only way to predict LANGUAGE is to
+remember COUNTRY across d + 6 positions (the ".", the d fillers and "so i speak fluent").
+
+Every model (each recurrent cell type, and a small GPT-2 with about as many parameters as the LSTM) is trained
+as an ordinary causal language model on every token of sentences whose d is uniform in [0, max_distance], for
+the same wall-clock budget. It is then tested on fresh sentences at fixed distances: the next-token accuracy
+on LANGUAGE (argmax over the whole vocabulary; chance is at most 1/8 once the model knows a language comes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+
+import torch
+
+from .runner import (
+    CELL_COLOURS,
+    RECURRENT_CELLS,
+    TRANSFORMER,
+    Budget,
+    base_parser,
+    environment,
+    parse_cell_types,
+    pyplot,
+    setup,
+    write_results,
+)
+
+NAME = "long-dependency"
+COUNTRIES = {
+    "france": "french", "spain": "spanish", "italy": "italian", "germany": "german",
+    "japan": "japanese", "greece": "greek", "poland": "polish", "sweden": "swedish",
+}
+FILLER = (
+    "the a old new small big red green house garden river road town city school market "
+    "we they walked talked played lived worked liked saw met and then with near under over "
+    "every day night morning winter summer friends family music books"
+).split()
+PREFIX = ["i", "grew", "up", "in"]
+CUE = ["so", "i", "speak", "fluent"]
+PAD, EOS = "<pad>", "<eos>"
+
+
+class SentenceCorpus:
+    """The generated corpus: its vocabulary and a sentence generator with its own seeded random source."""
+
+    def __init__(self, seed: int):
+        words = [PAD, EOS, *dict.fromkeys(PREFIX + CUE + ["."]), *COUNTRIES, *COUNTRIES.values(), *FILLER]
+        assert not set(FILLER) & set(PREFIX + CUE + list(COUNTRIES) + list(COUNTRIES.values()))
+        self.vocab = words
+        self.ids = {w: k for k, w in enumerate(words)}
+        self.language_ids = [self.ids[lang] for lang in COUNTRIES.values()]
+        self.random = random.Random(seed)
+
+    def sentence(self, distance: int) -> tuple[list[str], int]:
+        """One sentence with a distractor span of `distance` words; returns (words, index of LANGUAGE)."""
+        country = self.random.choice(list(COUNTRIES))
+        filler = [self.random.choice(FILLER) for _ in range(distance)]
+        words = [EOS, *PREFIX, country, ".", *filler, *CUE, COUNTRIES[country], "."]
+        return words, len(words) - 2
+
+    def batch(self, distances: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token ids (batch, L) right-padded with <pad>, labels (pads set to -100), and each row's LANGUAGE index."""
+        sentences = [self.sentence(d) for d in distances]
+        length = max(len(words) for words, _ in sentences)
+        ids = torch.full((len(sentences), length), self.ids[PAD], dtype=torch.long)
+        for row, (words, _) in enumerate(sentences):
+            ids[row, : len(words)] = torch.tensor([self.ids[w] for w in words])
+        labels = ids.masked_fill(ids == self.ids[PAD], -100)
+        return ids, labels, torch.tensor([index for _, index in sentences])
+
+
+def build_model(kind: str, vocab_size: int, hidden_size: int, embedding_size: int, max_positions: int,
+                target_parameters: int | None = None):
+    """A causal LM: `hf_lstm.LSTMForCausalLM` for a recurrent cell, or a 2-layer GPT-2 whose width is chosen
+    so its parameter count is closest to `target_parameters`."""
+    if kind == TRANSFORMER:
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        def make(width):
+            config = GPT2Config(vocab_size=vocab_size, n_positions=max_positions, n_embd=width, n_layer=2, n_head=4,
+                                resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=1, eos_token_id=1)
+            return GPT2LMHeadModel(config)
+
+        widths = range(16, 257, 4)
+        if target_parameters is None:
+            return make(embedding_size)
+        best = min(widths, key=lambda w: abs(_gpt2_parameters(w, vocab_size, max_positions) - target_parameters))
+        return make(best)
+    from hf_lstm import LSTMConfig, LSTMForCausalLM
+
+    config = LSTMConfig(vocab_size=vocab_size, hidden_size=hidden_size, embedding_size=embedding_size,
+                        num_hidden_layers=1, cell_type=kind, pad_token_id=0, eos_token_id=1, bos_token_id=1)
+    return LSTMForCausalLM(config)
+
+
+def _gpt2_parameters(width: int, vocab_size: int, positions: int, layers: int = 2) -> int:
+    """Parameter count of a tied GPT-2 (per layer: attention 4w^2 + 4w, MLP 8w^2 + 5w, two layer norms 4w)."""
+    return layers * (12 * width * width + 13 * width) + vocab_size * width + positions * width + 2 * width
+
+
+def parameters(model: torch.nn.Module) -> int:
+    """Distinct trainable parameters (tied weights counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+@torch.no_grad()
+def accuracy_at(model, corpus: SentenceCorpus, distance: int, num_sentences: int, batch_size: int = 128) -> dict:
+    """Next-token accuracy on LANGUAGE for `num_sentences` fresh sentences with exactly `distance` fillers:
+    `accuracy` (argmax over the vocabulary) and `choice_accuracy` (argmax among the 8 languages only)."""
+    model.eval()
+    right = choice_right = 0
+    languages = torch.tensor(corpus.language_ids)
+    for start in range(0, num_sentences, batch_size):
+        n = min(batch_size, num_sentences - start)
+        ids, _, where = corpus.batch([distance] * n)
+        logits = model(input_ids=ids).logits
+        rows = torch.arange(n)
+        scores = logits[rows, where - 1]  # the prediction made at the last cue word
+        truth = ids[rows, where]
+        right += int((scores.argmax(-1) == truth).sum())
+        choice_right += int((languages[scores[:, languages].argmax(-1)] == truth).sum())
+    model.train()
+    return {"accuracy": right / num_sentences, "choice_accuracy": choice_right / num_sentences}
+
+
+def train_language_model(model, corpus: SentenceCorpus, max_distance: int, budget_minutes: float, batch_size: int,
+                         learning_rate: float, max_steps: int | None = None) -> dict:
+    """Train on sentences with d uniform in [0, max_distance] until the budget is spent; return the record."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    budget = Budget(budget_minutes)
+    model.train()
+    steps, tokens, losses = 0, 0, []
+    while not budget.expired() and (max_steps is None or steps < max_steps):
+        distances = [corpus.random.randint(0, max_distance) for _ in range(batch_size)]
+        ids, labels, _ = corpus.batch(distances)
+        loss = model(input_ids=ids, labels=labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        steps += 1
+        tokens += int((labels != -100).sum())
+        losses.append(loss.item())
+    tail = losses[-50:]
+    return {"steps": steps, "training_sentences": steps * batch_size, "training_tokens": tokens,
+            "seconds": round(budget.elapsed(), 2), "final_train_loss": sum(tail) / len(tail) if tail else None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The experiment's command line."""
+    parser = base_parser(NAME, __doc__.split("\n\n")[0], default_cells=(*RECURRENT_CELLS, TRANSFORMER), default_budget=2.0)
+    parser.add_argument("--max_distance", type=int, default=100, help="training distances d are uniform in [0, this]")
+    parser.add_argument("--eval_distances", default="0,5,10,20,35,50,75,100",
+                        help="comma-separated distances d to test at")
+    parser.add_argument("--eval_sentences", type=int, default=256, help="test sentences per distance")
+    parser.add_argument("--hidden_size", type=int, default=128)
+    parser.add_argument("--embedding_size", type=int, default=64)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--learning_rate", type=float, default=2e-3)
+    parser.add_argument("--max_steps", type=int, default=None, help="also stop after this many steps (tests)")
+    return parser
+
+
+def run(args: argparse.Namespace, output_dir: Path) -> dict:
+    """Train and test every model; return the results dictionary."""
+    kinds = parse_cell_types(args.cell_types, (*RECURRENT_CELLS, TRANSFORMER))
+    distances = [int(d) for d in args.eval_distances.split(",") if d.strip()]
+    max_positions = max(args.max_distance, *distances) + 16
+    sample = SentenceCorpus(args.seed)
+    (output_dir / "corpus_sample.txt").write_text(
+        "\n".join(" ".join(sample.sentence(d)[0]) for d in (0, 3, 10, 25)) + "\n")
+    torch.manual_seed(args.seed)
+    lstm_size = parameters(build_model("lstm", len(sample.vocab), args.hidden_size, args.embedding_size, max_positions))
+    results = {
+        "experiment": NAME,
+        "corpus": {"template": "<eos> i grew up in COUNTRY . w_1 .. w_d so i speak fluent LANGUAGE .",
+                   "countries": COUNTRIES, "filler_words": len(FILLER), "vocab_size": len(sample.vocab),
+                   "gap_between_country_and_language": "d + 6 positions"},
+        "settings": {k: getattr(args, k) for k in ("seed", "budget_minutes", "max_distance", "eval_sentences", "hidden_size",
+                                                   "embedding_size", "batch_size", "learning_rate", "max_steps")},
+        "distances": distances,
+        "chance_choice_accuracy": 1 / len(COUNTRIES),
+        "environment": environment(),
+        "models": {},
+    }
+    for kind in kinds:
+        torch.manual_seed(args.seed)
+        model = build_model(kind, len(sample.vocab), args.hidden_size, args.embedding_size, max_positions,
+                            target_parameters=lstm_size if kind == TRANSFORMER else None)
+        corpus = SentenceCorpus(args.seed)  # every model sees the same stream of training sentences
+        print(f"long-dependency {kind}: {parameters(model):,} parameters, budget {args.budget_minutes} min")
+        record = train_language_model(model, corpus, args.max_distance, args.budget_minutes, args.batch_size,
+                                      args.learning_rate, max_steps=args.max_steps)
+        test = SentenceCorpus(args.seed + 1)
+        scores = {str(d): accuracy_at(model, test, d, args.eval_sentences) for d in distances}
+        record = {"parameters": parameters(model), **record, "by_distance": scores}
+        if kind == TRANSFORMER:
+            record["width"] = model.config.n_embd
+        print(f"  -> {kind}: {record['steps']} steps, accuracy by d: "
+              + ", ".join(f"{d}:{s['accuracy']:.2f}" for d, s in scores.items()))
+        results["models"][kind] = record
+    return results
+
+
+def plot(results: dict, output_dir: Path) -> list[Path]:
+    """Accuracy on the dependent token against the distractor length d, one line per model."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for kind, record in results["models"].items():
+        xs = results["distances"]
+        ys = [record["by_distance"][str(d)]["accuracy"] for d in xs]
+        ax.plot(xs, ys, marker="o", ms=3, color=CELL_COLOURS.get(kind),
+                label=f"{kind} ({record['parameters'] / 1000:.0f}k params, {record['steps']} steps)")
+    ax.axhline(results["chance_choice_accuracy"], color="k", ls=":", lw=1, label="guessing among the 8 languages")
+    ax.axvline(results["settings"]["max_distance"], color="k", ls="--", lw=0.6)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("distractor words d between COUNTRY and 'so i speak fluent'")
+    ax.set_ylabel("next-token accuracy on LANGUAGE")
+    ax.set_title(f"'I grew up in France ... so I speak fluent French' ({results['settings']['budget_minutes']} min each)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = output_dir / "accuracy_vs_distance.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return [path]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`hf-lstm experiment long-dependency ...`: train, test, write results.json and the plot."""
+    args = build_parser().parse_args(argv)
+    output_dir = setup(args)
+    results = run(args, output_dir)
+    write_results(output_dir, results)
+    if not args.no_plots:
+        plot(results, output_dir)
+    print(f"wrote {output_dir / 'results.json'}")
+    return 0

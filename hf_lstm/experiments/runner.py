@@ -1,0 +1,193 @@
+"""What every experiment shares: its command-line frame, the seed, the wall-clock budget, the results file,
+and the small models the experiments train (a recurrent cell from hf_lstm, or a small GPT-2 for contrast).
+
+Every experiment is `hf-lstm experiment NAME --output_dir DIR [--cell_types ...] [--seed ...]
+[--budget_minutes ...]` and writes `DIR/results.json` plus PNG plots. The budget is wall-clock time per
+trained model (one cell type, one setting), so a run's length is predictable before it starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+RECURRENT_CELLS = ("rnn", "gru", "lstm", "peephole")
+TRANSFORMER = "transformer"
+
+
+def base_parser(name: str, description: str, default_cells: tuple[str, ...], default_budget: float) -> argparse.ArgumentParser:
+    """The arguments every experiment takes: --output_dir, --cell_types, --seed, --budget_minutes, --threads."""
+    parser = argparse.ArgumentParser(prog=f"hf-lstm experiment {name}", description=description)
+    parser.add_argument("--output_dir", required=True, help="where results.json and the PNG plots go")
+    parser.add_argument("--cell_types", default=",".join(default_cells),
+                        help=f"comma-separated subset of {','.join((*RECURRENT_CELLS, TRANSFORMER))} "
+                             f"(default: {','.join(default_cells)})")
+    parser.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and batching")
+    parser.add_argument("--budget_minutes", type=float, default=default_budget,
+                        help="wall-clock training budget per trained model (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice); 1 is kind to a shared machine")
+    parser.add_argument("--no_plots", action="store_true", help="write results.json only")
+    return parser
+
+
+def parse_cell_types(text: str, allowed: tuple[str, ...]) -> list[str]:
+    """Split '--cell_types rnn,lstm' into a list and check every name against `allowed`."""
+    cells = [c.strip() for c in text.split(",") if c.strip()]
+    bad = [c for c in cells if c not in allowed]
+    if not cells or bad:
+        raise SystemExit(f"--cell_types must be a comma-separated subset of {','.join(allowed)}; got {text!r}")
+    return cells
+
+
+def setup(args: argparse.Namespace) -> Path:
+    """Apply --threads and --seed, create --output_dir, and return it."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's and torch's generators (the experiments draw their data from explicit generators too)."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def environment() -> dict:
+    """The facts a reader needs to judge a wall-clock number: versions, threads, machine."""
+    import transformers
+
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "command": "hf-lstm experiment " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["experiment"] else None,
+    }
+
+
+def write_results(output_dir: Path, results: dict) -> Path:
+    """Write `results` as indented JSON to output_dir/results.json (NaN and inf become null)."""
+
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    path = Path(output_dir) / "results.json"
+    path.write_text(json.dumps(clean(results), indent=1) + "\n")
+    return path
+
+
+class Budget:
+    """A wall-clock deadline: `Budget(minutes)`, then `budget.expired()` and `budget.elapsed()` (seconds)."""
+
+    def __init__(self, minutes: float):
+        self.seconds = max(0.0, minutes * 60.0)
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Seconds since the budget started."""
+        return time.perf_counter() - self.start
+
+    def expired(self) -> bool:
+        """Whether the wall-clock budget is used up."""
+        return self.elapsed() >= self.seconds
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (matplotlib is optional: imported only when plotting)."""
+    try:
+        import matplotlib
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise SystemExit("plots need matplotlib: pip install matplotlib (or pass --no_plots)") from error
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+CELL_COLOURS = {"rnn": "tab:red", "gru": "tab:green", "lstm": "tab:blue", "peephole": "tab:purple",
+                "transformer": "tab:gray"}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sequence-to-one models for continuous inputs (the adding problem): a recurrent stack from hf_lstm fed through
+# `inputs_embeds`, or a small GPT-2, both with a linear read-out of the last position.
+# ----------------------------------------------------------------------------------------------------------
+
+
+class SequenceRegressor(nn.Module):
+    """Read a sequence of input vectors, predict one number from the last position.
+
+    For the recurrent cells the body is `hf_lstm.LSTMModel` (one layer, `inputs_embeds` of size `input_size`);
+    for "transformer" it is a small `transformers.GPT2Model` behind a linear input projection. The read-out is
+    `nn.Linear(hidden, 1)` on the last position's hidden state.
+    """
+
+    def __init__(self, cell_type: str, input_size: int, hidden_size: int, max_positions: int = 1024,
+                 transformer_layers: int = 2, transformer_width: int = 32):
+        super().__init__()
+        self.cell_type = cell_type
+        if cell_type == TRANSFORMER:
+            from transformers import GPT2Config, GPT2Model
+
+            config = GPT2Config(n_embd=transformer_width, n_layer=transformer_layers, n_head=2, n_positions=max_positions,
+                                vocab_size=1, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                bos_token_id=0, eos_token_id=0)
+            self.input_projection = nn.Linear(input_size, transformer_width)
+            self.body = GPT2Model(config)
+            width = transformer_width
+        else:
+            from hf_lstm import LSTMConfig, LSTMModel
+
+            config = LSTMConfig(vocab_size=1, hidden_size=hidden_size, embedding_size=input_size, num_hidden_layers=1,
+                                cell_type=cell_type, tie_word_embeddings=False, use_cache=False)
+            self.input_projection = None
+            self.body = LSTMModel(config)
+            width = hidden_size
+        self.readout = nn.Linear(width, 1)
+
+    def hidden_states(self, x: torch.Tensor, output_gates: bool = False):
+        """The body's output for inputs x (batch, T, input_size): (last_hidden_state, gates or None)."""
+        if self.input_projection is not None:
+            out = self.body(inputs_embeds=self.input_projection(x), use_cache=False)
+            return out.last_hidden_state, None
+        out = self.body(inputs_embeds=x, use_cache=False, output_gates=output_gates)
+        return out.last_hidden_state, out.gates
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Predictions of shape (batch,) read from the last position."""
+        hidden, _ = self.hidden_states(x)
+        return self.readout(hidden[:, -1]).squeeze(-1)
+
+
+def count_parameters(model: nn.Module, exclude_unused_embedding: bool = True) -> int:
+    """Trainable parameters (leaving out the unused one-row token embedding of an `inputs_embeds` model)."""
+    total = 0
+    for name, p in model.named_parameters():
+        if exclude_unused_embedding and name.endswith("embed_tokens.weight") and p.shape[0] == 1:
+            continue
+        if name.endswith("wte.weight") and p.shape[0] == 1:
+            continue
+        total += p.numel()
+    return total
