@@ -225,13 +225,24 @@ def _load_data_files(files: dict[str, str]) -> datasets.DatasetDict:
         )
     builder = next(iter(builders.values()))
     kwargs = {"keep_linebreaks": False} if builder == "text" else {}
+    described = ", ".join(map(str, paths.values()))
+    return _load_local(described, builder, data_files={s: str(p) for s, p in paths.items()}, **kwargs)
+
+
+def _load_local(described: str, *args, **kwargs) -> datasets.DatasetDict:
+    """``datasets.load_dataset`` on local data, with its failures turned into messages that say what to do."""
     try:
-        return datasets.load_dataset(builder, data_files={s: str(p) for s, p in paths.items()}, **kwargs)
+        return datasets.load_dataset(*args, **kwargs)
     except datasets.exceptions.DatasetGenerationError as e:
         raise ValueError(
-            f"Could not read {', '.join(map(str, paths.values()))} as {builder}: {e.__cause__ or e}. "
-            f"Check that the file is valid {builder}."
+            f"Could not read {described}: {e.__cause__ or e}. Check that the file(s) are valid "
+            ".txt, .json/.jsonl (one object per line), .csv (with a header row) or .parquet."
         ) from None
+    except ValueError as e:
+        empty = re.fullmatch(r'Instruction "(.+)" corresponds to no data!', str(e))
+        if empty is None:
+            raise
+        raise ValueError(f"The {empty.group(1)} split of {described} has no rows; give it some text.") from None
 
 
 def _load_local_path(path: Path) -> datasets.DatasetDict:
@@ -247,16 +258,15 @@ def _load_local_path(path: Path) -> datasets.DatasetDict:
         raise ValueError(f"Data file {str(empty[0])!r} in folder {str(path)!r} is empty; remove it or "
                          "give it some text.")
     try:
-        return datasets.load_dataset(str(path))
-    except (datasets.exceptions.DataFilesNotFoundError, datasets.exceptions.EmptyDatasetError,
-            FileNotFoundError) as e:
+        return _load_local(f"folder {str(path)!r}", str(path))
+    except FileNotFoundError as e:  # datasets' DataFilesNotFoundError and EmptyDatasetError
         raise ValueError(
             f"Found no data files in folder {str(path)!r} ({e}). Put .txt, .json, .jsonl, .csv or .parquet "
             "files in it, named after their split (train.txt, validation.txt, test.txt)."
         ) from None
 
 
-def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT) -> tuple[bool, str]:
+def _hub_reachable(timeout: float | None = None) -> tuple[bool, str]:
     """Ask the Hub endpoint for any answer within ``timeout`` seconds; returns (reachable, reason).
 
     The request runs in a daemon thread so that a hanging DNS lookup or connect cannot stall us: after
@@ -264,6 +274,7 @@ def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT) -> tuple[bool, str]:
     """
     from huggingface_hub.utils import get_session
 
+    timeout = HUB_PROBE_TIMEOUT if timeout is None else timeout
     endpoint = datasets.config.HF_ENDPOINT
     outcome: list[str] = []
 
@@ -745,7 +756,7 @@ class StreamBatcher:
     Example::
 
         batcher = StreamBatcher(streams["train"], batch_size=20, bptt=35)
-        for inputs, targets in batcher:   # each (20, 35); 1 327 windows on Penn Treebank
+        for inputs, targets in batcher:   # each (20, 35); 1,328 windows on PTB train
             ...
     """
 
@@ -809,8 +820,7 @@ class StreamBatcher:
         if not isinstance(start_window, int) or not 0 <= start_window <= len(self):
             raise ValueError(f"start_window must be between 0 and {len(self)} (the number of windows), "
                              f"got {start_window!r}.")
-        for window in range(start_window, len(self)):
-            yield self[window]
+        return (self[window] for window in range(start_window, len(self)))
 
     def __repr__(self) -> str:
         return (f"StreamBatcher(batch_size={self.batch_size}, bptt={self.bptt}, process_index="
