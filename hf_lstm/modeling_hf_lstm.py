@@ -325,15 +325,16 @@ class LSTMRecurrentLayer(nn.Module):
         h = state[0]
         c = state[1] if self.has_cell_state else None
         outs, gate_steps = [], []
-        for t in range(seq_len):
+        # unbind, not gx[:, t]: the backward of an index allocates a zero tensor the size of all of gx per step
+        for t, gx_t in enumerate(gx.unbind(1)):
             if self.has_cell_state:
-                h_new, c_new, g = lstm_cell(gx[:, t], h, c, w_hh, b_hh, peephole)
+                h_new, c_new, g = lstm_cell(gx_t, h, c, w_hh, b_hh, peephole)
                 g = (*g, c_new)
             elif self.cell_type == "gru":
-                h_new, g = gru_cell(gx[:, t], h, w_hh, b_hh)
+                h_new, g = gru_cell(gx_t, h, w_hh, b_hh)
                 c_new = None
             else:
-                h_new, g, c_new = rnn_cell(gx[:, t], h, w_hh, b_hh), (), None
+                h_new, g, c_new = rnn_cell(gx_t, h, w_hh, b_hh), (), None
             if valid is not None:  # padded steps leave the state untouched
                 keep = valid[:, t]
                 h_new = torch.where(keep, h_new, h)
