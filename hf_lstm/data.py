@@ -99,11 +99,12 @@ def load_corpus(
     The arguments are run_clm_no_trainer.py's, so ``--dataset_name``/``--train_file`` mean what they mean
     there. ``dataset_name`` is resolved in this order:
 
-    1. An existing local path: a folder (read with ``datasets.load_dataset(folder)``, which infers the
+    1. Exactly ``"ptb"`` (Penn Treebank, Mikolov's language-modelling splits) or ``"shakespeare"`` (38
+       plays): the built-in corpus. These names shadow Hub datasets and local folders of the same name
+       (write ``"./ptb"`` for a folder called ptb, ``"owner/ptb"`` for a Hub dataset).
+    2. An existing local path: a folder (read with ``datasets.load_dataset(folder)``, which infers the
        splits from file names such as ``train.txt``/``validation.txt``, or with ``load_from_disk`` if the
        folder was written by ``save_to_disk``) or a single data file (.txt, .json, .jsonl, .csv, .parquet).
-    2. A built-in corpus, ``"ptb"`` (Penn Treebank, Mikolov's language-modelling splits) or
-       ``"shakespeare"`` (38 plays). Built-in names shadow Hub datasets of the same name.
     3. A Hugging Face Hub dataset, ``datasets.load_dataset(dataset_name, dataset_config_name)``. If the Hub
        cannot be reached the call fails within a few seconds with a ``ValueError`` that says how to use a
        local or built-in corpus instead; with ``HF_HUB_OFFLINE=1`` a previously downloaded copy is read
@@ -165,12 +166,12 @@ def load_corpus(
         files = {"train": train_file, "validation": validation_file, "test": test_file}
         source = f"train_file {train_file!r}"
         raw = _load_data_files({split: path for split, path in files.items() if path is not None})
+    elif dataset_name in BUILTIN_CORPORA:  # before local paths: an output folder named "ptb" must not win
+        source = f"built-in corpus {dataset_name!r}"
+        raw = _load_ptb() if dataset_name == "ptb" else _load_shakespeare()
     elif os.path.exists(os.path.expanduser(dataset_name)):
         source = f"local path {dataset_name!r}"
         raw = _load_local_path(Path(os.path.expanduser(dataset_name)))
-    elif dataset_name in BUILTIN_CORPORA:
-        source = f"built-in corpus {dataset_name!r}"
-        raw = _load_ptb() if dataset_name == "ptb" else _load_shakespeare()
     else:
         if _looks_like_a_path(dataset_name):
             raise FileNotFoundError(
@@ -242,7 +243,9 @@ def _load_local(described: str, *args, **kwargs) -> datasets.DatasetDict:
         empty = re.fullmatch(r'Instruction "(.+)" corresponds to no data!', str(e))
         if empty is None:
             raise
-        raise ValueError(f"The {empty.group(1)} split of {described} has no rows; give it some text.") from None
+        raise ValueError(
+            f"The {empty.group(1)} split of {described} has no rows; give it some text."
+        ) from None
 
 
 def _load_local_path(path: Path) -> datasets.DatasetDict:
@@ -306,10 +309,11 @@ def _load_hub_dataset(name: str, config_name: str | None) -> datasets.DatasetDic
             )
     try:
         loaded = datasets.load_dataset(name, config_name)
-    except ConnectionError as e:  # HF_HUB_OFFLINE=1 and no cached copy
+    except ConnectionError as e:  # HF_HUB_OFFLINE=1 and no cached copy, or the network failed midway
+        why = ("it is not in the local cache, and the Hub is not used because HF_HUB_OFFLINE is set"
+               if offline else "and the connection to the Hub failed")
         raise ValueError(
-            f"Cannot load the dataset {name!r}: it is not a local path or a built-in corpus, it is not in "
-            f"the local cache, and the Hub is not used because HF_HUB_OFFLINE is set ({e}). "
+            f"Cannot load the dataset {name!r}: it is not a local path or a built-in corpus, {why} ({e}). "
             f"{_LOCAL_CORPUS_HINT}"
         ) from None
     except (datasets.exceptions.DatasetNotFoundError, FileNotFoundError) as e:
@@ -588,9 +592,10 @@ def train_tokenizer(
             # starts with the space that separated it from what came before: the text-generation pipeline
             # decodes only the new ids and appends them to the prompt, which needs exactly that.
             unk = WORD_UNK_TOKEN
-            pre_tokenizer = pre_tokenizers.Sequence(
-                [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=False)]
-            )
+            pre_tokenizer = pre_tokenizers.Sequence([
+                pre_tokenizers.WhitespaceSplit(),
+                pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=False),
+            ])
             decoder = decoders.ByteLevel()
         else:
             unk = UNK_TOKEN
@@ -602,8 +607,8 @@ def train_tokenizer(
         trainer = trainers.WordLevelTrainer(vocab_size=2**31 - 1, min_frequency=min_frequency,
                                             special_tokens=specials, show_progress=False)
         tokenizer.train_from_iterator(counted, trainer)
-        tokenizer.model = models.WordLevel(_ordered_vocab(tokenizer.get_vocab(), specials + [unk], vocab_size),
-                                           unk_token=unk)
+        vocab = _ordered_vocab(tokenizer.get_vocab(), specials + [unk], vocab_size)
+        tokenizer.model = models.WordLevel(vocab, unk_token=unk)
     if counted.rows == 0:
         raise ValueError("train_tokenizer got no text (texts was empty); pass the training split's rows.")
     return _wrap(tokenizer)
@@ -622,8 +627,8 @@ class _Counted:
             if text is None:
                 continue
             if not isinstance(text, str):
-                raise ValueError(f"train_tokenizer expects strings, got a {type(text).__name__}: {text!r:.80}. "
-                                 "Pass the text column, e.g. corpus['train']['text'].")
+                raise ValueError(f"train_tokenizer expects strings, got a {type(text).__name__}: "
+                                 f"{text!r:.80}. Pass the text column, e.g. corpus['train']['text'].")
             self.rows += 1
             batch.append(text)
             if len(batch) == 1000:
@@ -722,8 +727,8 @@ def _check_stream(ids: torch.Tensor, name: str = "ids") -> torch.LongTensor:
         raise ValueError(f"{name} must be a torch tensor of token ids (from tokenize_corpus), "
                          f"got {type(ids).__name__}.")
     if ids.dim() != 1 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
-        raise ValueError(f"{name} must be a 1-D tensor of integer token ids (one split from tokenize_corpus), "
-                         f"got shape {tuple(ids.shape)} and dtype {ids.dtype}.")
+        raise ValueError(f"{name} must be a 1-D tensor of integer token ids (one split from "
+                         f"tokenize_corpus), got shape {tuple(ids.shape)} and dtype {ids.dtype}.")
     return ids.long()
 
 
