@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import operator
 import os
 import re
 import threading
@@ -800,8 +801,10 @@ class StreamBatcher:
 
     def __getitem__(self, window: int) -> tuple[torch.LongTensor, torch.LongTensor]:
         """The ``window``-th ``(inputs, targets)`` pair (negative indices count from the end)."""
-        if not isinstance(window, int):
-            raise ValueError(f"Window index must be an int, got {type(window).__name__}.")
+        try:
+            window = operator.index(window)
+        except TypeError:
+            raise ValueError(f"Window index must be an integer, got {type(window).__name__}.") from None
         if window < 0:
             window += len(self)
         if not 0 <= window < len(self):
@@ -822,10 +825,14 @@ class StreamBatcher:
         ``n - 1``, then iterate ``iter_from(n)``; the windows are exactly those the interrupted run would
         have seen. ``iter_from(len(self))`` yields nothing.
         """
-        if not isinstance(start_window, int) or not 0 <= start_window <= len(self):
-            raise ValueError(f"start_window must be between 0 and {len(self)} (the number of windows), "
-                             f"got {start_window!r}.")
-        return (self[window] for window in range(start_window, len(self)))
+        try:
+            start = operator.index(start_window)  # also numpy and 0-d tensor integers
+        except TypeError:
+            start = None
+        if start is None or not 0 <= start <= len(self):
+            raise ValueError(f"start_window must be an integer between 0 and {len(self)} (the number of "
+                             f"windows), got {start_window!r}.")
+        return (self[window] for window in range(start, len(self)))
 
     def __repr__(self) -> str:
         return (f"StreamBatcher(batch_size={self.batch_size}, bptt={self.bptt}, process_index="

@@ -338,7 +338,7 @@ def test_stream_batcher_iter_from_resumes_at_exactly_the_same_window():
     assert len(resumed) == len(full) - 5
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(full[5:], resumed))
     assert list(batcher.iter_from(len(batcher))) == []
-    with pytest.raises(ValueError, match=f"start_window must be between 0 and {len(batcher)}"):
+    with pytest.raises(ValueError, match=f"start_window must be an integer between 0 and {len(batcher)}"):
         batcher.iter_from(len(batcher) + 1)
 
 
