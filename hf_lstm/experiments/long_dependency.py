@@ -30,10 +30,12 @@ from .runner import (
     RECURRENT_CELLS,
     TRANSFORMER,
     Budget,
+    add_memory_bias_argument,
     base_parser,
     environment,
     parse_cell_types,
     pyplot,
+    set_memory_bias,
     setup,
     write_results,
 )
@@ -83,9 +85,9 @@ class SentenceCorpus:
 
 
 def build_model(kind: str, vocab_size: int, hidden_size: int, embedding_size: int, max_positions: int,
-                target_parameters: int | None = None):
-    """A causal LM: `hf_lstm.LSTMForCausalLM` for a recurrent cell, or a 2-layer GPT-2 whose width is chosen
-    so its parameter count is closest to `target_parameters`."""
+                target_parameters: int | None = None, memory_bias: float | None = None):
+    """A causal LM: `hf_lstm.LSTMForCausalLM` for a recurrent cell (its memory gate's bias set to `memory_bias`
+    if given), or a 2-layer GPT-2 whose width is chosen so its parameter count is closest to `target_parameters`."""
     if kind == TRANSFORMER:
         from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -103,7 +105,10 @@ def build_model(kind: str, vocab_size: int, hidden_size: int, embedding_size: in
 
     config = LSTMConfig(vocab_size=vocab_size, hidden_size=hidden_size, embedding_size=embedding_size,
                         num_hidden_layers=1, cell_type=kind, pad_token_id=0, eos_token_id=1, bos_token_id=1)
-    return LSTMForCausalLM(config)
+    model = LSTMForCausalLM(config)
+    if memory_bias is not None:
+        set_memory_bias(model, memory_bias)
+    return model
 
 
 def _gpt2_parameters(width: int, vocab_size: int, positions: int, layers: int = 2) -> int:
@@ -171,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--learning_rate", type=float, default=2e-3)
     parser.add_argument("--max_steps", type=int, default=None, help="also stop after this many steps (tests)")
+    add_memory_bias_argument(parser)
     return parser
 
 
@@ -190,7 +196,7 @@ def run(args: argparse.Namespace, output_dir: Path) -> dict:
                    "countries": COUNTRIES, "filler_words": len(FILLER), "vocab_size": len(sample.vocab),
                    "gap_between_country_and_language": "d + 6 positions"},
         "settings": {k: getattr(args, k) for k in ("seed", "budget_minutes", "max_distance", "eval_sentences", "hidden_size",
-                                                   "embedding_size", "batch_size", "learning_rate", "max_steps")},
+                                                   "embedding_size", "batch_size", "learning_rate", "max_steps", "memory_bias")},
         "distances": distances,
         "chance_choice_accuracy": 1 / len(COUNTRIES),
         "environment": environment(),
@@ -199,7 +205,7 @@ def run(args: argparse.Namespace, output_dir: Path) -> dict:
     for kind in kinds:
         torch.manual_seed(args.seed)
         model = build_model(kind, len(sample.vocab), args.hidden_size, args.embedding_size, max_positions,
-                            target_parameters=lstm_size if kind == TRANSFORMER else None)
+                            target_parameters=lstm_size if kind == TRANSFORMER else None, memory_bias=args.memory_bias)
         corpus = SentenceCorpus(args.seed)  # every model sees the same stream of training sentences
         print(f"long-dependency {kind}: {parameters(model):,} parameters, budget {args.budget_minutes} min")
         record = train_language_model(model, corpus, args.max_distance, args.budget_minutes, args.batch_size,

@@ -41,6 +41,14 @@ def base_parser(name: str, description: str, default_cells: tuple[str, ...], def
     return parser
 
 
+def add_memory_bias_argument(parser: argparse.ArgumentParser, default: float | None = 3.0) -> None:
+    """--memory_bias: the initial bias of the gate that keeps memory (LSTM/peephole forget gate, GRU update gate)."""
+    parser.add_argument("--memory_bias", type=float, default=default,
+                        help="initial bias of the forget gate (LSTM, peephole) and update gate (GRU); sigmoid(3) = 0.95 "
+                             "keeps 95%% of the memory per step at the start (default: %(default)s; the library's "
+                             "forget_bias default, 1, is the language-modelling choice)")
+
+
 def parse_cell_types(text: str, allowed: tuple[str, ...]) -> list[str]:
     """Split '--cell_types rnn,lstm' into a list and check every name against `allowed`."""
     cells = [c.strip() for c in text.split(",") if c.strip()]
@@ -145,7 +153,7 @@ class SequenceRegressor(nn.Module):
     """
 
     def __init__(self, cell_type: str, input_size: int, hidden_size: int, max_positions: int = 1024,
-                 transformer_layers: int = 2, transformer_width: int = 32):
+                 transformer_layers: int = 2, transformer_width: int = 32, memory_bias: float | None = None):
         super().__init__()
         self.cell_type = cell_type
         if cell_type == TRANSFORMER:
@@ -164,6 +172,8 @@ class SequenceRegressor(nn.Module):
                                 cell_type=cell_type, tie_word_embeddings=False, use_cache=False)
             self.input_projection = None
             self.body = LSTMModel(config)
+            if memory_bias is not None:
+                set_memory_bias(self.body, memory_bias)
             width = hidden_size
         self.readout = nn.Linear(width, 1)
 
@@ -179,6 +189,23 @@ class SequenceRegressor(nn.Module):
         """Predictions of shape (batch,) read from the last position."""
         hidden, _ = self.hidden_states(x)
         return self.readout(hidden[:, -1]).squeeze(-1)
+
+
+def set_memory_bias(model: nn.Module, value: float) -> None:
+    """Set the initial bias of every layer's "keep the memory" gate to `value`: the forget gate b_f of LSTM and
+    peephole cells, the update gate b_z of GRU cells (h_t = (1 - z_t) h~_t + z_t h_{t-1}, so z near 1 keeps h).
+    The bias sits in `bias_ih` (and `bias_hh` is zeroed for that gate) so sigmoid(value) is the gate's
+    starting level. Vanilla RNN cells have no such gate and are left alone."""
+    for module in model.modules():
+        if isinstance(module, (nn.LSTM, nn.GRU)):
+            hidden = module.hidden_size
+            rows = slice(hidden, 2 * hidden)  # f in the LSTM's (i, f, g, o), z in the GRU's (r, z, n)
+            with torch.no_grad():
+                for name, param in module.named_parameters():
+                    if name.startswith("bias_ih"):
+                        param[rows] = value
+                    elif name.startswith("bias_hh"):
+                        param[rows] = 0.0
 
 
 def count_parameters(model: nn.Module, exclude_unused_embedding: bool = True) -> int:

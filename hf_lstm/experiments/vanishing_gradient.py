@@ -30,6 +30,7 @@ from .runner import (
     RECURRENT_CELLS,
     TRANSFORMER,
     SequenceRegressor,
+    add_memory_bias_argument,
     base_parser,
     environment,
     parse_cell_types,
@@ -120,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="use the models saved by `hf-lstm experiment adding --save_models` (files "
                              "CELL_T{train_seq_len}.pt) instead of training here")
     parser.add_argument("--max_steps", type=int, default=None, help="also stop training after this many steps (tests)")
+    add_memory_bias_argument(parser)
     return parser
 
 
@@ -134,14 +136,16 @@ def run(args: argparse.Namespace) -> dict:
         "distances": list(range(length)),
         "settings": {"seed": args.seed, "max_distance": args.max_distance, "num_sequences": args.num_sequences,
                      "hidden_size": args.hidden_size, "train_seq_len": args.train_seq_len,
-                     "budget_minutes": args.budget_minutes, "trained_models_dir": args.trained_models_dir},
+                     "budget_minutes": args.budget_minutes, "trained_models_dir": args.trained_models_dir,
+                     "memory_bias": args.memory_bias},
         "environment": environment(),
         "cells": {},
     }
     for cell in cells:
         print(f"vanishing-gradient {cell}")
         torch.manual_seed(args.seed)
-        initial = SequenceRegressor(cell, input_size=2, hidden_size=args.hidden_size, max_positions=max(1024, length + 1))
+        initial = SequenceRegressor(cell, input_size=2, hidden_size=args.hidden_size, max_positions=max(1024, length + 1),
+                                   memory_bias=args.memory_bias)
         entry = {"init": gradient_by_distance(initial, x, y)}
         if cell in ("lstm", "peephole"):
             entry["forget_gate_init"] = forget_gate_statistics(initial, x)
@@ -151,7 +155,7 @@ def run(args: argparse.Namespace) -> dict:
         else:
             trained, record = train_adding(cell, args.train_seq_len, args.budget_minutes, seed=args.seed,
                                            hidden_size=args.hidden_size, max_steps=args.max_steps,
-                                           max_positions=max(1024, length + 1))
+                                           max_positions=max(1024, length + 1), memory_bias=args.memory_bias)
             trained.eval()
             scores = evaluate(trained, fixed_set(512, args.train_seq_len, seed=args.seed + 2))
             entry["training"] = {"source": "trained here", "test_success_rate": scores["success_rate"],

@@ -1,0 +1,170 @@
+"""The science experiments: each runs end to end from the CLI at a tiny budget and writes results of the right
+shape; the adding problem is the paper's; the source text's gate special cases hold on the project's own cell."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from hf_lstm.experiments import main as experiment_main
+from hf_lstm.experiments.adding import TOLERANCE, adding_batch, constant_baseline, fixed_set
+from hf_lstm.experiments.gates import special_case_checks
+from hf_lstm.experiments.long_dependency import COUNTRIES, FILLER, SentenceCorpus
+from hf_lstm.modeling_hf_lstm import lstm_cell
+
+ALL = ("rnn", "gru", "lstm", "peephole", "transformer")
+
+
+def run_cli(name, tmp_path, *args):
+    out = tmp_path / name
+    assert experiment_main([name, "--output_dir", str(out), "--threads", "1", "--no_plots", *args]) == 0
+    return json.loads((out / "results.json").read_text()), out
+
+
+# -- the adding problem, as Hochreiter & Schmidhuber define it ---------------------------------------------
+
+
+def test_adding_batch_follows_the_paper():
+    gen = torch.Generator().manual_seed(0)
+    x, y = adding_batch(512, 100, gen)
+    values, markers = x[..., 0], x[..., 1]
+    assert 100 <= x.shape[1] <= 110 and x.shape[2] == 2
+    assert values.min() >= -1 and values.max() <= 1
+    assert torch.equal((markers == 1).sum(1), torch.full((512,), 2))  # exactly two marked steps
+    first = (markers == 1).float().argmax(1)
+    marked = (markers == 1).nonzero()[:, 1].view(512, 2)
+    assert (first < 10).all()  # first marker among the first 10 steps
+    assert (marked[:, 1] < 100 // 2 - 1).all()  # second among the first T/2 - 1 steps
+    ends = markers[:, [0, -1]]
+    assert ((ends == -1) | (ends == 1)).all()  # first and last steps carry -1 unless marked
+    expected = 0.5 + (values * (markers == 1)).sum(1) / 4  # X1 is zero when step 1 is marked (value zeroed)
+    assert torch.allclose(y, expected)
+    assert y.min() >= 0 and y.max() <= 1
+
+
+def test_always_answering_one_half_scores_about_eight_percent():
+    base = constant_baseline(fixed_set(2560, 100, seed=0))
+    # P(|X1 + X2| / 4 < 0.04) for two uniform values in [-1, 1] is 0.16 - 0.0064 = 0.1536 ... for |X1+X2| < 0.16
+    assert 0.12 < base["success_rate"] < 0.19
+    assert TOLERANCE == 0.04
+
+
+def test_adding_cli_writes_success_rates_for_every_cell_type(tmp_path):
+    results, out = run_cli("adding", tmp_path, "--seq_lens", "20", "--max_steps", "3", "--eval_every", "2",
+                           "--hidden_size", "8", "--test_sequences", "128", "--save_models")
+    assert set(results["runs"]) == set(ALL)
+    for cell, runs in results["runs"].items():
+        record = runs["20"]
+        assert 0.0 <= record["success_rate"] <= 1.0
+        assert record["training_sequences"] == 3 * 64 and record["sequences"] == 128
+        assert record["seconds"] >= 0 and record["history"]
+        assert (out / "models" / f"{cell}_T20.pt").exists()
+    assert results["paper_lstm"]["100"]["wrong_of_2560"] == 1
+
+
+# -- vanishing gradient ---------------------------------------------------------------------------------
+
+
+def test_vanishing_gradient_curves_are_finite_and_span_every_distance(tmp_path):
+    results, _ = run_cli("vanishing-gradient", tmp_path, "--max_distance", "40", "--num_sequences", "8",
+                         "--hidden_size", "8", "--train_seq_len", "20", "--max_steps", "2", "--memory_bias", "1")
+    assert results["distances"] == list(range(41))
+    assert set(results["cells"]) == set(ALL)
+    for cell, entry in results["cells"].items():
+        for phase in ("init", "trained"):
+            curve = entry[phase]["mean"]
+            assert len(curve) == 41 and all(math.isfinite(v) and v >= 0 for v in curve)
+        if cell in ("lstm", "peephole"):
+            stats = entry["forget_gate_init"]
+            assert 0 < stats["mean"] < 1 and len(stats["cell_path_mean"]) == 41
+            assert stats["cell_path_mean"][0] == pytest.approx(1.0)
+            # forget bias 1 (the library default) at init: f is near sigmoid(1), the direct path shrinks like 0.73^d
+            assert stats["mean"] == pytest.approx(1 / (1 + math.exp(-1)), abs=0.05)
+            assert stats["cell_path_mean"][40] < 1e-3
+
+
+def test_an_untrained_vanilla_rnn_loses_its_gradient_exponentially(tmp_path):
+    results, _ = run_cli("vanishing-gradient", tmp_path, "--cell_types", "rnn", "--max_distance", "60",
+                         "--num_sequences", "8", "--hidden_size", "16", "--train_seq_len", "20", "--max_steps", "1")
+    curve = results["cells"]["rnn"]["init"]["mean"]
+    assert curve[60] < 1e-6 * curve[0]
+
+
+# -- long dependency ------------------------------------------------------------------------------------
+
+
+def test_generated_sentences_put_the_dependent_token_after_the_distractors():
+    corpus = SentenceCorpus(seed=0)
+    words, where = corpus.sentence(7)
+    country = words[5]
+    assert words[:5] == ["<eos>", "i", "grew", "up", "in"] and country in COUNTRIES
+    assert words[where] == COUNTRIES[country] and where - 5 == 7 + 6
+    assert all(w in FILLER for w in words[7:14])
+    assert SentenceCorpus(seed=0).sentence(7) == (words, where)  # fixed seed, same corpus
+
+
+def test_long_dependency_cli_reports_accuracy_per_distance(tmp_path):
+    results, out = run_cli("long-dependency", tmp_path, "--max_distance", "10", "--eval_distances", "0,5,10",
+                           "--eval_sentences", "16", "--hidden_size", "16", "--embedding_size", "8", "--max_steps", "2")
+    assert set(results["models"]) == set(ALL)
+    for record in results["models"].values():
+        assert set(record["by_distance"]) == {"0", "5", "10"}
+        for scores in record["by_distance"].values():
+            assert 0.0 <= scores["accuracy"] <= 1.0 and 0.0 <= scores["choice_accuracy"] <= 1.0
+    lstm, gpt = results["models"]["lstm"]["parameters"], results["models"]["transformer"]["parameters"]
+    assert gpt > 0 and lstm > 0
+    assert (out / "corpus_sample.txt").read_text().count("so i speak fluent") == 4
+
+
+# -- gates ----------------------------------------------------------------------------------------------
+
+
+def test_gates_cli_draws_every_gate_of_every_cell_type(tmp_path):
+    results, _ = run_cli("gates", tmp_path, "--hidden_size", "8", "--units", "4", "--max_steps", "2",
+                         "--max_train_words", "5000", "--text", "the company said it expects a loss")
+    assert set(results["models"]) == {"rnn", "gru", "lstm", "peephole"}
+    assert set(results["models"]["lstm"]["panels"]) >= {"forget", "input", "output", "cell", "hidden"}
+    assert set(results["models"]["gru"]["panels"]) >= {"update", "reset", "candidate", "hidden"}
+    assert set(results["models"]["rnn"]["panels"]) == {"hidden"}
+    panel = results["models"]["lstm"]["panels"]["forget"]
+    assert len(panel) == 4 and len(panel[0]) == 7  # units x tokens
+    assert all(0 <= v <= 1 for row in panel for v in row)
+    assert all(case["holds"] for case in results["special_cases"].values())
+
+
+def test_forget_one_input_zero_carries_the_cell_state_unchanged():
+    checks = special_case_checks(steps=500)
+    assert checks["carry"]["holds"] and checks["carry"]["max_abs_change"] == 0.0
+
+
+def test_input_gate_zero_writes_nothing_new():
+    checks = special_case_checks()
+    assert checks["no_write"]["holds"] and checks["no_write"]["max_input_gate"] == 0.0
+    assert checks["no_write"]["candidate_difference"] > 1.0  # the candidates really differed
+
+
+def test_forget_gate_one_makes_the_update_purely_additive():
+    assert special_case_checks()["additive"]["holds"]
+
+
+def test_tanh_keeps_h_inside_minus_one_one_however_large_c_grows():
+    checks = special_case_checks()["bounded"]
+    assert checks["max_abs_cell"] >= 1e6 and checks["max_abs_h"] < 1.0
+    assert checks["max_abs_h_without_tanh"] > 1e5  # h = o * C would have exploded
+
+
+def test_the_special_cases_written_out_by_hand():
+    """The same three facts straight from the equations, with the gate values chosen directly."""
+    hidden = 3
+    c_prev = torch.tensor([[50.0, -100.0, 0.3]])
+    h_prev = torch.zeros(1, hidden)
+    w_hh = torch.zeros(4 * hidden, hidden)
+    big = 1e4
+    # gate order i, f, g, o in the fused layout; candidate pre-activation 0.7, output pre-activation 0.9
+    pre = lambda i, f: torch.tensor([[i] * hidden + [f] * hidden + [0.7] * hidden + [0.9] * hidden])  # noqa: E731
+    h, c, (f, i, o, g) = lstm_cell(pre(-big, big), h_prev, c_prev, w_hh, torch.zeros(4 * hidden))
+    assert torch.equal(c, c_prev)  # f = 1, i = 0: carried unchanged
+    h, c, (f, i, o, g) = lstm_cell(pre(-big, 0.0), h_prev, c_prev, w_hh, torch.zeros(4 * hidden))
+    assert torch.allclose(c, 0.5 * c_prev)  # i = 0, f = sigmoid(0) = 0.5: only forgetting
+    assert (h.abs() < 1).all() and torch.allclose(h, torch.sigmoid(torch.tensor(0.9)) * torch.tanh(c))
