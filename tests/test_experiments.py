@@ -16,9 +16,13 @@ from hf_lstm.modeling_hf_lstm import lstm_cell
 ALL = ("rnn", "gru", "lstm", "peephole", "transformer")
 
 
-def run_cli(name, tmp_path, *args):
+def run_cli(name, tmp_path, *args, plots=()):
+    """Run `hf-lstm experiment NAME` at a tiny size; with `plots`, also check those PNGs were drawn (and small)."""
     out = tmp_path / name
-    assert experiment_main([name, "--output_dir", str(out), "--threads", "1", "--no_plots", *args]) == 0
+    flags = [] if plots else ["--no_plots"]
+    assert experiment_main([name, "--output_dir", str(out), "--threads", "1", *flags, *args]) == 0
+    for png in plots:
+        assert (out / png).stat().st_size < 150_000
     return json.loads((out / "results.json").read_text()), out
 
 
@@ -52,7 +56,8 @@ def test_always_answering_one_half_scores_about_eight_percent():
 
 def test_adding_cli_writes_success_rates_for_every_cell_type(tmp_path):
     results, out = run_cli("adding", tmp_path, "--seq_lens", "20", "--max_steps", "3", "--eval_every", "2",
-                           "--hidden_size", "8", "--test_sequences", "128", "--save_models")
+                           "--hidden_size", "8", "--test_sequences", "128", "--save_models",
+                           plots=["adding_success.png"])
     assert set(results["runs"]) == set(ALL)
     for cell, runs in results["runs"].items():
         record = runs["20"]
@@ -68,7 +73,8 @@ def test_adding_cli_writes_success_rates_for_every_cell_type(tmp_path):
 
 def test_vanishing_gradient_curves_are_finite_and_span_every_distance(tmp_path):
     results, _ = run_cli("vanishing-gradient", tmp_path, "--max_distance", "40", "--num_sequences", "8",
-                         "--hidden_size", "8", "--train_seq_len", "20", "--max_steps", "2", "--memory_bias", "1")
+                         "--hidden_size", "8", "--train_seq_len", "20", "--max_steps", "2", "--memory_bias", "1",
+                         plots=["gradient_vs_distance.png", "forget_gates.png"])
     assert results["distances"] == list(range(41))
     assert set(results["cells"]) == set(ALL)
     for cell, entry in results["cells"].items():
@@ -106,7 +112,8 @@ def test_generated_sentences_put_the_dependent_token_after_the_distractors():
 
 def test_long_dependency_cli_reports_accuracy_per_distance(tmp_path):
     results, out = run_cli("long-dependency", tmp_path, "--max_distance", "10", "--eval_distances", "0,5,10",
-                           "--eval_sentences", "16", "--hidden_size", "16", "--embedding_size", "8", "--max_steps", "2")
+                           "--eval_sentences", "16", "--hidden_size", "16", "--embedding_size", "8", "--max_steps", "2",
+                           plots=["accuracy_vs_distance.png"])
     assert set(results["models"]) == set(ALL)
     for record in results["models"].values():
         assert set(record["by_distance"]) == {"0", "5", "10"}
@@ -122,7 +129,8 @@ def test_long_dependency_cli_reports_accuracy_per_distance(tmp_path):
 
 def test_gates_cli_draws_every_gate_of_every_cell_type(tmp_path):
     results, _ = run_cli("gates", tmp_path, "--hidden_size", "8", "--units", "4", "--max_steps", "2",
-                         "--max_train_words", "5000", "--text", "the company said it expects a loss")
+                         "--max_train_words", "5000", "--text", "the company said it expects a loss",
+                         plots=[f"gates_{cell}.png" for cell in ("rnn", "gru", "lstm", "peephole")])
     assert set(results["models"]) == {"rnn", "gru", "lstm", "peephole"}
     assert set(results["models"]["lstm"]["panels"]) >= {"forget", "input", "output", "cell", "hidden"}
     assert set(results["models"]["gru"]["panels"]) >= {"update", "reset", "candidate", "hidden"}
@@ -168,3 +176,19 @@ def test_the_special_cases_written_out_by_hand():
     h, c, (f, i, o, g) = lstm_cell(pre(-big, 0.0), h_prev, c_prev, w_hh, torch.zeros(4 * hidden))
     assert torch.allclose(c, 0.5 * c_prev)  # i = 0, f = sigmoid(0) = 0.5: only forgetting
     assert (h.abs() < 1).all() and torch.allclose(h, torch.sigmoid(torch.tensor(0.9)) * torch.tanh(c))
+
+
+def test_gates_reads_any_saved_hf_lstm_folder(tmp_path, word_tokenizer):
+    import hf_lstm
+
+    config = hf_lstm.LSTMConfig(vocab_size=len(word_tokenizer), hidden_size=8, num_hidden_layers=2, cell_type="peephole",
+                                pad_token_id=0, eos_token_id=1)
+    folder = tmp_path / "model"
+    hf_lstm.LSTMForCausalLM(config).save_pretrained(folder)
+    word_tokenizer.save_pretrained(folder)
+    results, out = run_cli("gates", tmp_path, "--model_name_or_path", str(folder), "--layer", "1", "--units", "5",
+                           "--text", "i grew up in france so i speak fluent french")
+    entry = results["models"]["peephole"]
+    assert len(entry["tokens"]) == 10 and entry["tokens"][4].endswith("france")
+    assert len(entry["panels"]["cell"]) == 5 and len(entry["panels"]["cell"][0]) == 10
+    assert results["layer"] == 1
