@@ -55,25 +55,25 @@ PAPER_RESULTS = {  # Hochreiter & Schmidhuber 1997, table 7: LSTM on the adding 
 
 
 def adding_batch(batch_size: int, seq_len: int, generator: torch.Generator, length: int | None = None):
-    """One minibatch of the adding problem for nominal length T = `seq_len`.
+    """One minibatch of the adding problem for nominal length T = `seq_len` (T >= 22).
 
     Returns (x, y): x of shape (batch, L, 2) holding (value, marker) pairs and y of shape (batch,) holding the
     target 0.5 + (X1 + X2) / 4. L is `length` if given, else drawn uniformly from [T, T + T // 10] (one length
     for the whole minibatch). Positions follow the paper: the first marker among the first 10 steps, the
-    second among the first T/2 - 1 steps, distinct from the first.
+    second among the first T/2 - 1 steps still unmarked (so at most step T/2, 1-based).
     """
-    if seq_len < 6:
-        raise ValueError(f"the adding problem needs T >= 6, got {seq_len}")
+    if seq_len < 22:
+        raise ValueError(f"the adding problem needs T >= 22 (the first marker is among the first 10 steps), got {seq_len}")
     if length is None:
         length = seq_len + int(torch.randint(0, seq_len // 10 + 1, (1,), generator=generator))
     values = torch.rand(batch_size, length, generator=generator) * 2 - 1
     markers = torch.zeros(batch_size, length)
     markers[:, 0] = -1.0
     markers[:, -1] = -1.0
-    second_range = max(2, seq_len // 2 - 1)  # positions 0 .. T/2 - 2 (0-based), i.e. the first T/2 - 1 steps
-    first = torch.randint(0, min(10, second_range), (batch_size,), generator=generator)
-    second = torch.randint(0, second_range - 1, (batch_size,), generator=generator)
-    second = second + (second >= first).long()  # uniform over the allowed positions other than `first`
+    choices = max(1, seq_len // 2 - 1)  # the second marker: one of the first T/2 - 1 still unmarked steps
+    first = torch.randint(0, 10, (batch_size,), generator=generator)
+    second = torch.randint(0, choices, (batch_size,), generator=generator)
+    second = second + (second >= first).long()  # k-th unmarked step: skip over the first marker
     rows = torch.arange(batch_size)
     values[rows[first == 0], 0] = 0.0  # the paper's rare case: X1 = 0 when the first step is marked
     markers[rows, first] = 1.0
