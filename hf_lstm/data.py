@@ -114,8 +114,8 @@ def load_corpus(
     Alternatively pass ``train_file`` (and optionally ``validation_file``, ``test_file``); text files
     give one row per line.
 
-    Every split comes back with a single string column named "text": the "text" column if there is one,
-    else ``text_column``, else the only string column. A source without a validation split gets one cut
+    Every split comes back with a single string column named "text": ``text_column`` if given, else the
+    "text" column if there is one, else the only string column. A source without a validation split gets one cut
     from the *end* of its train split: the last ``validation_split_percentage`` % of the rows (in order,
     no shuffling, so it is the same on every run and every process).
 
