@@ -191,6 +191,7 @@ def embedding_dropout(embeddings: torch.Tensor, input_ids: torch.Tensor, vocab_s
 # ----------------------------------------------------------------------------------------------------------
 
 _TORCH_RNN = {"lstm": nn.LSTM, "peephole": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+_TORCH_CELL = {"lstm": torch.lstm_cell, "gru": torch.gru_cell, "rnn": torch.rnn_tanh_cell}  # one step, no peephole
 
 
 class LSTMRecurrentLayer(nn.Module):
@@ -245,11 +246,15 @@ class LSTMRecurrentLayer(nn.Module):
         Returns: (output (batch, T, num_directions * H), final state like `state`, gates dict or None).
         """
         batch, seq_len, _ = x.shape
-        params = self._parameters_for_pass()
         if state is None:
             zeros = x.new_zeros(self.num_directions, batch, self.hidden_size)
             state = (zeros, zeros) if self.has_cell_state else (zeros,)
-        use_reference = use_reference or output_gates or (seq_len == 1 and self.num_directions == 1)
+        one_step = seq_len == 1 and self.num_directions == 1
+        if one_step and mask is None and not (use_reference or output_gates or self._drops_weights):
+            if self.cell_type in _TORCH_CELL:
+                return self._decode_step(x, state)
+        params = self._parameters_for_pass()
+        use_reference = use_reference or output_gates or one_step
         run = self._run_reference if use_reference else self._run_fused
 
         if mask is None:
@@ -271,6 +276,25 @@ class LSTMRecurrentLayer(nn.Module):
             index = last_real.clamp(min=0).unsqueeze(-1)
             gates = {k: v.gather(1, index.expand(-1, -1, v.shape[-1])) * mask.unsqueeze(-1) for k, v in gates.items()}
         return out, final, gates
+
+    @property
+    def _drops_weights(self) -> bool:
+        return self.training and self.weight_dropout > 0
+
+    # -- decoding: one token, one call -------------------------------------------------------------------
+    def _decode_step(self, x, state):
+        """One token, no padding: torch's single-step cell (`torch.lstm_cell`, `torch.gru_cell`,
+        `torch.rnn_tanh_cell`: the equations of the cells above in one call). Decoding at batch 1 is bound by
+        reading the weights once per token; this path keeps the Python and per-op cost around it small."""
+        rnn = self.rnn
+        weights = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+        if self.has_cell_state:
+            h, c = _TORCH_CELL[self.cell_type](x[:, 0], (state[0][0], state[1][0]), *weights)
+            final = (h.unsqueeze(0), c.unsqueeze(0))
+        else:
+            h = _TORCH_CELL[self.cell_type](x[:, 0], state[0][0], *weights)
+            final = (h.unsqueeze(0),)
+        return h.unsqueeze(1), final, None
 
     # -- fused: torch's kernel --------------------------------------------------------------------------
     def _run_fused(self, x, lengths, state, params, output_gates):

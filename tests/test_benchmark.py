@@ -1,0 +1,101 @@
+"""`hf-lstm bench` at a toy size: every figure of issue 5 is printed and written, with its target and verdict.
+
+These tests check the shape of the report, never a timing: timings belong in docs/PERFORMANCE.md.
+"""
+
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import tiny_config
+import hf_lstm
+from hf_lstm import benchmark
+from hf_lstm.quantization import quantize_dynamic_int8
+
+TARGETED = {
+    "decode.generate_vs_floor": ">= 0.70",
+    "context.long_vs_short": ">= 0.90",
+    "context.rss_growth": "<= 5%",
+    "decode.generate_overhead": "<= 1.25",
+    "prefill.speedup": ">= 20",
+    "train.lstm_mfu": ">= 50%",
+    "reference.slowdown": "<= 3",
+}
+REPORTED = [
+    "decode.floor_tokens_per_s", "decode.naive_tokens_per_s", "decode.generate_vs_naive", "train.matmul_peak_gflops",
+    "train.gpt2_mfu", "quant.decode_speedup", "quant.ptb_perplexity_float", "quant.ptb_perplexity_int8",
+    "quant.ptb_perplexity_change", "batch.tokens_per_s_1", "batch.tokens_per_s_2",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "bench.json"
+    code = benchmark.main(["--tiny", "--json", str(path)])
+    return code, json.loads(path.read_text())
+
+
+def test_tiny_run_succeeds_and_records_command_machine_and_model(tiny_run):
+    code, report = tiny_run
+    assert code == 0
+    assert report["command"].startswith("hf-lstm bench --tiny")
+    assert report["machine"]["torch"] == torch.__version__ and report["machine"]["cores"] >= 1
+    assert report["model"]["hidden_size"] == 16 and report["model"]["matmul_parameters"] > 0
+
+
+def test_every_target_is_printed_with_its_threshold_and_a_verdict(tiny_run):
+    figures = {f["key"]: f for f in tiny_run[1]["figures"]}
+    for key, target in TARGETED.items():
+        assert figures[key]["target"] == target
+        assert isinstance(figures[key]["met"], bool)
+        assert math.isfinite(figures[key]["value"])
+
+
+def test_reported_figures_are_present_and_finite(tiny_run):
+    figures = {f["key"]: f for f in tiny_run[1]["figures"]}
+    for key in REPORTED:
+        assert figures[key]["value"] is not None and math.isfinite(figures[key]["value"]), key
+        assert figures[key]["met"] is None
+
+
+def test_printed_table_names_each_target(capsys):
+    benchmark.main(["--tiny", "--sections", "decode,prefill"])
+    out = capsys.readouterr().out
+    assert "1. generate() / floor" in out and "3. generate() time / bare step loop time" in out
+    assert "4. fused prefill speed-up over the decode step" in out
+    assert "MET" in out or "MISSED" in out
+
+
+def test_unknown_section_is_an_error():
+    with pytest.raises(SystemExit):
+        benchmark.main(["--tiny", "--sections", "decode,warp-drive"])
+
+
+def test_bare_floor_is_a_positive_time_per_token():
+    weights = [torch.randn(8, 4), torch.randn(12, 8)]
+    assert benchmark.bare_floor(weights, tokens=3) > 0
+
+
+def test_gpt2_baseline_is_parameter_matched_within_a_fifth():
+    model = hf_lstm.LSTMForCausalLM(hf_lstm.LSTMConfig(vocab_size=1000, hidden_size=128))
+    gpt = benchmark.gpt2_matched(model, block_size=32)
+    ours, theirs = (sum(p.numel() for p in m.parameters()) for m in (model, gpt))
+    assert abs(theirs - ours) / ours < 0.2
+
+
+@pytest.mark.parametrize("cell_type", ["lstm", "gru", "rnn", "peephole"])
+def test_int8_model_tracks_the_float_model_and_leaves_it_untouched(cell_type):
+    model = hf_lstm.LSTMForCausalLM(tiny_config(cell_type, hidden_size=32)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    qmodel = quantize_dynamic_int8(model)
+    ids = torch.randint(2, 40, (2, 7))
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    with torch.no_grad():
+        full, quant = model(ids, attention_mask=mask).logits, qmodel(ids, attention_mask=mask).logits
+        steps = qmodel.generate(ids, attention_mask=mask, max_new_tokens=3, do_sample=False)
+    assert (quant - full).abs().max() < 0.05 * full.abs().max() + 1e-3
+    assert steps.shape == (2, 10)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
