@@ -47,8 +47,9 @@ def flops_per_token(model: torch.nn.Module, context_length: int = 0, training: b
 
 def measure_matmul_peak(size: int = 2048, seconds: float = 0.5, dtype: torch.dtype = torch.float32) -> float:
     """FLOP/s of a large square matrix product on this machine right now (best of repeated runs)."""
-    a = torch.randn(size, size, dtype=dtype)
-    b = torch.randn(size, size, dtype=dtype)
+    generator = torch.Generator().manual_seed(0)  # leaves the global RNG (dropout, data order) untouched
+    a = torch.randn(size, size, dtype=dtype, generator=generator)
+    b = torch.randn(size, size, dtype=dtype, generator=generator)
     torch.mm(a, b)  # warm up
     best = float("inf")
     deadline = time.perf_counter() + seconds

@@ -291,8 +291,12 @@ def train(args: argparse.Namespace) -> dict:
     log_with = None
     if args.with_tracking:
         log_with = args.report_to
+    # Without an accelerator, say so: Accelerate then sets up CPU data parallelism (gloo) under a multi-process
+    # launch instead of treating every process as a lone run.
+    has_accelerator = torch.cuda.is_available() or torch.backends.mps.is_available() or (
+        hasattr(torch, "xpu") and torch.xpu.is_available())
     accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps, log_with=log_with,
-                              project_dir=args.output_dir)
+                              project_dir=args.output_dir, cpu=not has_accelerator)
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     output_dir = Path(args.output_dir)
     if main:
@@ -447,6 +451,11 @@ def train(args: argparse.Namespace) -> dict:
     return results
 
 
+def _is_builtin_ptb(args) -> bool:
+    """`--dataset_name ptb` is the default: it stands aside when the user gives --train_file."""
+    return args.dataset_name == "ptb" and not args.train_file
+
+
 def _to_cache(states, model):
     from .modeling_hf_lstm import LSTMCache
 
@@ -583,7 +592,7 @@ def _print_summary(args, results) -> None:
     if "validation_perplexity_stateful" in results:
         row("this run, stateful full stream", results.get("validation_perplexity_stateful"),
             results.get("test_perplexity_stateful"))
-    if args.dataset_name == "ptb" and (args.tokenizer_type in (None, "word")) and not args.tokenizer_name:
+    if _is_builtin_ptb(args) and args.tokenizer_type in (None, "word") and not args.tokenizer_name:
         lines.append("published (stateful full stream, the same 10k-word vocabulary):")
         for label, valid, test in PTB_REFERENCES:
             row("  " + label, valid, test)

@@ -1,0 +1,222 @@
+"""hf-lstm train: the output folder, both protocols, Transformers through the same script, exact resume,
+signals, distributed launch, tracking and the push to a (local stand-in) Hub."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from hf_lstm import checkpointing
+from hf_lstm.training import main, parse_args, train
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = ("the cat sat on the mat . the dog ate the bone . a bird sang in the tree . "
+         "i grew up in france so i speak fluent french . ").split()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Small local text files: 600 lines of train, 60 of validation and test."""
+    folder = tmp_path_factory.mktemp("corpus")
+    rng = torch.Generator().manual_seed(0)
+    for name, lines in (("train", 600), ("validation", 60), ("test", 60)):
+        rows = []
+        for _ in range(lines):
+            start = int(torch.randint(0, len(WORDS) - 8, (1,), generator=rng))
+            rows.append(" ".join(WORDS[start:start + 8]))
+        (folder / f"{name}.txt").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def tiny_args(corpus, output_dir, *extra):
+    return ["--train_file", str(corpus / "train.txt"), "--validation_file", str(corpus / "validation.txt"),
+            "--test_file", str(corpus / "test.txt"), "--tokenizer_type", "word", "--output_dir", str(output_dir),
+            "--config_overrides", "hidden_size=16,num_hidden_layers=2", "--per_device_train_batch_size", "4",
+            "--bptt", "8", "--block_size", "16", "--eval_window", "16", "--logging_steps", "1",
+            "--sample_max_new_tokens", "3", *extra]
+
+
+def test_training_writes_a_complete_hub_folder_with_both_protocols(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    results = train(parse_args(tiny_args(corpus, out, "--max_train_steps", "80", "--learning_rate", "0.03")))
+    printed = capsys.readouterr().out
+    assert "this run, stateful full stream" in printed and "sample from pipeline" in printed
+    for split in ("validation", "test"):
+        for protocol in ("fixed_window", "stateful"):
+            assert 1.0 < results[f"{split}_perplexity_{protocol}"] < 50, results
+    saved = json.loads((out / "all_results.json").read_text())
+    assert saved["batching"] == "stream" and saved["train_steps"] == 80
+    assert saved["validation_tokens_scored"] == 60 * 9  # 8 words + eos per line, every one scored
+    names = set(os.listdir(out))
+    assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "README.md",
+            "modeling_hf_lstm.py", "configuration_hf_lstm.py"} <= names
+    assert "AutoModelForCausalLM" in json.loads((out / "config.json").read_text())["auto_map"]
+    card = (out / "README.md").read_text()
+    assert "perplexity" in card and "stateful full stream" in card and "tokens/s" in card and "CPU" in card
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert model.config.vocab_size == len(tokenizer) and tokenizer.pad_token == "<pad>"
+    # training helped: far better than the uniform distribution over the vocabulary
+    assert results["validation_perplexity_stateful"] < 0.6 * len(tokenizer)  # uniform guessing: len(tokenizer)
+
+
+def test_a_transformer_trains_through_the_same_script_with_blocks(corpus, tmp_path):
+    args = tiny_args(corpus, tmp_path / "gpt2", "--model_type", "gpt2", "--max_train_steps", "10",
+                     "--sample_max_new_tokens", "0")
+    args[args.index("--config_overrides") + 1] = "n_embd=16,n_layer=2,n_head=2"
+    results = train(parse_args(args))
+    assert results["model_type"] == "gpt2" and results["batching"] == "blocks"
+    assert "validation_perplexity_fixed_window" in results and "validation_perplexity_stateful" not in results
+
+
+def test_stream_batching_is_refused_for_a_transformer(corpus, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(tiny_args(corpus, tmp_path, "--model_type", "gpt2", "--batching", "stream"))
+    assert "a Transformer has none" in capsys.readouterr().err
+
+
+def test_hub_dataset_offline_fails_fast_with_a_clear_message(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    code = main(["--dataset_name", "wikitext", "--dataset_config_name", "wikitext-2-raw-v1",
+                 "--output_dir", str(tmp_path)])
+    assert code == 1 and time.perf_counter() - start < 10
+    err = capsys.readouterr().err
+    assert "Hub" in err and "ptb" in err
+
+
+def run_cli(args, **kwargs):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "hf_lstm.cli", "train", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def losses(folder: Path) -> list:
+    return json.loads((folder / "train_log.json").read_text())
+
+
+def test_sigkill_after_a_checkpoint_then_resume_gives_the_same_losses(corpus, tmp_path):
+    common = ["--max_train_steps", "24", "--checkpointing_steps", "4", "--learning_rate", "0.01",
+              "--sample_max_new_tokens", "0"]
+    dropout = ",input_dropout=0.2,weight_dropout=0.2"
+    straight = tiny_args(corpus, tmp_path / "straight", *common)
+    straight[straight.index("--config_overrides") + 1] += dropout
+    assert run_cli(straight).wait(timeout=300) == 0
+
+    killed_dir = tmp_path / "killed"
+    killed = tiny_args(corpus, killed_dir, *common)
+    killed[killed.index("--config_overrides") + 1] += dropout
+    proc = run_cli(killed)
+    deadline = time.time() + 300
+    while not (killed_dir / "step_8").is_dir() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = checkpointing.list_checkpoints(killed_dir)
+    assert saved and not (killed_dir / "step_24").exists()
+    resumed = run_cli(killed + ["--resume_from_checkpoint", "latest"])
+    output = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, output[-2000:]
+    assert "resumed from" in output
+    assert losses(killed_dir) == losses(tmp_path / "straight")
+
+
+def test_sigterm_saves_a_checkpoint_before_exiting(corpus, tmp_path):
+    out = tmp_path / "term"
+    proc = run_cli(tiny_args(corpus, out, "--max_train_steps", "100000", "--sample_max_new_tokens", "0"))
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if "process(es)" in line:
+            break
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 143, output[-2000:]
+    assert "resume with --resume_from_checkpoint latest" in output
+    [checkpoint] = checkpointing.list_checkpoints(out)
+    assert checkpointing.read_trainer_state(checkpoint)["completed_steps"] > 0
+
+
+def test_resume_from_a_missing_or_foreign_checkpoint_is_a_clear_error(corpus, tmp_path, capsys):
+    assert main(tiny_args(corpus, tmp_path / "a", "--resume_from_checkpoint", str(tmp_path / "nope"))) == 1
+    assert "no such folder" in capsys.readouterr().err
+    first = tmp_path / "b"
+    train(parse_args(tiny_args(corpus, first, "--max_train_steps", "2", "--checkpointing_steps", "2",
+                               "--sample_max_new_tokens", "0")))
+    other = tiny_args(corpus, first, "--resume_from_checkpoint", str(first / "step_2"))
+    other[other.index("--config_overrides") + 1] = "hidden_size=24,num_hidden_layers=2"
+    assert main(other) == 1
+    assert "different model" in capsys.readouterr().err
+
+
+def test_tensorboard_tracking_works_offline(corpus, tmp_path):
+    out = tmp_path / "tracked"
+    train(parse_args(tiny_args(corpus, out, "--max_train_steps", "3", "--with_tracking", "--report_to",
+                               "tensorboard", "--sample_max_new_tokens", "0")))
+    assert list(out.rglob("events.out.tfevents.*"))
+
+
+class LocalHubStandIn:
+    """A stand-in for huggingface_hub.HfApi with the two calls push_folder makes: the real Hub is unreachable
+    here, so a repository is a local folder. Everything up to the network is the real code path."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def create_repo(self, repo_id, private=False, exist_ok=True, repo_type="model"):
+        (self.root / repo_id).mkdir(parents=True, exist_ok=exist_ok)
+        return f"local-stand-in://{repo_id}"
+
+    def upload_folder(self, folder_path, repo_id, repo_type, commit_message, ignore_patterns):
+        import fnmatch
+        import shutil
+
+        for path in Path(folder_path).rglob("*"):
+            rel = path.relative_to(folder_path).as_posix()
+            if path.is_file() and not any(fnmatch.fnmatch(rel, p) for p in ignore_patterns):
+                target = self.root / repo_id / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, target)
+
+
+def test_push_to_hub_uploads_a_loadable_model_repo_to_a_local_stand_in(corpus, tmp_path):
+    from hf_lstm.hub import push_folder
+
+    out = tmp_path / "pushed"
+    train(parse_args(tiny_args(corpus, out, "--max_train_steps", "4", "--checkpointing_steps", "2",
+                               "--sample_max_new_tokens", "0")))
+    hub = LocalHubStandIn(tmp_path / "hub")
+    url = push_folder(out, "me/tiny-lstm", api=hub)
+    repo = tmp_path / "hub" / "me" / "tiny-lstm"
+    assert url == "local-stand-in://me/tiny-lstm"
+    assert not (repo / "step_4").exists() and (repo / "model.safetensors").is_file()
+    assert AutoModelForCausalLM.from_pretrained(repo, trust_remote_code=True).config.model_type == "hf_lstm"
+    with pytest.raises(ValueError, match="not a complete model folder"):
+        push_folder(tmp_path, "me/empty", api=hub)
+
+
+def test_accelerate_launch_two_cpu_processes(corpus, tmp_path):
+    # On a machine without GPUs, Accelerate 1.15's multi-process launcher (`--multi_gpu`) starts CPU processes
+    # that talk through gloo (MULTI_CPU); `--cpu --num_processes 2` would start a single process.
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(REPO / "scripts" / "train.py"), *tiny_args(corpus, out, "--max_train_steps", "6",
+                                                             "--checkpointing_steps", "3", "--sample_max_new_tokens", "0")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["num_processes"] == 2 and results["train_steps"] == 6
+    assert results["train_tokens"] == 6 * 2 * 4 * 8  # steps x processes x batch x bptt
+    assert results["validation_perplexity_stateful"] < 10_000
+    assert {"rng_state_0.json", "rng_state_1.json", "stream_state_1.safetensors"} <= set(os.listdir(out / "step_6"))
+    assert AutoModelForCausalLM.from_pretrained(out).config.model_type == "hf_lstm"
