@@ -186,10 +186,12 @@ def build_model(args, tokenizer):
         except ValueError as error:
             raise ValueError(f"--model_type {args.model_type!r} is not a model type transformers knows: {error}") from None
     if args.config_overrides:
-        try:
-            config.update_from_string(args.config_overrides)
-        except ValueError as error:
-            raise ValueError(f"--config_overrides {args.config_overrides!r}: {error}") from None
+        overrides = parse_config_overrides(args.config_overrides)
+        unknown = sorted(k for k in overrides if not hasattr(config, k))
+        if unknown:
+            raise ValueError(f"--config_overrides: {type(config).__name__} has no field(s) {', '.join(unknown)}")
+        for key, value in overrides.items():
+            setattr(config, key, value)
     config.vocab_size = len(tokenizer)
     config.pad_token_id = tokenizer.pad_token_id
     config.eos_token_id = tokenizer.eos_token_id
@@ -204,6 +206,31 @@ def build_model(args, tokenizer):
             if hasattr(config, name) and getattr(config, name) < needed:
                 setattr(config, name, needed)
     return AutoModelForCausalLM.from_config(config)
+
+
+def parse_config_overrides(text: str) -> dict:
+    """`"hidden_size=650,cell_type=lstm,initializer_range=0.1,tie_word_embeddings=false"` -> a dict of typed
+    values (int, float, true/false, none, else the string)."""
+    overrides = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--config_overrides: {item!r} is not of the form key=value (e.g. hidden_size=650)")
+        value: object = raw.strip()
+        lowered = raw.strip().lower()
+        if lowered in ("true", "false"):
+            value = lowered == "true"
+        elif lowered in ("none", "null"):
+            value = None
+        else:
+            for cast in (int, float):
+                try:
+                    value = cast(raw)
+                    break
+                except ValueError:
+                    continue
+        overrides[key.strip()] = value
+    return overrides
 
 
 def build_optimizer(args, model) -> torch.optim.Optimizer:
