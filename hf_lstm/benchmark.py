@@ -607,6 +607,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     p.add_argument("--json", default=None, help="also write every figure to this JSON file")
     p.add_argument("--tiny", action="store_true", help="a toy model and tiny counts: a smoke run of a few seconds")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch.set_num_threads for the run (0: torch's default, which the targets assume)")
     m = p.add_argument_group("model")
     m.add_argument("--vocab_size", "--vocab-size", type=int, default=10000)
     m.add_argument("--hidden_size", "--hidden-size", type=int, default=512)
@@ -656,6 +658,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     hf_logging.set_verbosity_error()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     model = build_model(args)
