@@ -7,19 +7,26 @@ A generated corpus (this module writes it, from a fixed seed) of sentences
     <eos> i grew up in COUNTRY . w_1 ... w_d so i speak fluent LANGUAGE .
 
 where COUNTRY is one of 8 countries, LANGUAGE is the one language that goes with it, and w_1 ... w_d is a
-distractor span of d words drawn independently and uniformly from 40 filler words that never name a country
-or a language and never contain the cue words "so i speak fluent". So the only way to predict LANGUAGE is to
+distractor span of exactly d words: everyday phrases ("the weather was cold and grey", "we walked to the old
+market", ...) picked at random and strung together, the last one cut short. The phrases never name a country
+or a language and never contain the cue words "so i speak fluent". (A first version drew every distractor word
+independently and uniformly from 40 words; under that unpredictable noise no model learned the dependency
+within a few minutes, not even at d = 0.) So the only way to predict LANGUAGE is to
 remember COUNTRY across d + 6 positions (the ".", the d fillers and "so i speak fluent").
 
 Every model (each recurrent cell type, and a small GPT-2 with about as many parameters as the LSTM) is trained
-as an ordinary causal language model on every token of sentences whose d is uniform in [0, max_distance], for
-the same wall-clock budget. It is then tested on fresh sentences at fixed distances: the next-token accuracy
+as an ordinary causal language model on every token of sentences whose d is drawn log-uniformly from
+[0, D] (as many sentences with d in 1-3 as in 30-100), for the same wall-clock budget. D follows a curriculum:
+it starts at 5 and doubles, up to max_distance, each time the model gets 90% of 64 fresh sentences at d = D
+right (checked every 100 steps). Without it, mixing long gaps in from the start left even the LSTM at chance
+at every d, d = 0 included, after 3000 steps; with d <= 5 alone it learned the pairs in about 400 steps. It is then tested on fresh sentences at fixed distances: the next-token accuracy
 on LANGUAGE (argmax over the whole vocabulary; chance is at most 1/8 once the model knows a language comes).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import random
 from pathlib import Path
 
@@ -45,11 +52,13 @@ COUNTRIES = {
     "france": "french", "spain": "spanish", "italy": "italian", "germany": "german",
     "japan": "japanese", "greece": "greek", "poland": "polish", "sweden": "swedish",
 }
-FILLER = (
-    "the a old new small big red green house garden river road town city school market "
-    "we they walked talked played lived worked liked saw met and then with near under over "
-    "every day night morning winter summer friends family music books"
-).split()
+PHRASES = (  # the distractor span is cut from a random run of these everyday phrases
+    "the weather was cold and grey", "we walked to the old market", "my friends played music every night",
+    "the river ran near the small town", "they lived near a big red house", "then we met the family for dinner",
+    "books were on every table", "the summer days were long", "a green garden lay under the window",
+    "school started early every morning",
+)
+FILLER = tuple(dict.fromkeys(" ".join(PHRASES).split()))
 PREFIX = ["i", "grew", "up", "in"]
 CUE = ["so", "i", "speak", "fluent"]
 PAD, EOS = "<pad>", "<eos>"
@@ -66,10 +75,17 @@ class SentenceCorpus:
         self.language_ids = [self.ids[lang] for lang in COUNTRIES.values()]
         self.random = random.Random(seed)
 
+    def distractor(self, length: int) -> list[str]:
+        """Exactly `length` words: randomly chosen phrases, one after another, the last one cut short."""
+        words: list[str] = []
+        while len(words) < length:
+            words.extend(self.random.choice(PHRASES).split())
+        return words[:length]
+
     def sentence(self, distance: int) -> tuple[list[str], int]:
         """One sentence with a distractor span of `distance` words; returns (words, index of LANGUAGE)."""
         country = self.random.choice(list(COUNTRIES))
-        filler = [self.random.choice(FILLER) for _ in range(distance)]
+        filler = self.distractor(distance)
         words = [EOS, *PREFIX, country, ".", *filler, *CUE, COUNTRIES[country], "."]
         return words, len(words) - 2
 
@@ -141,15 +157,25 @@ def accuracy_at(model, corpus: SentenceCorpus, distance: int, num_sentences: int
     return {"accuracy": right / num_sentences, "choice_accuracy": choice_right / num_sentences}
 
 
+def log_uniform_distance(rng: random.Random, max_distance: int) -> int:
+    """A distance d in [0, max_distance] with log(d + 1) uniform: short and long gaps equally represented per octave."""
+    return min(max_distance, int(math.exp(rng.uniform(0.0, math.log(max_distance + 1)))) - 1)
+
+
 def train_language_model(model, corpus: SentenceCorpus, max_distance: int, budget_minutes: float, batch_size: int,
-                         learning_rate: float, max_steps: int | None = None) -> dict:
-    """Train on sentences with d uniform in [0, max_distance] until the budget is spent; return the record."""
+                         learning_rate: float, max_steps: int | None = None, start_distance: int = 5,
+                         check_every: int = 100, promote_at: float = 0.9) -> dict:
+    """Train on every token of sentences whose d is log-uniform in [0, D], with a curriculum on D: it starts at
+    `start_distance` and doubles (up to `max_distance`) whenever the model gets `promote_at` of 64 fresh
+    sentences at d = D right, checked every `check_every` steps. Stops when the budget is spent; returns the record,
+    including the largest D reached (`curriculum_distance`) and when each level was passed."""
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     budget = Budget(budget_minutes)
+    probe = SentenceCorpus(corpus.random.randint(0, 2**31))
     model.train()
-    steps, tokens, losses = 0, 0, []
+    steps, tokens, losses, level, passed = 0, 0, [], min(start_distance, max_distance), []
     while not budget.expired() and (max_steps is None or steps < max_steps):
-        distances = [corpus.random.randint(0, max_distance) for _ in range(batch_size)]
+        distances = [log_uniform_distance(corpus.random, level) for _ in range(batch_size)]
         ids, labels, _ = corpus.batch(distances)
         loss = model(input_ids=ids, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
@@ -159,9 +185,13 @@ def train_language_model(model, corpus: SentenceCorpus, max_distance: int, budge
         steps += 1
         tokens += int((labels != -100).sum())
         losses.append(loss.item())
+        if steps % check_every == 0 and accuracy_at(model, probe, level, 64)["accuracy"] >= promote_at:
+            passed.append({"distance": level, "step": steps, "seconds": round(budget.elapsed(), 1)})
+            level = min(max_distance, level * 2)  # at the full range it simply keeps training
     tail = losses[-50:]
     return {"steps": steps, "training_sentences": steps * batch_size, "training_tokens": tokens,
-            "seconds": round(budget.elapsed(), 2), "final_train_loss": sum(tail) / len(tail) if tail else None}
+            "seconds": round(budget.elapsed(), 2), "final_train_loss": sum(tail) / len(tail) if tail else None,
+            "curriculum_distance": level, "curriculum_passed": passed}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,7 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hidden_size", type=int, default=128)
     parser.add_argument("--embedding_size", type=int, default=64)
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--learning_rate", type=float, default=2e-3)
+    parser.add_argument("--learning_rate", type=float, default=1e-2,
+                        help="Adam learning rate of the recurrent models (2e-3 left them at chance for 3000 steps)")
+    parser.add_argument("--transformer_learning_rate", type=float, default=1e-3,
+                        help="Adam learning rate of the GPT-2 (nanoGPT's choice for its small models)")
     parser.add_argument("--max_steps", type=int, default=None, help="also stop after this many steps (tests)")
     add_memory_bias_argument(parser)
     return parser
@@ -193,10 +226,12 @@ def run(args: argparse.Namespace, output_dir: Path) -> dict:
     results = {
         "experiment": NAME,
         "corpus": {"template": "<eos> i grew up in COUNTRY . w_1 .. w_d so i speak fluent LANGUAGE .",
-                   "countries": COUNTRIES, "filler_words": len(FILLER), "vocab_size": len(sample.vocab),
+                   "countries": COUNTRIES, "distractor_phrases": list(PHRASES), "distractor_words": len(FILLER),
+                   "training_distances": "log-uniform in [0, max_distance]", "vocab_size": len(sample.vocab),
                    "gap_between_country_and_language": "d + 6 positions"},
         "settings": {k: getattr(args, k) for k in ("seed", "budget_minutes", "max_distance", "eval_sentences", "hidden_size",
-                                                   "embedding_size", "batch_size", "learning_rate", "max_steps", "memory_bias")},
+                                                   "embedding_size", "batch_size", "learning_rate", "transformer_learning_rate",
+                                                   "max_steps", "memory_bias")},
         "distances": distances,
         "chance_choice_accuracy": 1 / len(COUNTRIES),
         "environment": environment(),
@@ -208,14 +243,15 @@ def run(args: argparse.Namespace, output_dir: Path) -> dict:
                             target_parameters=lstm_size if kind == TRANSFORMER else None, memory_bias=args.memory_bias)
         corpus = SentenceCorpus(args.seed)  # every model sees the same stream of training sentences
         print(f"long-dependency {kind}: {parameters(model):,} parameters, budget {args.budget_minutes} min")
-        record = train_language_model(model, corpus, args.max_distance, args.budget_minutes, args.batch_size,
-                                      args.learning_rate, max_steps=args.max_steps)
+        lr = args.transformer_learning_rate if kind == TRANSFORMER else args.learning_rate
+        record = train_language_model(model, corpus, args.max_distance, args.budget_minutes, args.batch_size, lr,
+                                      max_steps=args.max_steps)
         test = SentenceCorpus(args.seed + 1)
         scores = {str(d): accuracy_at(model, test, d, args.eval_sentences) for d in distances}
-        record = {"parameters": parameters(model), **record, "by_distance": scores}
+        record = {"parameters": parameters(model), "learning_rate": lr, **record, "by_distance": scores}
         if kind == TRANSFORMER:
             record["width"] = model.config.n_embd
-        print(f"  -> {kind}: {record['steps']} steps, accuracy by d: "
+        print(f"  -> {kind}: {record['steps']} steps, curriculum at d={record['curriculum_distance']}, accuracy by d: "
               + ", ".join(f"{d}:{s['accuracy']:.2f}" for d, s in scores.items()))
         results["models"][kind] = record
     return results
@@ -229,9 +265,12 @@ def plot(results: dict, output_dir: Path) -> list[Path]:
         xs = results["distances"]
         ys = [record["by_distance"][str(d)]["accuracy"] for d in xs]
         ax.plot(xs, ys, marker="o", ms=3, color=CELL_COLOURS.get(kind),
-                label=f"{kind} ({record['parameters'] / 1000:.0f}k params, {record['steps']} steps)")
+                label=f"{kind} ({record['parameters'] / 1000:.0f}k params, {record['steps']} steps, "
+                      f"curriculum reached d={record['curriculum_distance']})")
     ax.axhline(results["chance_choice_accuracy"], color="k", ls=":", lw=1, label="guessing among the 8 languages")
     ax.axvline(results["settings"]["max_distance"], color="k", ls="--", lw=0.6)
+    for kind, record in results["models"].items():  # how far each model's curriculum got
+        ax.plot([record["curriculum_distance"]], [1.01], marker="v", color=CELL_COLOURS.get(kind), ms=6, clip_on=False)
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("distractor words d between COUNTRY and 'so i speak fluent'")
     ax.set_ylabel("next-token accuracy on LANGUAGE")
