@@ -1,0 +1,126 @@
+"""hf-lstm compare: parameter matching (exact counts, within 10%, no training) and one end-to-end run at a
+tiny budget that checks the shape of results.json, REPORT.md, the plots and the copied model cards."""
+
+import json
+
+import pytest
+import torch
+
+from hf_lstm import compare
+
+WORDS = ("the cat sat on the mat . the dog ate the bone . a bird sang in the tree . "
+         "i grew up in france so i speak fluent french . ").split()
+
+
+@pytest.mark.parametrize("target,vocab", [(4_000_000, 10_001), (10_000_000, 10_001), (50_000, 40)])
+@pytest.mark.parametrize("family", compare.FAMILIES)
+def test_each_family_is_matched_within_ten_percent_of_the_target_total(family, target, vocab):
+    shape = compare.match_parameters(family, target, vocab, max_positions=4160)
+    assert abs(shape.num_parameters / target - 1) <= 0.10
+    assert shape.relative_error == pytest.approx(shape.num_parameters / target - 1)
+    assert 0 < shape.num_non_embedding_parameters < shape.num_parameters
+
+
+@pytest.mark.parametrize("family", compare.FAMILIES)
+def test_counts_are_those_of_the_model_the_training_script_builds(family):
+    """Counted on the meta device, the same numbers as a real model; non-embedding = total - V x width
+    (- GPT-2's position table), since every family ties its output layer to the embedding."""
+    shape = compare.match_parameters(family, 300_000, 500, block_size=32, max_positions=96, eval_window=32)
+    model = compare.build_model_on_meta(family, shape.overrides, 500, block_size=32, eval_window=32)
+    real = type(model)(model.config)
+    total = sum(p.numel() for p in real.parameters())
+    assert total == shape.num_parameters
+    embedding = 500 * shape.width + (32 * shape.width if family == "gpt2" else 0)
+    assert shape.num_non_embedding_parameters == total - embedding
+    assert real.get_output_embeddings().weight is real.get_input_embeddings().weight
+
+
+def test_llama_gets_rotary_positions_for_long_prompts_and_gpt2_only_its_training_block():
+    gpt2 = compare.match_parameters("gpt2", 1_000_000, 1000, block_size=128, max_positions=4160)
+    llama = compare.match_parameters("llama", 1_000_000, 1000, block_size=128, max_positions=4160)
+    assert gpt2.overrides["n_positions"] == 128
+    assert llama.overrides["max_position_embeddings"] == 4160
+    assert llama.overrides["head_dim"] * llama.overrides["num_attention_heads"] == llama.width
+
+
+def test_an_unreachable_target_is_a_clear_error():
+    with pytest.raises(ValueError, match="within 10%"):
+        compare.match_parameters("gpt2", 1_000, 10_001)  # smaller than the embedding matrix alone
+
+
+def test_parameter_counts_are_read_in_the_usual_units():
+    assert compare.parse_count("5M") == 5_000_000
+    assert compare.parse_count("50k") == 50_000
+    assert compare.parse_count("1.5m") == 1_500_000
+    assert compare.parse_count("123456") == 123_456
+    with pytest.raises(ValueError):
+        compare.parse_count("lots")
+
+
+@pytest.fixture(scope="module")
+def tiny_comparison(tmp_path_factory):
+    """All three families on a small local corpus, about 3 seconds of training each."""
+    root = tmp_path_factory.mktemp("compare")
+    rng = torch.Generator().manual_seed(0)
+    for name, lines in (("train", 600), ("validation", 60), ("test", 60)):
+        rows = []
+        for _ in range(lines):
+            start = int(torch.randint(0, len(WORDS) - 8, (1,), generator=rng))
+            rows.append(" ".join(WORDS[start:start + 8]))
+        (root / f"{name}.txt").write_text("\n".join(rows) + "\n")
+    out, cards, published = root / "run", root / "model_cards", root / "docs" / "COMPARE-tiny.md"
+    argv = ["--train_file", str(root / "train.txt"), "--validation_file", str(root / "validation.txt"),
+            "--test_file", str(root / "test.txt"), "--tokenizer_type", "word", "--models", "hf_lstm,gpt2,llama",
+            "--target_params", "50k", "--budget_minutes", "0.05", "--timing_seconds", "0.3", "--curve_points", "2",
+            "--per_device_train_batch_size", "4", "--bptt", "16", "--block_size", "32", "--eval_window", "32",
+            "--contexts", "16,64", "--new_tokens", "8", "--repeats", "1", "--sample_max_new_tokens", "0",
+            "--num_threads", "1", "--output_dir", str(out), "--model_cards_dir", str(cards),
+            "--publish_report", str(published), "--run_name", "tiny"]
+    assert compare.main(argv) == 0
+    return out, cards, published
+
+
+def test_results_json_has_one_record_per_model_with_the_promised_fields(tiny_comparison):
+    out, _, _ = tiny_comparison
+    records = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in records] == ["hf_lstm", "gpt2", "llama"]
+    for r in records:
+        assert isinstance(r["model_type"], str)
+        assert isinstance(r["num_parameters"], int) and isinstance(r["num_non_embedding_parameters"], int)
+        assert abs(r["parameter_match_error"]) <= 0.10
+        assert r["train_tokens_per_second"] > 0 and 0 < r["model_flops_utilization"] < 5
+        assert 1 < r["eval_perplexity"] < 1000 and r["eval_perplexity"] == r["validation_perplexity_fixed_window"]
+        assert set(r["generate_tokens_per_second"]) == {"16", "64"}
+        assert {(g["batch_size"], g["context"]) for g in r["generation"]} == {(1, 16), (1, 64), (8, 16), (8, 64)}
+        assert r["train_log"] and r["train_seconds"] <= 0.05 * 60 + 2
+    lstm, gpt2, llama = records
+    assert lstm["model_type"] == "hf_lstm" and lstm["batching"] == "stream"
+    assert lstm["validation_perplexity_stateful"] > 1 and gpt2["validation_perplexity_stateful"] is None
+    assert gpt2["batching"] == llama["batching"] == "blocks"
+    for r in records:  # the recurrent state stays the same size; a KV cache grows with the context
+        assert all(v > 0 for v in r["generate_tokens_per_second"].values() if v is not None)
+    assert lstm["cache_bytes"]["16"] == lstm["cache_bytes"]["64"] > 0
+    assert llama["cache_bytes"]["64"] > llama["cache_bytes"]["16"] > 0
+
+
+def test_a_context_beyond_gpt2_positions_is_null_with_a_reason(tiny_comparison):
+    out, _, _ = tiny_comparison
+    gpt2 = next(r for r in json.loads((out / "results.json").read_text()) if r["name"] == "gpt2")
+    assert gpt2["generate_tokens_per_second"]["16"] > 0  # 16 + 8 fits its 32 positions
+    assert gpt2["generate_tokens_per_second"]["64"] is None
+    beyond = next(g for g in gpt2["generation"] if g["context"] == 64 and g["batch_size"] == 1)
+    assert "exceeds" in beyond["reason"] and "32 positions" in beyond["reason"]
+
+
+def test_report_plots_and_model_cards_are_written(tiny_comparison):
+    out, cards, published = tiny_comparison
+    report = (out / "REPORT.md").read_text()
+    for heading in ("## Result", "## Generation speed", "## Memory", "## Reading", "## Caveats"):
+        assert heading in report
+    for png in ("curves.png", "generation.png", "memory.png"):
+        assert (out / png).stat().st_size > 5000
+        assert f"]({png})" in report
+        assert (published.parent / "compare-tiny" / png).is_file()
+    assert "](compare-tiny/curves.png)" in published.read_text()
+    assert sorted(p.name for p in cards.iterdir()) == ["tiny-gpt2.md", "tiny-hf_lstm.md", "tiny-llama.md"]
+    assert "## In the comparison" in (cards / "tiny-hf_lstm.md").read_text()
