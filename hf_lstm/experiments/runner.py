@@ -90,11 +90,12 @@ def environment() -> dict:
 
 
 def write_results(output_dir: Path, results: dict) -> Path:
-    """Write `results` as indented JSON to output_dir/results.json (NaN and inf become null)."""
+    """Write `results` as indented JSON to output_dir/results.json (floats to 6 significant digits, NaN and inf
+    become null)."""
 
     def clean(value):
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
+        if isinstance(value, float):
+            return float(f"{value:.6g}") if math.isfinite(value) else None
         if isinstance(value, dict):
             return {k: clean(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
