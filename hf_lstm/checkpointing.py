@@ -34,13 +34,19 @@ STATE_FILE = "trainer_state.json"
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be resumed from (missing, incomplete, or from a different model)."""
+    """A checkpoint that cannot be resumed from (missing, incomplete, corrupted, or from a different model)."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint that could not be written (disk full, no permission, ...). The half-written temporary
+    folder has been removed and the checkpoints saved before it are untouched."""
 
 
 # -- writing ---------------------------------------------------------------------------------------------
 
 
 def temporary_path(output_dir: Path, name: str) -> Path:
+    """Where checkpoint `name` is written before `publish` renames it into place."""
     return Path(output_dir) / f".tmp-{name}"
 
 
@@ -75,6 +81,7 @@ def write_process_state(folder: Path, rank: int, stream_state: list[tuple[torch.
 
 
 def write_trainer_state(folder: Path, state: dict) -> None:
+    """Step, epoch, scheduler, losses and fingerprint: written last, its presence marks a complete checkpoint."""
     _write_json(folder / STATE_FILE, state)
 
 
@@ -98,11 +105,22 @@ def publish(output_dir: Path, name: str, keep_last: int | None = None) -> Path:
 
 
 def remove_leftovers(output_dir: Path) -> None:
-    """Delete half-written `.tmp-*` / `.old-*` folders that a killed run left behind."""
+    """Delete half-written `.tmp-*` folders that a killed run left behind, and `.old-*` ones once their
+    replacement is in place. A run killed between the two renames of `publish` left `.old-NAME` without
+    `NAME`: that complete checkpoint is moved back, not deleted."""
     for leftover in Path(output_dir).glob(".tmp-*"):
         shutil.rmtree(leftover, ignore_errors=True)
     for leftover in Path(output_dir).glob(".old-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
+        final = leftover.with_name(leftover.name[len(".old-"):])
+        if not final.exists() and (leftover / STATE_FILE).is_file():
+            os.rename(leftover, final)
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def discard(output_dir: Path, name: str) -> None:
+    """Remove the temporary folder of a checkpoint whose writing failed (what was written of it is useless)."""
+    shutil.rmtree(temporary_path(output_dir, name), ignore_errors=True)
 
 
 # -- reading ---------------------------------------------------------------------------------------------
@@ -113,7 +131,11 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     found = []
     for path in Path(output_dir).iterdir() if Path(output_dir).is_dir() else []:
         if CHECKPOINT_PATTERN.match(path.name) and (path / STATE_FILE).is_file():
-            found.append((json.loads((path / STATE_FILE).read_text())["completed_steps"], path.name, path))
+            try:
+                step = int(json.loads((path / STATE_FILE).read_text())["completed_steps"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # not written by us (ours are renamed into place complete): not a checkpoint to resume
+            found.append((step, path.name, path))
     return [path for _, _, path in sorted(found)]
 
 
@@ -137,25 +159,49 @@ def resolve(resume_from: str, output_dir: Path) -> Path | None:
 
 
 def read_trainer_state(folder: Path) -> dict:
-    return json.loads((Path(folder) / STATE_FILE).read_text())
+    """The checkpoint's `trainer_state.json`; a `CheckpointError` naming the file if it is not readable JSON."""
+    path = Path(folder) / STATE_FILE
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise CheckpointError(f"{path} is unreadable or not JSON ({error}); resume from another checkpoint") from None
+    if not isinstance(state, dict) or "completed_steps" not in state:
+        raise CheckpointError(f"{path} is not a training state written by `hf-lstm train`")
+    return state
 
 
 def load_model_and_optimizer(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Load weights and optimizer state in place; a `CheckpointError` if a file is damaged or does not fit."""
     try:
         missing, unexpected = load_model(model, str(folder / "model.safetensors"), strict=False)
     except Exception as error:  # shape mismatches, truncated files
-        raise CheckpointError(f"{folder}/model.safetensors does not fit this model: {error}") from None
+        raise CheckpointError(f"{folder}/model.safetensors does not fit this model or is damaged: {error}") from None
     if missing or unexpected:
         raise CheckpointError(
             f"{folder} is from a different model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
-    tensors = load_file(str(folder / "optimizer.safetensors"))
-    scalars = json.loads((folder / "optimizer.json").read_text())
-    optimizer.load_state_dict(_unflatten_optimizer_state(tensors, scalars))
+    try:
+        tensors = load_file(str(folder / "optimizer.safetensors"))
+        scalars = json.loads((folder / "optimizer.json").read_text())
+        optimizer.load_state_dict(_unflatten_optimizer_state(tensors, scalars))
+    except Exception as error:  # truncated or edited files, a different optimizer
+        raise CheckpointError(f"the optimizer state in {folder} is damaged or from another optimizer: {error}") from None
 
 
 def load_process_state(folder: Path, rank: int) -> list[tuple[torch.Tensor, ...]] | None:
     """Restore this process's random generators; return its carried recurrent state (or None)."""
+    try:
+        return _load_process_state(folder, rank)
+    except CheckpointError:
+        raise
+    except Exception as error:  # missing rank files (a different number of processes), damaged files
+        raise CheckpointError(
+            f"the random-generator or stream state of process {rank} in {folder} is missing or damaged ({error}); "
+            "resume with the number of processes that wrote it, or from another checkpoint"
+        ) from None
+
+
+def _load_process_state(folder: Path, rank: int) -> list[tuple[torch.Tensor, ...]] | None:
     tensors = load_file(str(folder / f"rng_state_{rank}.safetensors"))
     meta = json.loads((folder / f"rng_state_{rank}.json").read_text())
     torch.set_rng_state(tensors["torch"])

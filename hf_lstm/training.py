@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import shutil
 import signal
 import sys
 import time
@@ -125,6 +127,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      "--batching blocks")
     if args.learning_rate is None:
         args.learning_rate = 1.0 if args.optimizer == "sgd" else 3e-3
+    if not (math.isfinite(args.learning_rate) and 0 < args.learning_rate < 1e38):
+        parser.error(f"--learning_rate must be a positive number below 1e38, got {args.learning_rate}")
     for name in ("bptt", "block_size", "per_device_train_batch_size", "per_device_eval_batch_size",
                  "gradient_accumulation_steps", "num_train_epochs", "eval_window", "logging_steps"):
         if getattr(args, name) < 1:
@@ -167,10 +171,59 @@ def load_tokenizer(args, corpus, accelerator: Accelerator, output_dir: Path):
     return tokenizer
 
 
+def check_model_folder(path: str) -> None:
+    """Fail fast, before any data work, on a local `--model_name_or_path` folder that cannot load: a missing or
+    non-JSON config.json, no safetensors weights (pickle-based `.bin` files are refused: unpickling a stranger's
+    file can run code), or a truncated/corrupted `model.safetensors`. Hub ids (not local paths) pass through."""
+    from safetensors import safe_open
+
+    folder = Path(path)
+    if not folder.exists():
+        if folder.is_absolute() or path.startswith((".", "~")) or path.count("/") > 1:
+            raise FileNotFoundError(f"--model_name_or_path {path}: no such folder; give a folder written by "
+                                    "save_pretrained (or `hf-lstm train --output_dir`), or a Hub id")
+        return  # a Hub id: transformers resolves it (and fails clearly when offline)
+    if not folder.is_dir():
+        raise ValueError(f"--model_name_or_path {path} is a file; give the folder that holds config.json and "
+                         "model.safetensors")
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"--model_name_or_path {path} has no config.json; give a folder written by save_pretrained")
+    try:
+        json.loads(config_file.read_text())
+    except (UnicodeDecodeError, ValueError) as error:
+        raise ValueError(f"{config_file} is not valid JSON ({error}); restore it from where the model came from, "
+                         "or re-save the model with save_pretrained") from None
+    shards = sorted(folder.glob("model*.safetensors"))
+    if not shards:
+        pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt"))
+        raise ValueError(
+            f"--model_name_or_path {path} has no model.safetensors"
+            + (f" (only {', '.join(pickled)}, which hf-lstm refuses to unpickle: such files can run code)"
+               if pickled else "")
+            + "; weights are read only from safetensors: save the model with save_pretrained (which writes "
+              "safetensors), or convert the weights"
+        )
+    for shard in shards:
+        try:
+            with safe_open(str(shard), framework="pt") as handle:
+                handle.keys()
+        except Exception as error:  # safetensors raises its own SafetensorError for truncated or garbled files
+            raise ValueError(f"{shard} is truncated or corrupted ({error}); copy or download it again") from None
+
+
 def build_model(args, tokenizer):
-    """A new model from `--model_type`/`--config_name` + `--config_overrides`, or a saved one."""
+    """A new model from `--model_type`/`--config_name` + `--config_overrides`, or a saved one (safetensors only)."""
     if args.model_name_or_path:
-        model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+        check_model_folder(args.model_name_or_path)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, use_safetensors=True,
+                                                         trust_remote_code=args.trust_remote_code)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"--model_name_or_path {args.model_name_or_path} does not load: {error}") from None
+        except Exception as error:  # safetensors' own error type for damaged files
+            raise ValueError(f"--model_name_or_path {args.model_name_or_path}: the weights are damaged or do not fit "
+                             f"the config ({type(error).__name__}: {error})") from None
         if len(tokenizer) > model.config.vocab_size:
             raise ValueError(
                 f"the tokenizer has {len(tokenizer)} tokens but the model {args.model_name_or_path} only "
@@ -247,6 +300,7 @@ def build_optimizer(args, model) -> torch.optim.Optimizer:
 
 
 def build_scheduler(args, optimizer, total_steps: int, steps_per_epoch: int):
+    """The learning-rate schedule of `--lr_scheduler_type` (transformers' schedules, or per-epoch decay)."""
     if args.lr_scheduler_type == "epoch_decay":
         def factor(step: int) -> float:
             epoch = step // max(steps_per_epoch, 1) + 1  # 1-based epoch of this step
@@ -330,6 +384,8 @@ def train(args: argparse.Namespace) -> dict:
         output_dir.mkdir(parents=True, exist_ok=True)
         checkpointing.remove_leftovers(output_dir)
     accelerator.wait_for_everyone()
+    if args.model_name_or_path:
+        check_model_folder(args.model_name_or_path)  # before any data work: a damaged folder fails at once
     resume_dir = None
     if args.resume_from_checkpoint:
         resume_dir = checkpointing.resolve(args.resume_from_checkpoint, output_dir)
@@ -349,8 +405,6 @@ def train(args: argparse.Namespace) -> dict:
     tokenizer = load_tokenizer(args, corpus, accelerator, output_dir)
     with accelerator.main_process_first():
         streams = data.tokenize_corpus(corpus, tokenizer, num_proc=args.preprocessing_num_workers)
-    if main:
-        tokenizer.save_pretrained(output_dir)
 
     # -- model, optimizer, schedule -------------------------------------------------------------------------
     model = build_model(args, tokenizer)
@@ -364,11 +418,13 @@ def train(args: argparse.Namespace) -> dict:
     scheduler = build_scheduler(args, optimizer, total_steps, steps_per_epoch)
 
     state = {"completed_steps": 0, "epoch": 0, "batch_in_epoch": 0, "tokens_seen": 0, "train_seconds": 0.0,
-             "log": [], "eval_curve": []}
+             "log": [], "eval_curve": [], "skipped_batches": 0}
     carried = None
     if resume_dir is not None:
         state, carried = _resume(resume_dir, model, optimizer, scheduler, rank, args)
         accelerator.print(f"resumed from {resume_dir} at step {state['completed_steps']}")
+    if main:  # only now that model and checkpoint are known good: a refused run overwrites nothing
+        tokenizer.save_pretrained(output_dir)
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
 
@@ -402,6 +458,7 @@ def train(args: argparse.Namespace) -> dict:
                     if args.batching == "stream":
                         past = _to_cache(cache, unwrapped) if cache is not None else None
                         out = model(input_ids=inputs, shift_labels=targets, past_key_values=past, use_cache=True)
+                        before = cache
                         cache = [tuple(t.detach() for t in s) for s in out.past_key_values.states]
                     else:
                         out = model(input_ids=inputs, labels=targets, **({} if recurrent else {"use_cache": False}))
@@ -411,6 +468,12 @@ def train(args: argparse.Namespace) -> dict:
                         stop_reason = (f"non-finite loss ({loss.item()}) at step {state['completed_steps'] + 1} "
                                        f"(epoch {epoch + 1}, batch {index}); the last checkpoint is kept")
                         break
+                    if not finite:  # skipped: no update, and the carried state is the one before the batch
+                        if args.batching == "stream":
+                            cache = before
+                        state["skipped_batches"] = state.get("skipped_batches", 0) + 1
+                        accelerator.print(f"skipped batch {index} of epoch {epoch + 1} (step "
+                                          f"{state['completed_steps'] + 1}): non-finite loss {loss.item()}")
                     if finite:
                         accelerator.backward(loss)
                         if accelerator.sync_gradients and args.max_grad_norm > 0:
@@ -455,6 +518,8 @@ def train(args: argparse.Namespace) -> dict:
                 _save_checkpoint(accelerator, unwrapped, optimizer, scheduler, state, None, f"epoch_{epoch + 1}", args)
     progress.close()
     if stop_reason and stop_reason.startswith("non-finite"):
+        kept = checkpointing.list_checkpoints(output_dir)
+        stop_reason += f" ({kept[-1].name})" if kept else " (none was saved yet)"
         accelerator.print(f"stopped: {stop_reason}")
         raise FloatingPointError(stop_reason)
     if stop_reason and stop_reason.startswith("signal"):
@@ -530,19 +595,39 @@ def _fingerprint(model) -> str:
 
 
 def _save_checkpoint(accelerator, model, optimizer, scheduler, state, cache, name, args) -> None:
+    """Write checkpoint `name` atomically. Weights that are no longer finite are never saved (the last good
+    checkpoint stays the newest); a failed write (disk full, ...) removes its temporary folder and raises
+    `CheckpointWriteError`, leaving the checkpoints saved before untouched."""
     output_dir = Path(args.output_dir)
+    bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        kept = [p.name for p in checkpointing.list_checkpoints(output_dir)]
+        raise FloatingPointError(
+            f"the weights became non-finite by step {state['completed_steps']} ({', '.join(bad[:3])}"
+            f"{', ...' if len(bad) > 3 else ''}); checkpoint {name} was not written, the last good one is kept "
+            f"({kept[-1] if kept else 'none saved yet'}): lower --learning_rate or --max_grad_norm"
+        )
     tmp = checkpointing.temporary_path(output_dir, name)
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        checkpointing.write_model_and_optimizer(tmp, model, optimizer)
-    accelerator.wait_for_everyone()
-    checkpointing.write_process_state(tmp, accelerator.process_index, cache)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        saved = dict(state, scheduler=scheduler.state_dict(), model_fingerprint=_fingerprint(model),
-                     args={k: v for k, v in vars(args).items()})
-        checkpointing.write_trainer_state(tmp, saved)
-        checkpointing.publish(output_dir, name, keep_last=args.checkpoints_total_limit)
+    try:
+        if accelerator.is_main_process:
+            checkpointing.write_model_and_optimizer(tmp, model, optimizer)
+        accelerator.wait_for_everyone()
+        checkpointing.write_process_state(tmp, accelerator.process_index, cache)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            saved = dict(state, scheduler=scheduler.state_dict(), model_fingerprint=_fingerprint(model),
+                         args={k: v for k, v in vars(args).items()})
+            checkpointing.write_trainer_state(tmp, saved)
+            checkpointing.publish(output_dir, name, keep_last=args.checkpoints_total_limit)
+    except OSError as error:
+        checkpointing.discard(output_dir, name)
+        kept = [p.name for p in checkpointing.list_checkpoints(output_dir)]
+        raise checkpointing.CheckpointWriteError(
+            f"could not write checkpoint {name} in {output_dir} ({error.strerror or error}); its partial copy was "
+            f"removed and the earlier checkpoints are kept ({', '.join(kept) if kept else 'none saved yet'}): free "
+            "space (or fix the folder) and resume with --resume_from_checkpoint latest"
+        ) from None
     accelerator.wait_for_everyone()
 
 
@@ -586,11 +671,25 @@ def _finish(args, model, tokenizer, streams, state, n_params, train_flops, peak,
         do_sample=True, top_k=50, max_new_tokens=50, pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id, bos_token_id=model.config.bos_token_id,
     )
-    model.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
-    (output_dir / "all_results.json").write_text(json.dumps(results, indent=2))
-    (output_dir / "train_log.json").write_text(json.dumps(state["log"]))
-    write_model_card(output_dir, args, results)
+    # Written to a temporary folder, then each file moved into place atomically: a failure (disk full) never
+    # leaves a half-written model.safetensors over the one a previous run saved.
+    staging = checkpointing.temporary_path(output_dir, "final")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "all_results.json").write_text(json.dumps(results, indent=2))
+        (staging / "train_log.json").write_text(json.dumps(state["log"]))
+        write_model_card(staging, args, results)
+        for path in sorted(staging.iterdir()):
+            os.replace(path, output_dir / path.name)
+    except OSError as error:
+        raise checkpointing.CheckpointWriteError(
+            f"could not write the model folder {output_dir} ({error.strerror or error}); files already there were "
+            "not overwritten. Free space and run again with --resume_from_checkpoint latest"
+        ) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     _print_summary(args, results)
     if args.sample_max_new_tokens > 0:
         _print_sample(args, output_dir)
@@ -636,13 +735,18 @@ def _print_sample(args, output_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`hf-lstm train`: parse, train, and turn expected failures into one clear line and a non-zero exit."""
+    """`hf-lstm train`: parse, train, and turn expected failures into one clear line and a non-zero exit
+    (1 for an error; 130 for Ctrl-C outside the training loop, where there is nothing to save yet)."""
     args = parse_args(argv)
     try:
         train(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as error:
+    except (ValueError, OSError, FloatingPointError) as error:
         print(f"hf-lstm train: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("hf-lstm train: interrupted outside the training loop (while loading or evaluating); checkpoints "
+              "already saved are kept", file=sys.stderr)
+        return 130
     return 0
 
 
