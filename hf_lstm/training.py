@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, get_scheduler
 
@@ -620,15 +621,20 @@ def _save_checkpoint(accelerator, model, optimizer, scheduler, state, cache, nam
                          args={k: v for k, v in vars(args).items()})
             checkpointing.write_trainer_state(tmp, saved)
             checkpointing.publish(output_dir, name, keep_last=args.checkpoints_total_limit)
-    except OSError as error:
+    except (OSError, SafetensorError) as error:  # safetensors reports ENOSPC as its own error type
         checkpointing.discard(output_dir, name)
         kept = [p.name for p in checkpointing.list_checkpoints(output_dir)]
         raise checkpointing.CheckpointWriteError(
-            f"could not write checkpoint {name} in {output_dir} ({error.strerror or error}); its partial copy was "
+            f"could not write checkpoint {name} in {output_dir} ({_reason(error)}); its partial copy was "
             f"removed and the earlier checkpoints are kept ({', '.join(kept) if kept else 'none saved yet'}): free "
             "space (or fix the folder) and resume with --resume_from_checkpoint latest"
         ) from None
     accelerator.wait_for_everyone()
+
+
+def _reason(error: Exception) -> str:
+    """The operating system's words for a failed write ("No space left on device"), whoever raised it."""
+    return getattr(error, "strerror", None) or str(error).split(": ")[-1] or type(error).__name__
 
 
 def _curve_point(model, streams, args, state, run_start, tokenizer) -> dict:
@@ -683,9 +689,9 @@ def _finish(args, model, tokenizer, streams, state, n_params, train_flops, peak,
         write_model_card(staging, args, results)
         for path in sorted(staging.iterdir()):
             os.replace(path, output_dir / path.name)
-    except OSError as error:
+    except (OSError, SafetensorError) as error:
         raise checkpointing.CheckpointWriteError(
-            f"could not write the model folder {output_dir} ({error.strerror or error}); files already there were "
+            f"could not write the model folder {output_dir} ({_reason(error)}); files already there were "
             "not overwritten. Free space and run again with --resume_from_checkpoint latest"
         ) from None
     finally:
