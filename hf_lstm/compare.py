@@ -45,7 +45,7 @@ import shutil
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -302,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--bptt", type=int, default=64, help="hf_lstm's stream window (truncated backpropagation through time).")
     add("--block_size", type=int, default=128, help="Transformers' training block (and GPT-2's positions).")
     add("--eval_window", type=int, default=128, help="Window of the fixed-window perplexity protocol.")
-    add("--hf_lstm_train_args", default="", help='Extra `hf-lstm train` arguments for hf_lstm, e.g. "--learning_rate 2e-3".')
+    add("--hf_lstm_train_args", default="",
+        help='Extra `hf-lstm train` arguments for hf_lstm, e.g. "--learning_rate 2e-3".')
     add("--transformer_train_args", default="", help="Extra `hf-lstm train` arguments for the Transformers.")
     add("--sample_max_new_tokens", type=int, default=20, help="Sample printed after each training run (0: none).")
     add("--seed", type=int, default=42, help="Random seed of every run.")
@@ -319,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--output_dir", default="runs/compare", help="Where results.json, REPORT.md, plots and the models go.")
     add("--model_cards_dir", default=None, help="Also copy each model's card to DIR/<run name>-<model>.md.")
     add("--publish_report", default=None,
-        help="Also write the report to this .md path, its plots and results.json beside it in a folder of the same stem.")
+        help="Also write the report to this .md path, with its plots and results.json in a folder of the same "
+             "stem beside it.")
     add("--run_name", default=None, help="Name in titles and card file names (default: the output folder's name).")
     return parser
 
@@ -349,7 +351,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                  "repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
-    if not args.contexts or min(args.contexts) < 1 or not args.generate_batch_sizes or min(args.generate_batch_sizes) < 1:
+    if min(args.contexts, default=0) < 1 or min(args.generate_batch_sizes, default=0) < 1:
         parser.error("--contexts and --generate_batch_sizes must be positive integers")
     if 1 not in args.generate_batch_sizes:
         parser.error("--generate_batch_sizes must include 1 (results.json reports batch-1 speed)")
@@ -399,6 +401,8 @@ def base_train_argv(args, family: str, shape: MatchedShape, tokenizer_dir: Path,
     argv = []
     for name in DATA_ARGS:
         value = getattr(args, name)
+        if name == "dataset_name" and args.train_file and value == "ptb":
+            continue  # the default corpus stands aside for --train_file, as in hf-lstm train
         if value is not None and name not in ("tokenizer_type", "tokenizer_vocab_size"):
             argv += [f"--{name}", str(value)]
     if args.trust_remote_code:
@@ -458,7 +462,8 @@ def estimate_step_seconds(train_argv: list[str], tokenizer, seconds: float, vali
     step_seconds = (time.perf_counter() - start) / steps
     windows = math.ceil(validation_tokens / targs.eval_window)
     batches = math.ceil(windows / targs.per_device_eval_batch_size)
-    forward = _eval_forward_seconds(model, recurrent, targs.per_device_eval_batch_size, targs.eval_window, len(tokenizer))
+    forward = _eval_forward_seconds(model, recurrent, targs.per_device_eval_batch_size, targs.eval_window,
+                                    len(tokenizer))
     return {"step_seconds": step_seconds, "timed_steps": steps, "tokens_per_step": inputs.numel(),
             "curve_point_seconds": forward * batches}
 
@@ -641,7 +646,8 @@ def generate_once(model, ids: torch.LongTensor, new_tokens: int) -> dict:
 
 
 def measure_generation(models: dict, stream: torch.LongTensor, contexts: list[int], batch_sizes: list[int],
-                       new_tokens: int, repeats: int, trained_positions: dict[str, int | None]) -> dict[str, list[dict]]:
+                       new_tokens: int, repeats: int,
+                       trained_positions: dict[str, int | None]) -> dict[str, list[dict]]:
     """Every (batch, context) cell for every model, models interleaved within each repeat, median kept.
 
     A cell whose prompt plus new tokens exceed a model's positions is a record with `tokens_per_second: null`
@@ -890,13 +896,16 @@ def write_report(args, records: list[dict], summary: dict, output_dir: Path, plo
         f"matched count), each family within {args.tolerance:.0%}; non-embedding counts exclude token and "
         "position embeddings (and an untied output matrix).",
         f"- Budget: {budget}. Schedule (same rule for every model): AdamW, cosine with {WARMUP_FRACTION:.0%} warm-up "
-        + ("over the steps a timed warm-up predicts for the budget (x{:.2f}); the clock stops the run.".format(SCHEDULE_SLACK)
+        + (f"over the steps a timed warm-up predicts for the budget (x{SCHEDULE_SLACK:.2f}); the clock stops the run."
            if args.budget == "wall_clock" else "over exactly the budget's steps."),
         f"- The validation curve points ({args.curve_points} per run) are computed inside the training clock, so "
         "they take a share of each wall-clock budget (estimated cost per point in results.json, `warmup_timing`).",
         "- Recipes: " + "; ".join(
-            f"{r['name']}: {r['batching']} batching of {r['batch_size']} x {r['sequence_length']} tokens, lr {r['learning_rate']:g}, weight decay {r['weight_decay']:g}" for r in records)
-        + ". hf_lstm's stream batching carries the state across windows; Transformers read independent shuffled blocks.",
+            f"{r['name']}: {r['batching']} batching of {r['batch_size']} x {r['sequence_length']} tokens, "
+            f"lr {r['learning_rate']:g}, weight decay {r['weight_decay']:g}, dropout "
+            + (", ".join(f"{k} {v:g}" for k, v in r["dropout"].items()) or "none") for r in records)
+        + ". hf_lstm's stream batching carries the state across windows; Transformers read independent shuffled "
+        "blocks.",
         f"- Machine: {summary['machine']}; torch {summary['torch']}, {summary['num_threads']} thread(s); "
         f"fp32 matmul peak measured in this run: {summary['matmul_peak_flops'] / 1e9:.0f} GFLOP/s.",
         "",
@@ -1073,7 +1082,8 @@ def run(args) -> list[dict]:
             if batch != 1:
                 rec[f"generate_tokens_per_second_batch{batch}"] = {
                     str(g["context"]): g["tokens_per_second"] for g in rec["generation"] if g["batch_size"] == batch}
-        rec["cache_bytes"] = {str(g["context"]): g.get("cache_bytes") for g in rec["generation"] if g["batch_size"] == 1}
+        rec["cache_bytes"] = {str(g["context"]): g.get("cache_bytes") for g in rec["generation"]
+                              if g["batch_size"] == 1}
         rec["matmul_peak_flops"] = peak
         rec["num_threads"] = torch.get_num_threads()
 
@@ -1103,7 +1113,8 @@ def run(args) -> list[dict]:
             print(f"model card: {path}")
     print(f"\nwrote {output_dir / 'results.json'} and {output_dir / 'REPORT.md'}")
     for rec in records:
-        print(f"  {rec['name']:<8} {rec['num_parameters']:>10,} params  valid ppl (fixed) {rec['eval_perplexity']:8.1f}  "
+        print(f"  {rec['name']:<8} {rec['num_parameters']:>10,} params  "
+              f"valid ppl (fixed) {rec['eval_perplexity']:8.1f}  "
               f"train {rec['train_tokens_per_second']:8,.0f} tok/s  generate@{args.contexts[-1]} "
               f"{_fmt(rec['generate_tokens_per_second'].get(str(args.contexts[-1])), 0)} tok/s")
     return records

@@ -124,3 +124,25 @@ def test_report_plots_and_model_cards_are_written(tiny_comparison):
     assert "](compare-tiny/curves.png)" in published.read_text()
     assert sorted(p.name for p in cards.iterdir()) == ["tiny-gpt2.md", "tiny-hf_lstm.md", "tiny-llama.md"]
     assert "## In the comparison" in (cards / "tiny-hf_lstm.md").read_text()
+
+
+def test_the_budget_plan_is_the_same_rule_for_every_model():
+    """Wall-clock: the schedule spans the steps the warm-up predicts (minus the curve points' cost) x1.1 and the
+    clock stops the run; tokens: exactly the budget's steps, no clock."""
+    timing = {"step_seconds": 0.5, "tokens_per_step": 2048, "curve_point_seconds": 5.0}
+    args = compare.parse_args(["--budget_minutes", "5", "--curve_points", "6"])
+    plan = compare.plan_budget(args, timing)
+    assert plan["expected_steps"] == int((300 - 6 * 5.0) / 0.5)
+    assert plan["schedule_steps"] == pytest.approx(1.1 * plan["expected_steps"], abs=1)
+    assert plan["argv"][plan["argv"].index("--max_train_minutes") + 1] == "5.0"
+    assert plan["warmup_steps"] == round(0.05 * plan["schedule_steps"])
+    args = compare.parse_args(["--budget", "tokens", "--budget_tokens", "1M"])
+    plan = compare.plan_budget(args, timing)
+    assert plan["schedule_steps"] == -(-1_000_000 // 2048) and "--max_train_minutes" not in plan["argv"]
+
+
+def test_bad_arguments_are_refused_before_any_work(capsys):
+    for argv in (["--models", "hf_lstm,bert"], ["--budget", "tokens"], ["--generate_batch_sizes", "8"]):
+        with pytest.raises(SystemExit):
+            compare.parse_args(argv)
+    assert "bert" in capsys.readouterr().err
