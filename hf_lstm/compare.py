@@ -426,23 +426,9 @@ def _train_step(model, optimizer, inputs, recurrent: bool, max_grad_norm: float)
     optimizer.zero_grad()
 
 
-@torch.no_grad()
-def _eval_forward_seconds(model, recurrent: bool, batch: int, window: int, vocab_size: int) -> float:
-    model.eval()
-    inputs = torch.randint(0, vocab_size, (batch, window))
-    kwargs = {} if recurrent else {"use_cache": False}
-    model(input_ids=inputs, **kwargs)  # warm up
-    start = time.perf_counter()
-    for _ in range(2):
-        model(input_ids=inputs, **kwargs)
-    model.train()
-    return (time.perf_counter() - start) / 2
-
-
-def estimate_step_seconds(train_argv: list[str], tokenizer, seconds: float, validation_tokens: int) -> dict:
+def estimate_step_seconds(train_argv: list[str], tokenizer, seconds: float) -> dict:
     """Time real training steps (the training script's model and optimizer, random ids of the run's batch
-    shape) for about `seconds`, after two untimed steps; also the cost of one validation curve point (the
-    fixed-window protocol over the validation split, from a timed forward pass)."""
+    shape) for about `seconds`, after two untimed steps."""
     from .training import build_model, build_optimizer, parse_args as train_parse_args
 
     targs = train_parse_args(train_argv)
@@ -460,12 +446,7 @@ def estimate_step_seconds(train_argv: list[str], tokenizer, seconds: float, vali
         _train_step(model, optimizer, inputs, recurrent, targs.max_grad_norm)
         steps += 1
     step_seconds = (time.perf_counter() - start) / steps
-    windows = math.ceil(validation_tokens / targs.eval_window)
-    batches = math.ceil(windows / targs.per_device_eval_batch_size)
-    forward = _eval_forward_seconds(model, recurrent, targs.per_device_eval_batch_size, targs.eval_window,
-                                    len(tokenizer))
-    return {"step_seconds": step_seconds, "timed_steps": steps, "tokens_per_step": inputs.numel(),
-            "curve_point_seconds": forward * batches}
+    return {"step_seconds": step_seconds, "timed_steps": steps, "tokens_per_step": inputs.numel()}
 
 
 def plan_budget(args, timing: dict) -> dict:
@@ -476,20 +457,22 @@ def plan_budget(args, timing: dict) -> dict:
         extra = []
     else:
         seconds = 60 * args.budget_minutes
-        train_seconds = max(seconds - args.curve_points * timing["curve_point_seconds"], 0.25 * seconds)
-        expected_steps = max(1, int(train_seconds / timing["step_seconds"]))
+        expected_steps = max(1, int(seconds / timing["step_seconds"]))
         steps = max(1, math.ceil(SCHEDULE_SLACK * expected_steps))
         extra = ["--max_train_minutes", repr(args.budget_minutes)]
     eval_steps = max(1, math.ceil(expected_steps / args.curve_points))
     warmup = max(1, round(WARMUP_FRACTION * steps))
-    argv = ["--max_train_steps", str(steps), "--num_warmup_steps", str(warmup), "--eval_steps", str(eval_steps),
+    # Curve points come from checkpoints evaluated after the run: saving one is inside the budget clock (a
+    # fraction of a second), evaluating it is not, unlike `--eval_steps`, whose evaluations the clock counts.
+    argv = ["--max_train_steps", str(steps), "--num_warmup_steps", str(warmup),
+            "--checkpointing_steps", str(eval_steps), "--checkpoints_total_limit", str(2 * args.curve_points + 4),
             "--logging_steps", str(max(1, min(50, eval_steps))), *extra]
     return {"schedule_steps": steps, "expected_steps": expected_steps, "eval_steps": eval_steps,
             "warmup_steps": warmup, "argv": argv}
 
 
-def train_one(args, family: str, shape: MatchedShape, tokenizer, tokenizer_dir: Path, validation_tokens: int,
-              output_dir: Path) -> dict:
+def train_one(args, family: str, shape: MatchedShape, tokenizer, tokenizer_dir: Path,
+              validation: torch.LongTensor, output_dir: Path) -> dict:
     """Estimate the budget, train one model through `hf_lstm.training.train`, return its record."""
     from .training import parse_args as train_parse_args, train
 
@@ -497,7 +480,7 @@ def train_one(args, family: str, shape: MatchedShape, tokenizer, tokenizer_dir: 
     if model_dir.exists():
         shutil.rmtree(model_dir)  # a stale folder would be taken for a checkpoint to resume
     argv = base_train_argv(args, family, shape, tokenizer_dir, model_dir)
-    timing = estimate_step_seconds(argv, tokenizer, args.timing_seconds, validation_tokens)
+    timing = estimate_step_seconds(argv, tokenizer, args.timing_seconds)
     plan = plan_budget(args, timing)
     argv = argv + plan["argv"]
     print(f"\n=== {family}: {shape.describe()}, {shape.num_parameters:,} parameters "
@@ -506,6 +489,7 @@ def train_one(args, family: str, shape: MatchedShape, tokenizer, tokenizer_dir: 
     targs = train_parse_args(argv)
     results = train(targs)
     log = json.loads((model_dir / "train_log.json").read_text())
+    curve = checkpoint_curve(model_dir, validation, targs, tokenizer.eos_token_id)
     return {
         "name": family,
         "model_type": results["model_type"],
@@ -538,10 +522,35 @@ def train_one(args, family: str, shape: MatchedShape, tokenizer, tokenizer_dir: 
         "test_perplexity_stateful": results.get("test_perplexity_stateful"),
         "eval_window": results["eval_window"],
         "final_train_loss": results["final_train_loss"],
-        "eval_curve": results["eval_curve"],
+        "eval_curve": curve,
         "train_log": log,
         "model_dir": str(model_dir),
     }
+
+
+def checkpoint_curve(model_dir: Path, validation: torch.LongTensor, targs, start_token_id: int,
+                     keep: bool = False) -> list[dict]:
+    """Validation perplexity (fixed windows, as at the end of the run) of every `step_N` checkpoint the run
+    saved, with the step, tokens and training seconds it was saved at; the checkpoints are deleted afterwards
+    unless `keep` (each holds the optimizer state too)."""
+    from safetensors.torch import load_model
+    from transformers import AutoModelForCausalLM
+
+    from . import checkpointing
+    from .evaluation import fixed_window_perplexity
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    curve = []
+    for folder in checkpointing.list_checkpoints(model_dir):
+        state = checkpointing.read_trainer_state(folder)
+        load_model(model, str(folder / "model.safetensors"), strict=False)
+        metrics = fixed_window_perplexity(model, validation, window=targs.eval_window,
+                                          batch_size=targs.per_device_eval_batch_size, start_token_id=start_token_id)
+        curve.append({"step": state["completed_steps"], "tokens_seen": state["tokens_seen"],
+                      "seconds": state["train_seconds"], "validation_perplexity_fixed_window": metrics["perplexity"]})
+        if not keep:
+            shutil.rmtree(folder)
+    return sorted(curve, key=lambda p: p["step"])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -898,8 +907,8 @@ def write_report(args, records: list[dict], summary: dict, output_dir: Path, plo
         f"- Budget: {budget}. Schedule (same rule for every model): AdamW, cosine with {WARMUP_FRACTION:.0%} warm-up "
         + (f"over the steps a timed warm-up predicts for the budget (x{SCHEDULE_SLACK:.2f}); the clock stops the run."
            if args.budget == "wall_clock" else "over exactly the budget's steps."),
-        f"- The validation curve points ({args.curve_points} per run) are computed inside the training clock, so "
-        "they take a share of each wall-clock budget (estimated cost per point in results.json, `warmup_timing`).",
+        f"- Curves: about {args.curve_points} checkpoints per run, saved inside the training clock (a fraction of "
+        "a second each) and evaluated after the run, so evaluation takes nothing from the budget.",
         "- Recipes: " + "; ".join(
             f"{r['name']}: {r['batching']} batching of {r['batch_size']} x {r['sequence_length']} tokens, "
             f"lr {r['learning_rate']:g}, weight decay {r['weight_decay']:g}, dropout "
@@ -1057,7 +1066,7 @@ def run(args) -> list[dict]:
               f"({shape.relative_error:+.1%}), {shape.num_non_embedding_parameters:,} non-embedding")
     peak_before = measure_matmul_peak(seconds=1.0)
 
-    records = [train_one(args, family, shapes[family], tokenizer, tokenizer_dir, validation.numel(), output_dir)
+    records = [train_one(args, family, shapes[family], tokenizer, tokenizer_dir, validation, output_dir)
                for family in args.models]
 
     peak = max(peak_before, measure_matmul_peak(seconds=1.0))

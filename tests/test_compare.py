@@ -93,6 +93,8 @@ def test_results_json_has_one_record_per_model_with_the_promised_fields(tiny_com
         assert set(r["generate_tokens_per_second"]) == {"16", "64"}
         assert {(g["batch_size"], g["context"]) for g in r["generation"]} == {(1, 16), (1, 64), (8, 16), (8, 64)}
         assert r["train_log"] and r["train_seconds"] <= 0.05 * 60 + 2
+        assert r["eval_curve"] and all(p["seconds"] <= r["train_seconds"] for p in r["eval_curve"])
+        assert not list((out / "models" / r["name"]).glob("step_*"))  # evaluated, then removed
     lstm, gpt2, llama = records
     assert lstm["model_type"] == "hf_lstm" and lstm["batching"] == "stream"
     assert lstm["validation_perplexity_stateful"] > 1 and gpt2["validation_perplexity_stateful"] is None
@@ -127,12 +129,13 @@ def test_report_plots_and_model_cards_are_written(tiny_comparison):
 
 
 def test_the_budget_plan_is_the_same_rule_for_every_model():
-    """Wall-clock: the schedule spans the steps the warm-up predicts (minus the curve points' cost) x1.1 and the
-    clock stops the run; tokens: exactly the budget's steps, no clock."""
-    timing = {"step_seconds": 0.5, "tokens_per_step": 2048, "curve_point_seconds": 5.0}
+    """Wall-clock: the schedule spans the steps the warm-up predicts x1.1 and the clock stops the run; tokens:
+    exactly the budget's steps, no clock. Curves come from checkpoints, not from evaluations inside the clock."""
+    timing = {"step_seconds": 0.5, "tokens_per_step": 2048}
     args = compare.parse_args(["--budget_minutes", "5", "--curve_points", "6"])
     plan = compare.plan_budget(args, timing)
-    assert plan["expected_steps"] == int((300 - 6 * 5.0) / 0.5)
+    assert plan["expected_steps"] == int(300 / 0.5)
+    assert "--eval_steps" not in plan["argv"] and plan["argv"][plan["argv"].index("--checkpointing_steps") + 1] == "100"
     assert plan["schedule_steps"] == pytest.approx(1.1 * plan["expected_steps"], abs=1)
     assert plan["argv"][plan["argv"].index("--max_train_minutes") + 1] == "5.0"
     assert plan["warmup_steps"] == round(0.05 * plan["schedule_steps"])
