@@ -1080,7 +1080,8 @@ def run(args) -> list[dict]:
         rec["model_flops_utilization"] = flops * rec["train_tokens_per_second"] / peak
         rec["max_positions"] = position_limit(model)
         rec["dropout"] = {k: v for k, v in sorted(model.config.to_dict().items())
-                          if "drop" in k and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0}
+                          if "drop" in k and not k.startswith(("summary", "classifier"))  # heads an LM never runs
+                          and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0}
     generation = measure_generation(models, validation, args.contexts, args.generate_batch_sizes, args.new_tokens,
                                     args.repeats, trained_positions)
     for rec in records:
