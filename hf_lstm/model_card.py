@@ -26,7 +26,7 @@ def _hardware() -> str:
 
 def build_model_card(args, results: dict) -> ModelCard:
     """A `ModelCard` with model-index metrics for every split and protocol present in `results`."""
-    dataset = args.dataset_name or args.train_file
+    dataset = args.train_file if args.train_file else args.dataset_name
     eval_results = []
     for split in ("validation", "test"):
         for protocol in ("fixed_window", "stateful"):
@@ -50,6 +50,15 @@ def build_model_card(args, results: dict) -> ModelCard:
     protocol_notes = "\n".join(f"- {v.format(window=results.get('eval_window'))}" for v in PROTOCOLS.values())
     shown_args = {k: v for k, v in sorted(vars(args).items()) if v not in (None, False) and k != "hub_token"}
     arg_lines = "\n".join(f"    --{k} {v}" if v is not True else f"    --{k}" for k, v in shown_args.items())
+    if results["model_type"] == "hf_lstm":
+        remote_code_note = (
+            "`trust_remote_code=True` runs the two Python files in this folder (`modeling_hf_lstm.py`,\n"
+            "`configuration_hf_lstm.py`); read them first, and pin a `revision` when loading from the Hub. With the\n"
+            "`hf_lstm` package installed (`import hf_lstm`), the installed code is used instead."
+        )
+    else:
+        remote_code_note = (f"`{results['model_type']}` is built into transformers: `trust_remote_code` is not needed "
+                            "for the model (it does no harm).")
     content = f"""---
 {card_data.to_yaml()}
 ---
@@ -57,7 +66,7 @@ def build_model_card(args, results: dict) -> ModelCard:
 # {Path(args.output_dir).name}
 
 A `{results['model_type']}` causal language model with {results['num_parameters']:,} parameters, trained with
-[hf_lstm](https://pypi.org/project/hf_lstm/)'s `hf-lstm train` on `{dataset}`
+`hf_lstm`'s `hf-lstm train` on `{dataset}`
 (batching: `{results['batching']}`).
 
 ## Use
@@ -69,9 +78,7 @@ generator = pipeline("text-generation", model="PATH_OR_REPO_ID", trust_remote_co
 print(generator("the", max_new_tokens=30)[0]["generated_text"])
 ```
 
-`trust_remote_code=True` runs the two Python files in this folder (`modeling_hf_lstm.py`,
-`configuration_hf_lstm.py`); read them first, and pin a `revision` when loading from the Hub. With the
-`hf_lstm` package installed (`import hf_lstm`), the installed code is used instead.
+{remote_code_note}
 
 ## Evaluation
 

@@ -504,8 +504,12 @@ def train(args: argparse.Namespace) -> dict:
                         accelerator.log({"train/" + k: v for k, v in record.items() if k != "step"}, step=step)
                     window_start, window_tokens = time.perf_counter(), 0
                 if args.eval_steps and step % args.eval_steps == 0 and main:
+                    eval_start = time.perf_counter()
                     state["eval_curve"].append(_curve_point(unwrapped, streams, args, state, run_start, tokenizer))
                     model.train()
+                    paused = time.perf_counter() - eval_start  # evaluation does not count as training time
+                    run_start += paused
+                    window_start += paused
                 state["train_seconds"] = time.perf_counter() - run_start
                 stop_reason = _should_stop(args, state, total_steps, stop_signal, accelerator)
                 if args.checkpointing_steps not in (None, "epoch") and step % int(args.checkpointing_steps) == 0:
