@@ -285,7 +285,7 @@ def plot(results: dict, output_dir: Path) -> list[Path]:
                 image = ax.imshow(data, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
             else:
                 image = ax.imshow(data, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
-            label = {"cell": "cell state C_t", "hidden": "hidden state h_t"}.get(name, f"{name} gate")
+            label = {"cell": "cell state C_t", "hidden": "hidden state h_t", "candidate": "candidate"}.get(name, f"{name} gate")
             ax.set_ylabel(f"{label}\n(unit)", fontsize=8)
             ax.set_yticks([])
             ax.set_xticks(range(len(entry["tokens"])))
