@@ -261,10 +261,12 @@ def plot(results: dict, output_dir: Path) -> list[Path]:
     """Accuracy on the dependent token against the distractor length d, one line per model."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for kind, record in results["models"].items():
+    markers = "osD^v"
+    for k, (kind, record) in enumerate(results["models"].items()):
         xs = results["distances"]
         ys = [record["by_distance"][str(d)]["accuracy"] for d in xs]
-        ax.plot(xs, ys, marker="o", ms=3, color=CELL_COLOURS.get(kind),
+        # shrinking, differently shaped markers keep coinciding lines (several models at 1.0) visible
+        ax.plot(xs, ys, marker=markers[k % len(markers)], ms=9 - 1.4 * k, mfc="none", lw=1.2, color=CELL_COLOURS.get(kind),
                 label=f"{kind} ({record['parameters'] / 1000:.0f}k params, {record['steps']} steps, "
                       f"curriculum reached d={record['curriculum_distance']})")
     ax.axhline(results["chance_choice_accuracy"], color="k", ls=":", lw=1, label="guessing among the 8 languages")
