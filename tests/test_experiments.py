@@ -193,3 +193,22 @@ def test_gates_reads_any_saved_hf_lstm_folder(tmp_path, word_tokenizer):
     assert len(entry["tokens"]) == 10 and entry["tokens"][4].endswith("france")
     assert len(entry["panels"]["cell"]) == 5 and len(entry["panels"]["cell"][0]) == 10
     assert results["layer"] == 1
+
+
+def test_training_stops_when_the_wall_clock_budget_is_spent():
+    from hf_lstm.experiments.adding import train_adding
+
+    _, record = train_adding("rnn", 24, budget_minutes=0.01, hidden_size=4, eval_every=1000)
+    assert record["steps"] >= 1 and record["seconds"] < 5 and record["stopped_because"] == "budget spent"
+
+
+def test_memory_bias_sets_where_the_forget_and_update_gates_start():
+    from hf_lstm.experiments.runner import SequenceRegressor
+
+    x = torch.zeros(2, 5, 2)
+    lstm = SequenceRegressor("lstm", 2, 8, memory_bias=3.0)
+    _, gates = lstm.hidden_states(x, output_gates=True)
+    assert torch.allclose(gates[0]["forget"][:, 0], torch.sigmoid(torch.tensor(3.0)))  # h_0 = 0, x = 0: bias only
+    gru = SequenceRegressor("gru", 2, 8, memory_bias=3.0)
+    _, gates = gru.hidden_states(x, output_gates=True)
+    assert torch.allclose(gates[0]["update"][:, 0], torch.sigmoid(torch.tensor(3.0)))
