@@ -4,7 +4,7 @@
 
 The task, as we read the paper: each step's input is a pair (value, marker). Values are drawn uniformly from
 [-1, 1]. Exactly two steps carry the marker 1.0: the first among the first 10 steps, the second among the
-first T/2 - 1 steps (never the same step). The first and the last step carry the marker -1.0 unless they are
+first T/2 - 1 steps that are still unmarked. The first and the last step carry the marker -1.0 unless they are
 marked with 1.0; every other marker is 0. With X1 and X2 the values at the two marked steps, the target,
 given only at the last step, is 0.5 + (X1 + X2) / 4, which lies in [0, 1]. In the rare case where the very
 first step is marked, X1 is taken as 0 (we also zero that step's value, so input and target agree). A
@@ -15,8 +15,9 @@ Our deviations, all stated in results.json and docs/SCIENCE.md: Adam with gradie
 paper's online gradient descent; minibatches of 64 sequences (all sequences of a minibatch share one length
 drawn from [T, T + T/10], so every sequence's length keeps the paper's distribution); one recurrent layer of
 64 units for every cell type (the paper's LSTM had 93 weights); the gate that keeps memory (forget gate,
-GRU update gate) starts with bias 3 (`--memory_bias`; sigmoid(3) = 0.95), not the library's 1; training stops when 99.5 % of a fixed
-validation set of 512 sequences is correct, or when the wall-clock budget is spent, whichever comes first.
+GRU update gate) starts with bias 3 (`--memory_bias`; sigmoid(3) = 0.95), not the library's 1; training
+stops when 99.5 % of a fixed validation set of 512 sequences is correct, or when the wall-clock budget is
+spent, whichever comes first.
 """
 
 from __future__ import annotations
