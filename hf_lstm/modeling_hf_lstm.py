@@ -199,7 +199,9 @@ class LSTMRecurrentLayer(nn.Module):
 
     - fused: torch's RNN kernel (`self.rnn`, an `nn.LSTM`/`nn.GRU`/`nn.RNN` of one layer), for whole sequences;
     - reference: the cell equations above, one step at a time, for peephole cells, gate introspection, and
-      single-token decoding (torch's kernel has a large fixed cost per call at sequence length 1).
+      padded single-token steps (torch's kernel has a large fixed cost per call at sequence length 1);
+    - decoding (one token, no padding, not peephole): torch's single-step cell op, the same equations in one
+      call (`_decode_step`).
 
     Both read the same parameters (`self.rnn.weight_ih_l0`, ...). Padding is handled exactly: padded
     positions leave the state untouched, so a padded batch gives what each sequence gives alone.
