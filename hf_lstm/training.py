@@ -661,6 +661,9 @@ def _finish(args, model, tokenizer, streams, state, n_params, train_flops, peak,
     metrics = evaluate_splits(model, eval_splits, window=args.eval_window, batch_size=args.per_device_eval_batch_size,
                               start_token_id=tokenizer.eos_token_id)
     seconds = max(state["train_seconds"], 1e-9)
+    # A peak measured once at start is too low if the machine was busy just then (MFU above 100% is the tell):
+    # measure again now and keep the better of the two.
+    peak = max(peak, measure_matmul_peak(seconds=0.3))
     results = {
         "model_type": model.config.model_type,
         "num_parameters": n_params,
