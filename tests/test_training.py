@@ -40,7 +40,7 @@ def tiny_args(corpus, output_dir, *extra):
             "--test_file", str(corpus / "test.txt"), "--tokenizer_type", "word", "--output_dir", str(output_dir),
             "--config_overrides", "hidden_size=16,num_hidden_layers=2", "--per_device_train_batch_size", "4",
             "--bptt", "8", "--block_size", "16", "--eval_window", "16", "--logging_steps", "1",
-            "--sample_max_new_tokens", "3", *extra]
+            "--sample_max_new_tokens", "3", "--optimizer", "adamw", *extra]
 
 
 def test_training_writes_a_complete_hub_folder_with_both_protocols(corpus, tmp_path, capsys):
