@@ -46,12 +46,13 @@ def corpus(tmp_path_factory):
 
 
 def cli_args(corpus, output_dir, *extra, train_file=None):
-    """The arguments of a tiny run (word tokenizer, 2x16 LSTM, batch 4, bptt 8) into `output_dir`."""
+    """The arguments of a tiny run (word tokenizer, 2x16 LSTM, batch 4, bptt 8, AdamW so the optimizer has
+    state to checkpoint) into `output_dir`."""
     return ["--train_file", str(train_file or corpus / "train.txt"), "--validation_file",
             str(corpus / "validation.txt"), "--test_file", str(corpus / "test.txt"), "--tokenizer_type", "word",
             "--output_dir", str(output_dir), "--config_overrides", "hidden_size=16,num_hidden_layers=2",
             "--per_device_train_batch_size", "4", "--bptt", "8", "--eval_window", "16", "--logging_steps", "1",
-            "--sample_max_new_tokens", "0", *extra]
+            "--sample_max_new_tokens", "0", "--optimizer", "adamw", *extra]
 
 
 def snapshot(folder: Path) -> dict:
