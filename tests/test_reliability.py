@@ -266,11 +266,12 @@ def kill_at_random_moments(corpus, out, kills: int, rng: random.Random, extra=()
 
 def test_sigkill_at_a_random_moment_leaves_only_whole_checkpoints_and_resume_finishes(corpus, tmp_path):
     out = tmp_path / "killed"
-    args = kill_at_random_moments(corpus, out, kills=1, rng=random.Random(1), extra=("--max_train_steps", "60"))
+    # 400 steps (a checkpoint after each) so that the kill lands before the end even on a fast machine
+    args = kill_at_random_moments(corpus, out, kills=1, rng=random.Random(1), extra=("--max_train_steps", "400"))
     resumed = run_cli(args + ["--resume_from_checkpoint", "latest"])
     output = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, output[-2000:]
-    assert "resumed from" in output and json.loads((out / "all_results.json").read_text())["train_steps"] == 60
+    assert "resumed from" in output and json.loads((out / "all_results.json").read_text())["train_steps"] == 400
 
 
 @pytest.mark.slow

@@ -103,26 +103,30 @@ def losses(folder: Path) -> list:
 
 
 def test_sigkill_after_a_checkpoint_then_resume_gives_the_same_losses(corpus, tmp_path):
-    common = ["--max_train_steps", "24", "--checkpointing_steps", "4", "--learning_rate", "0.01",
-              "--sample_max_new_tokens", "0"]
+    # Long enough (300 steps) that the kill lands well before the end even on a fast machine; every
+    # checkpoint is kept so the one we wait for cannot be pruned before we see it.
+    common = ["--max_train_steps", "300", "--checkpointing_steps", "4", "--checkpoints_total_limit", "1000",
+              "--learning_rate", "0.01", "--sample_max_new_tokens", "0", "--logging_steps", "50"]
     dropout = ",input_dropout=0.2,weight_dropout=0.2"
     straight = tiny_args(corpus, tmp_path / "straight", *common)
     straight[straight.index("--config_overrides") + 1] += dropout
-    assert run_cli(straight).wait(timeout=300) == 0
+    assert run_cli(straight).wait(timeout=600) == 0
 
     killed_dir = tmp_path / "killed"
     killed = tiny_args(corpus, killed_dir, *common)
     killed[killed.index("--config_overrides") + 1] += dropout
     proc = run_cli(killed)
-    deadline = time.time() + 300
-    while not (killed_dir / "step_8").is_dir() and time.time() < deadline:
-        time.sleep(0.05)
+    deadline = time.time() + 600
+    while not (killed_dir / "step_8").is_dir():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     saved = checkpointing.list_checkpoints(killed_dir)
-    assert saved and not (killed_dir / "step_24").exists()
+    assert saved and not (killed_dir / "step_300").exists() and not (killed_dir / "all_results.json").exists()
     resumed = run_cli(killed + ["--resume_from_checkpoint", "latest"])
-    output = resumed.communicate(timeout=300)[0]
+    output = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, output[-2000:]
     assert "resumed from" in output
     assert losses(killed_dir) == losses(tmp_path / "straight")
