@@ -100,16 +100,27 @@ def publish(output_dir: Path, name: str, keep_last: int | None = None) -> Path:
     _fsync_dir(Path(output_dir))
     if keep_last:
         for stale in list_checkpoints(output_dir)[:-keep_last]:
-            shutil.rmtree(stale, ignore_errors=True)
+            _delete_atomically(stale)
     return final
 
 
+def _delete_atomically(folder: Path) -> None:
+    """Remove a checkpoint so that no moment shows it half-deleted: rename it out of the checkpoint namespace
+    first (one atomic step), then delete the renamed folder. A kill mid-delete leaves `.del-NAME`, which no
+    resume looks at and `remove_leftovers` clears."""
+    doomed = folder.with_name(f".del-{folder.name}")
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.rename(folder, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
 def remove_leftovers(output_dir: Path) -> None:
-    """Delete half-written `.tmp-*` folders that a killed run left behind, and `.old-*` ones once their
-    replacement is in place. A run killed between the two renames of `publish` left `.old-NAME` without
+    """Delete half-written `.tmp-*` and half-deleted `.del-*` folders that a killed run left behind, and
+    `.old-*` ones once their replacement is in place. A run killed between the two renames of `publish` left `.old-NAME` without
     `NAME`: that complete checkpoint is moved back, not deleted."""
-    for leftover in Path(output_dir).glob(".tmp-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
+    for pattern in (".tmp-*", ".del-*"):
+        for leftover in Path(output_dir).glob(pattern):
+            shutil.rmtree(leftover, ignore_errors=True)
     for leftover in Path(output_dir).glob(".old-*"):
         final = leftover.with_name(leftover.name[len(".old-"):])
         if not final.exists() and (leftover / STATE_FILE).is_file():

@@ -373,6 +373,35 @@ def test_a_run_killed_between_the_two_renames_of_a_resave_loses_nothing(tmp_path
     assert not list(tmp_path.glob(".*"))
 
 
+
+def test_a_run_killed_while_pruning_an_old_checkpoint_leaves_nothing_half_deleted(tmp_path, monkeypatch):
+    # Pruning (--checkpoints_total_limit) deletes old checkpoints file by file. A kill in the middle of that
+    # must not leave a step_N that `latest` or a user could pick with files missing: the folder is renamed
+    # out of the checkpoint namespace first. Simulate the kill: the deletion removes one file, then dies.
+    for step in (1, 2):
+        folder = tmp_path / f".tmp-step_{step}"
+        folder.mkdir()
+        (folder / "trainer_state.json").write_text(json.dumps({"completed_steps": step}))
+        (folder / "optimizer.safetensors").write_bytes(b"x")
+        checkpointing.publish(tmp_path, f"step_{step}")
+
+    def killed_mid_delete(path, ignore_errors=False):
+        if Path(path).exists():
+            (Path(path) / "optimizer.safetensors").unlink()
+            raise KeyboardInterrupt  # the process dies here
+
+    (tmp_path / ".tmp-step_3").mkdir()
+    (tmp_path / ".tmp-step_3" / "trainer_state.json").write_text(json.dumps({"completed_steps": 3}))
+    monkeypatch.setattr(checkpointing.shutil, "rmtree", killed_mid_delete)
+    with pytest.raises(KeyboardInterrupt):
+        checkpointing.publish(tmp_path, "step_3", keep_last=2)
+    monkeypatch.undo()
+    names = [p.name for p in checkpointing.list_checkpoints(tmp_path)]
+    assert names == ["step_2", "step_3"] and (tmp_path / "step_2" / "optimizer.safetensors").is_file()
+    assert (tmp_path / ".del-step_1").is_dir()  # what the kill left: outside the checkpoint namespace
+    checkpointing.remove_leftovers(tmp_path)
+    assert not list(tmp_path.glob(".*"))
+
 # -- 3. long and odd inputs ---------------------------------------------------------------------------------
 
 
