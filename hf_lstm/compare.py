@@ -420,6 +420,11 @@ def base_train_argv(args, family: str, shape: MatchedShape, tokenizer_dir: Path,
     return argv
 
 
+def _optimizer_name(record: dict) -> str:
+    """How a record's optimizer reads in the report (records from before the field existed used AdamW)."""
+    return {"sgd": "SGD", "adamw": "AdamW"}.get(record.get("optimizer", "adamw"), record.get("optimizer"))
+
+
 def _train_step(model, optimizer, inputs, recurrent: bool, max_grad_norm: float) -> None:
     out = model(input_ids=inputs, labels=inputs, **({} if recurrent else {"use_cache": False}))
     out.loss.backward()
@@ -505,6 +510,7 @@ def train_one(args, family: str, shape: MatchedShape, tokenizer, tokenizer_dir: 
         "batching": results["batching"],
         "batch_size": targs.per_device_train_batch_size,
         "sequence_length": targs.bptt if targs.batching == "stream" else targs.block_size,
+        "optimizer": targs.optimizer,
         "learning_rate": targs.learning_rate,
         "weight_decay": targs.weight_decay,
         "train_argv": argv,
@@ -907,14 +913,15 @@ def write_report(args, records: list[dict], summary: dict, output_dir: Path, plo
         f"- Size: target {args.target_params:,} total parameters (the vocabulary is shared, so the total is the "
         f"matched count), each family within {args.tolerance:.0%}; non-embedding counts exclude token and "
         "position embeddings (and an untied output matrix).",
-        f"- Budget: {budget}. Schedule (same rule for every model): AdamW, cosine with {WARMUP_FRACTION:.0%} warm-up "
+        f"- Budget: {budget}. Schedule (same rule for every model, whatever its optimizer): cosine with "
+        f"{WARMUP_FRACTION:.0%} warm-up "
         + (f"over the steps a timed warm-up predicts for the budget (x{SCHEDULE_SLACK:.2f}); the clock stops the run."
            if args.budget == "wall_clock" else "over exactly the budget's steps."),
         f"- Curves: about {args.curve_points} checkpoints per run, saved inside the training clock (a fraction of "
         "a second each) and evaluated after the run, so evaluation takes nothing from the budget.",
         "- Recipes: " + "; ".join(
             f"{r['name']}: {r['batching']} batching of {r['batch_size']} x {r['sequence_length']} tokens, "
-            f"lr {r['learning_rate']:g}, weight decay {r['weight_decay']:g}, dropout "
+            f"{_optimizer_name(r)} lr {r['learning_rate']:g}, weight decay {r['weight_decay']:g}, dropout "
             + (", ".join(f"{k} {v:g}" for k, v in r["dropout"].items()) or "none") for r in records)
         + ". hf_lstm's stream batching carries the state across windows; Transformers read independent shuffled "
         "blocks.",

@@ -59,8 +59,12 @@ class LSTMConfig(PretrainedConfig):
             DropConnect on the recurrent weights `weight_hh` (Wan et al. 2013; AWD-LSTM, Merity et al. 2017):
             one mask per forward pass, shared by all time steps.
         initializer_range (`float`, *optional*):
-            Half-width r of the uniform distribution U(-r, r) every weight starts from. Defaults to
-            1/sqrt(hidden_size), torch.nn.LSTM's own choice. Zaremba et al. (2014) use 0.1.
+            Half-width r of the uniform distribution U(-r, r) every weight starts from, embeddings included
+            (Zaremba et al. (2014) use 0.1). Left unset, each module starts as torch would start it: recurrent
+            and linear weights U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) as in torch.nn.LSTM, and the token
+            embeddings N(0, 1) as in torch.nn.Embedding. The embedding scale matters: with embeddings as small
+            as the recurrent weights, the input reaches the gates ~30x attenuated and AdamW sits at the unigram
+            loss for hundreds of steps (measured: docs/TRAINING.md, "Initialisation").
         classifier_pooling (`str`, defaults to `"last"`):
             How [`LSTMForSequenceClassification`] summarises a sequence: `"last"` takes the final state of the
             last layer (with `bidirectional`, the forward state after the last real token concatenated with

@@ -481,7 +481,9 @@ class LSTMPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module):
         """Uniform U(-r, r) weights (r = initializer_range, or 1/sqrt(hidden_size) like nn.LSTM), zero biases,
-        and the forget-gate bias b_f = forget_bias for LSTM and peephole cells."""
+        and the forget-gate bias b_f = forget_bias for LSTM and peephole cells. Token embeddings take U(-r, r)
+        only when initializer_range is set; by default they start N(0, 1) like nn.Embedding, so that W x_t
+        is of order one at the gates (see the config's docstring for why that matters)."""
         r = self.config.initializer_range or 1.0 / math.sqrt(self.config.hidden_size)
         # Dispatch on the modules that own the parameters: transformers skips, for remote code, any module
         # whose own (non-recursive) parameters are all already initialised, which a parameterless wrapper is.
@@ -499,7 +501,10 @@ class LSTMPreTrainedModel(PreTrainedModel):
         elif isinstance(module, LSTMRecurrentLayer) and module.cell_type == "peephole":
             init.uniform_(module.peephole_weight, -r, r)
         elif isinstance(module, nn.Embedding):
-            init.uniform_(module.weight, -r, r)
+            if self.config.initializer_range is None:
+                init.normal_(module.weight, 0.0, 1.0)
+            else:
+                init.uniform_(module.weight, -r, r)
         elif isinstance(module, nn.Linear):
             init.uniform_(module.weight, -r, r)
             if module.bias is not None:

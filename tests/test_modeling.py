@@ -76,6 +76,22 @@ def test_forget_bias_starts_at_one_and_other_biases_at_zero():
                        torch.zeros(5))
 
 
+
+def test_default_initialisation_is_torchs_and_initializer_range_sets_every_weight():
+    # Unset: embeddings N(0, 1) as nn.Embedding, recurrent weights U(+-1/sqrt(H)) as nn.LSTM. Small embeddings
+    # made AdamW stall at the unigram loss (docs/TRAINING.md, "Initialisation"), so this default is load-bearing.
+    torch.manual_seed(0)
+    model = LSTMForCausalLM(LSTMConfig(vocab_size=2000, hidden_size=64, num_hidden_layers=2))
+    embeddings = model.get_input_embeddings().weight
+    assert 0.95 < embeddings.std().item() < 1.05 and abs(embeddings.mean().item()) < 0.02
+    assert model.lm_head.weight is embeddings  # tied: the output layer starts from the same matrix
+    W = model.gate_weights(1)["W_f"]
+    assert W.abs().max().item() <= 1 / 64 ** 0.5 and W.std().item() > 0.5 / (3 * 64) ** 0.5
+    zaremba = LSTMForCausalLM(LSTMConfig(vocab_size=2000, hidden_size=64, initializer_range=0.1))
+    for name, param in zaremba.named_parameters():
+        if param.dim() > 1:
+            assert param.abs().max().item() <= 0.1, name
+
 def run_equations_by_hand(view, cell_type, xs, hidden_size):
     """The equations of the docs, written out with the paper-notation weights: one sequence, one layer."""
     sig = torch.sigmoid
