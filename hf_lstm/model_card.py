@@ -7,6 +7,7 @@ training arguments, the hardware and the measured speed.
 from __future__ import annotations
 
 import platform
+import shlex
 from pathlib import Path
 
 import torch
@@ -49,7 +50,8 @@ def build_model_card(args, results: dict) -> ModelCard:
     )
     protocol_notes = "\n".join(f"- {v.format(window=results.get('eval_window'))}" for v in PROTOCOLS.values())
     shown_args = {k: v for k, v in sorted(vars(args).items()) if v not in (None, False) and k != "hub_token"}
-    arg_lines = "\n".join(f"    --{k} {v}" if v is not True else f"    --{k}" for k, v in shown_args.items())
+    arg_lines = " \\\n".join(f"    --{k} {shlex.quote(str(v))}" if v is not True else f"    --{k}"
+                              for k, v in shown_args.items())  # a command that runs when pasted
     if results["model_type"] == "hf_lstm":
         remote_code_note = (
             "`trust_remote_code=True` runs the two Python files in this folder (`modeling_hf_lstm.py`,\n"
