@@ -116,8 +116,8 @@ def _delete_atomically(folder: Path) -> None:
 
 def remove_leftovers(output_dir: Path) -> None:
     """Delete half-written `.tmp-*` and half-deleted `.del-*` folders that a killed run left behind, and
-    `.old-*` ones once their replacement is in place. A run killed between the two renames of `publish` left `.old-NAME` without
-    `NAME`: that complete checkpoint is moved back, not deleted."""
+    `.old-*` ones once their replacement is in place. A run killed between the two renames of `publish` left
+    `.old-NAME` without `NAME`: that complete checkpoint is moved back, not deleted."""
     for pattern in (".tmp-*", ".del-*"):
         for leftover in Path(output_dir).glob(pattern):
             shutil.rmtree(leftover, ignore_errors=True)

@@ -65,9 +65,9 @@ WARMUP_FRACTION = 0.05
 # No dropout anywhere: at a budget of minutes on a CPU every model sees about one epoch of PTB, a regime where
 # dropout only slows learning (GPT-2's default 0.1 is switched off; Llama and hf_lstm have none by default).
 # Batch and rates come from a small sweep on PTB at 4M parameters and 5 minutes (docs/COMPARE.md, "Recipes"),
-# the best of each family's runs; Llama was not swept and takes GPT-2's. Reports made before 2026-11-24 10:00 UTC
-# trained hf_lstm with SGD, or AdamW 3e-3, from embeddings initialised as small as the recurrent weights, which
-# kept it near the unigram level (docs/TRAINING.md, "Initialisation").
+# the best of each family's runs; Llama was not swept and takes GPT-2's. Earlier reports (docs/COMPARE-ptb-4M-sgd.md
+# and the git history) trained hf_lstm with SGD, or AdamW 3e-3, from embeddings initialised as small as the
+# recurrent weights, which held it back (docs/TRAINING.md, "Initialisation").
 RECIPES = {
     "hf_lstm": {
         "args": ["--batching", "stream", "--optimizer", "adamw", "--learning_rate", "6e-3"],
