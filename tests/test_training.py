@@ -76,6 +76,23 @@ def test_a_transformer_trains_through_the_same_script_with_blocks(corpus, tmp_pa
     assert "validation_perplexity_fixed_window" in results and "validation_perplexity_stateful" not in results
 
 
+
+def test_the_default_recipe_of_each_family(corpus, tmp_path):
+    # Measured in docs/TRAINING.md ("Initialisation, and the optimizer it decided"): AdamW 6e-3 for hf_lstm,
+    # 1e-3 for Transformers; SGD's own rate and clipping when it is asked for.
+    def defaults(*extra):
+        args = tiny_args(corpus, tmp_path, *extra)
+        at = args.index("--optimizer")  # tiny_args' own choice; one given in `extra` comes later and stays
+        return parse_args(args[:at] + args[at + 2:])
+
+    lstm = defaults()
+    assert (lstm.optimizer, lstm.learning_rate, lstm.max_grad_norm, lstm.batching) == ("adamw", 6e-3, 1.0, "stream")
+    gpt2 = defaults("--model_type", "gpt2")
+    assert (gpt2.optimizer, gpt2.learning_rate, gpt2.batching) == ("adamw", 1e-3, "blocks")
+    sgd = defaults("--optimizer", "sgd")
+    assert (sgd.optimizer, sgd.learning_rate, sgd.max_grad_norm) == ("sgd", 20.0, 0.25)
+
+
 def test_stream_batching_is_refused_for_a_transformer(corpus, tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_args(tiny_args(corpus, tmp_path, "--model_type", "gpt2", "--batching", "stream"))
