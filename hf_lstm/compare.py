@@ -1009,7 +1009,8 @@ def write_report(args, records: list[dict], summary: dict, output_dir: Path, plo
         "generation figures are interleaved across models to share that noise, the training runs are not "
         "(they run one after another).",
         "- The budget is short: these are the models' quality after this budget, not at convergence; the "
-        "recipes are each family's usual settings, not tuned per model in this run.",
+        "recipes (batch, optimizer, rate) are the defaults of `hf-lstm compare`, chosen once from a small sweep "
+        "(docs/COMPARE.md, \"Recipes\") and not tuned per model in this run.",
         "- The fixed-window protocol gives every model the same context (at most one window); the stateful number "
         "is reported for recurrent models because it is the protocol of the published RNN results, not "
         "because it compares with the Transformers' fixed-window number.",
