@@ -522,6 +522,30 @@ def train_on_ptb(model, train_ids: torch.Tensor, max_steps: int, max_seconds: fl
     return steps, time.perf_counter() - start
 
 
+def _quant_perplexity_of_a_saved_model(args, report: Report) -> None:
+    """7b on a trained model folder (e.g. the README's main job): PTB validation, tokenized by the folder's own
+    tokenizer, stateful, float32 against int8."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .data import load_corpus, tokenize_corpus
+    from .quantization import quantize_dynamic_int8
+
+    tokenizer = AutoTokenizer.from_pretrained(args.ptb_model)
+    trained = AutoModelForCausalLM.from_pretrained(args.ptb_model, use_safetensors=True).eval()
+    valid_ids = tokenize_corpus(load_corpus("ptb"), tokenizer)["validation"]
+    if args.ptb_eval_tokens:
+        valid_ids = valid_ids[: args.ptb_eval_tokens]
+    ppl_float = perplexity(trained, valid_ids)
+    ppl_int8 = perplexity(quantize_dynamic_int8(trained), valid_ids)
+    report.add(
+        Figure("quant.ptb_perplexity_float", "PTB valid perplexity, float32", ppl_float, "ppl",
+               detail=f"{args.ptb_model}; {len(valid_ids)} validation tokens, stateful"),
+        Figure("quant.ptb_perplexity_int8", "PTB valid perplexity, int8", ppl_int8, "ppl"),
+        Figure("quant.ptb_perplexity_change", "7b. PTB valid perplexity change, int8 vs float32",
+               100 * (ppl_int8 / ppl_float - 1), "%", "report"),
+    )
+
+
 def section_quant(model, args, report: Report) -> None:
     """Target 7: int8 dynamic quantisation (recurrent and output layers): decode speed-up at batch 1 and the
     change in Penn Treebank validation perplexity of a briefly trained model."""
@@ -539,6 +563,9 @@ def section_quant(model, args, report: Report) -> None:
                detail=f"float32 alongside: {1 / t['float']:.0f} tok/s"),
         Figure("quant.decode_speedup", "7a. int8 / float32 decode speed", t["float"] / t["int8"], "x", "report"),
     )
+    if args.ptb_model:
+        _quant_perplexity_of_a_saved_model(args, report)
+        return
     if args.ptb_train_steps <= 0:
         report.add(Figure("quant.ptb_perplexity_change", "7b. PTB valid perplexity change, int8 vs float32", None,
                           "%", "report", None, "skipped (--ptb-train-steps 0)"))
@@ -633,6 +660,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     c.add_argument("--reference_seq_len", "--reference-seq-len", type=int, default=256)
     c.add_argument("--ptb_train_steps", "--ptb-train-steps", type=int, default=400,
                    help="steps of PTB training before the int8 perplexity comparison (0: skip it)")
+    c.add_argument("--ptb_model", "--ptb-model", default=None,
+                   help="a trained hf_lstm folder (with its tokenizer) to measure the int8 perplexity change on, "
+                        "instead of training one briefly")
     c.add_argument("--ptb_train_seconds", "--ptb-train-seconds", type=float, default=300.0,
                    help="stop PTB training after this many seconds even if the steps are not done")
     c.add_argument("--ptb_eval_tokens", "--ptb-eval-tokens", type=int, default=0, help="0: the whole validation split")

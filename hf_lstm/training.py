@@ -456,7 +456,9 @@ def train(args: argparse.Namespace) -> dict:
     window_start, window_tokens = time.perf_counter(), 0
     run_start = time.perf_counter() - state["train_seconds"]
     with StopSignal() as stop_signal:
-        for epoch in range(state["epoch"], num_epochs):
+        # resumed from the run's last step (a kill during the final evaluation): nothing is left to train
+        first_epoch = num_epochs if state["completed_steps"] >= total_steps else state["epoch"]
+        for epoch in range(first_epoch, num_epochs):
             batches = Batches(args, streams["train"], rank, world, epoch)
             cache = carried if epoch == state["epoch"] else None  # the state restarts with every epoch
             carried = None

@@ -149,6 +149,18 @@ def test_sigkill_after_a_checkpoint_then_resume_gives_the_same_losses(corpus, tm
     assert losses(killed_dir) == losses(tmp_path / "straight")
 
 
+
+def test_resuming_from_the_last_step_trains_nothing_more(corpus, tmp_path):
+    # A kill during the final evaluation leaves step_N == max_train_steps as the latest checkpoint; resuming
+    # from it must only evaluate and save, not take one more step (the slow 6-kill test caught step 301 of 300).
+    out = tmp_path / "done"
+    first = train(parse_args(tiny_args(corpus, out, "--max_train_steps", "4", "--checkpointing_steps", "2")))
+    log = json.loads((out / "train_log.json").read_text())
+    again = train(parse_args(tiny_args(corpus, out, "--max_train_steps", "4", "--checkpointing_steps", "2",
+                                       "--resume_from_checkpoint", "latest")))
+    assert again["train_steps"] == first["train_steps"] == 4
+    assert json.loads((out / "train_log.json").read_text()) == log
+
 def test_sigterm_saves_a_checkpoint_before_exiting(corpus, tmp_path):
     out = tmp_path / "term"
     proc = run_cli(tiny_args(corpus, out, "--max_train_steps", "100000", "--sample_max_new_tokens", "0"))
