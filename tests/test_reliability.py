@@ -78,11 +78,13 @@ def error_line(capsys) -> str:
     return lines[0]
 
 
-def run_cli(args):
-    """`python -m hf_lstm.cli train ARGS` as a real child process, output merged into one pipe."""
+def run_cli(args, log: Path | None = None):
+    """`python -m hf_lstm.cli train ARGS` as a real child process, output merged into one pipe (or appended to
+    `log`, for runs nobody reads while they go: a pipe that fills up would block the child)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    stdout = subprocess.PIPE if log is None else open(log, "a")  # noqa: SIM115 (the child owns it)
     return subprocess.Popen([sys.executable, "-m", "hf_lstm.cli", "train", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=stdout, stderr=subprocess.STDOUT, text=True)
 
 
 def assert_checkpoint_is_whole(folder: Path) -> None:
@@ -246,7 +248,8 @@ def kill_at_random_moments(corpus, out, kills: int, rng: random.Random, extra=()
     resuming from `latest`; after every kill, each checkpoint that resume could pick must be whole."""
     args = cli_args(corpus, out, "--checkpointing_steps", "1", "--checkpoints_total_limit", "2", *extra)
     for k in range(kills):
-        proc = run_cli(args + (["--resume_from_checkpoint", "latest"] if k else []))
+        log = out.parent / f"{out.name}-kill-{k}.log"
+        proc = run_cli(args + (["--resume_from_checkpoint", "latest"] if k else []), log=log)
         seen = {p.name for p in checkpointing.list_checkpoints(out)}
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:
@@ -256,7 +259,7 @@ def kill_at_random_moments(corpus, out, kills: int, rng: random.Random, extra=()
         time.sleep(rng.uniform(0.0, 1.5))  # a random moment: mid-step, mid-write, mid-rename
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        assert proc.returncode == -signal.SIGKILL, proc.stdout.read()[-2000:]
+        assert proc.returncode == -signal.SIGKILL, log.read_text()[-2000:]
         saved = checkpointing.list_checkpoints(out)
         assert saved, "a killed run must leave its earlier checkpoints"
         for folder in saved:
@@ -276,9 +279,10 @@ def test_sigkill_at_a_random_moment_leaves_only_whole_checkpoints_and_resume_fin
 
 @pytest.mark.slow
 def test_many_sigkills_at_random_moments_then_resume_give_the_uninterrupted_losses(corpus, tmp_path):
-    steps = ("--max_train_steps", "300", "--learning_rate", "0.01")
-    straight = run_cli(cli_args(corpus, tmp_path / "straight", *steps))
-    assert straight.wait(timeout=900) == 0
+    # 3000 tiny steps (about 20 s here, a checkpoint after each) so that all six kills land before the end
+    steps = ("--max_train_steps", "3000", "--learning_rate", "0.01")
+    straight = run_cli(cli_args(corpus, tmp_path / "straight", *steps), log=tmp_path / "straight.log")
+    assert straight.wait(timeout=900) == 0, (tmp_path / "straight.log").read_text()[-2000:]
     out = tmp_path / "killed"
     args = kill_at_random_moments(corpus, out, kills=6, rng=random.Random(7), extra=steps)
     resumed = run_cli(args + ["--resume_from_checkpoint", "latest"])
