@@ -99,3 +99,21 @@ def test_int8_model_tracks_the_float_model_and_leaves_it_untouched(cell_type):
     assert (quant - full).abs().max() < 0.05 * full.abs().max() + 1e-3
     assert steps.shape == (2, 10)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_int8_perplexity_change_on_a_saved_trained_folder(tmp_path):
+    # --ptb_model: 7b measured on a folder (its own tokenizer reads PTB), as on the README's main job.
+    from hf_lstm import LSTMConfig, LSTMForCausalLM
+    from hf_lstm.data import load_corpus, train_tokenizer
+
+    tokenizer = train_tokenizer(load_corpus("ptb")["train"]["text"][:200], kind="word")
+    LSTMForCausalLM(LSTMConfig(vocab_size=len(tokenizer), hidden_size=16)).save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    path = tmp_path / "bench.json"
+    assert benchmark.main(["--tiny", "--sections", "quant", "--ptb_model", str(tmp_path / "m"),
+                           "--json", str(path)]) == 0
+    figures = {f["key"]: f for f in json.loads(path.read_text())["figures"]}
+    assert str(tmp_path / "m") in figures["quant.ptb_perplexity_float"]["detail"]
+    float_ppl, int8_ppl = (figures[f"quant.ptb_perplexity_{k}"]["value"] for k in ("float", "int8"))
+    assert 1 < float_ppl < 2 * len(tokenizer) and abs(int8_ppl / float_ppl - 1) < 0.05
+    assert figures["quant.ptb_perplexity_change"]["value"] == pytest.approx(100 * (int8_ppl / float_ppl - 1))
