@@ -82,9 +82,12 @@ def run_cli(args, log: Path | None = None):
     """`python -m hf_lstm.cli train ARGS` as a real child process, output merged into one pipe (or appended to
     `log`, for runs nobody reads while they go: a pipe that fills up would block the child)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    stdout = subprocess.PIPE if log is None else open(log, "a")  # noqa: SIM115 (the child owns it)
-    return subprocess.Popen([sys.executable, "-m", "hf_lstm.cli", "train", *args], cwd=REPO, env=env,
-                            stdout=stdout, stderr=subprocess.STDOUT, text=True)
+    command = [sys.executable, "-m", "hf_lstm.cli", "train", *args]
+    if log is None:
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+    with open(log, "a") as stdout:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=stdout, stderr=subprocess.STDOUT, text=True)
 
 
 def assert_checkpoint_is_whole(folder: Path) -> None:
