@@ -16,6 +16,7 @@ from transformers import (
 
 from .configuration_hf_lstm import CELL_TYPES, IMPLEMENTATIONS, LSTMConfig
 from .modeling_hf_lstm import (
+    CACHE_NAME,
     LSTMCache,
     LSTMCausalLMOutput,
     LSTMClassifierOutput,
@@ -25,6 +26,7 @@ from .modeling_hf_lstm import (
     LSTMModel,
     LSTMModelOutput,
     LSTMPreTrainedModel,
+    cache_of,
 )
 
 __version__ = "0.1.0"
@@ -36,6 +38,8 @@ AutoModelForSequenceClassification.register(LSTMConfig, LSTMForSequenceClassific
 AutoModelForTokenClassification.register(LSTMConfig, LSTMForTokenClassification, exist_ok=True)
 
 __all__ = [
+    "CACHE_NAME",
+    "cache_of",
     "CELL_TYPES",
     "IMPLEMENTATIONS",
     "LSTMConfig",

@@ -220,10 +220,10 @@ def step_loop(model, input_ids: torch.Tensor, new_tokens: int) -> float:
     (prefill excluded)."""
     with torch.no_grad():
         out = model(input_ids, use_cache=True, logits_to_keep=1)
-        cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        cache, token = out.cache, out.logits[:, -1].argmax(-1, keepdim=True)
         start = time.perf_counter()
         for _ in range(new_tokens):
-            out = model(token, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = model(token, cache=cache, use_cache=True, logits_to_keep=1)
             token = out.logits[:, -1].argmax(-1, keepdim=True)
         return (time.perf_counter() - start) / new_tokens
 
@@ -334,7 +334,7 @@ def section_prefill(model, args, report: Report) -> None:
 
             def run():
                 for k in range(ids.shape[1]):
-                    model.model(ids[:, k : k + 1], past_key_values=cache, use_cache=True)
+                    model.model(ids[:, k : k + 1], cache=cache, use_cache=True)
                 model.lm_head(model.model.embed_tokens.weight[:1])  # the one output product the fused side also pays
 
             return timed(run)
@@ -488,8 +488,8 @@ def perplexity(model, ids: torch.Tensor, batch: int = 10, bptt: int = 128) -> fl
     total, count, cache = 0.0, 0, None
     with torch.no_grad():
         for x, y in stream_batches(ids, batch, bptt):
-            out = model(x, past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
+            out = model(x, cache=cache, use_cache=True)
+            cache = out.cache
             total += F.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]), y.reshape(-1),
                                      reduction="sum").item()
             count += y.numel()
@@ -511,13 +511,13 @@ def train_on_ptb(model, train_ids: torch.Tensor, max_steps: int, max_seconds: fl
         except StopIteration:
             batches, cache = stream_batches(train_ids, batch, bptt), None
             continue
-        out = model(x, past_key_values=cache, use_cache=True)
+        out = model(x, cache=cache, use_cache=True)
         loss = F.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]), y.reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        cache = out.past_key_values.detach()
+        cache = out.cache.detach()
         steps += 1
     return steps, time.perf_counter() - start
 

@@ -24,7 +24,7 @@ What one run does, in order:
    each prompt context, the models interleaved (A, B, C, A, B, C, ...) and the median of `--repeats` kept,
    so a neighbour stealing the CPU slows every model alike. Tokens/s is the steady decoding rate (the
    prompt's prefill is timed separately). A context that does not fit a model's positions is recorded as
-   null with the reason. Cache bytes come from the `past_key_values` that `generate()` returns; peak
+   null with the reason. Cache bytes come from the cache that `generate()` returns; peak
    resident memory is the process's high-water mark, reset before each call (Linux `clear_refs`).
 5. **Outputs**: `results.json` (one record per model), `REPORT.md` with tables, plots (PNG) and a reading
    generated from the numbers, and optionally each model's card copied to `--model_cards_dir` and the report
@@ -49,6 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from .modeling_hf_lstm import cache_of
 
 FAMILIES = ("hf_lstm", "gpt2", "llama")
 # Depths tried for each family, in order of preference: the first depth whose best width lands within
@@ -598,7 +600,7 @@ def _reset_peak_memory() -> bool:
 
 
 def cache_nbytes(cache) -> int | None:
-    """Bytes held by a `past_key_values` object: `LSTMCache.nbytes`, or the keys and values of every layer of a
+    """Bytes held by a generation cache: `LSTMCache.nbytes`, or the keys and values of every layer of a
     transformers `Cache` (or a legacy tuple of tuples)."""
     if cache is None:
         return None
@@ -652,7 +654,7 @@ def generate_once(model, ids: torch.LongTensor, new_tokens: int) -> dict:
     _, peak = _resident()
     steps = len(clock.times)
     decode = (clock.times[-1] - clock.times[0]) / (steps - 1) if steps > 1 else float("nan")
-    cache = out.past_key_values
+    cache = cache_of(out)
     return {
         "tokens_per_second": ids.shape[0] / decode if steps > 1 else None,
         "prefill_seconds": clock.times[0] - start if steps else None,

@@ -78,7 +78,7 @@ class LSTMConfig(PretrainedConfig):
     """
 
     model_type = "hf_lstm"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]  # the state, under its name before and after transformers 5.24
 
     def __init__(
         self,

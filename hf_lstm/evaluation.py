@@ -68,8 +68,8 @@ def stateful_perplexity(model, ids: torch.LongTensor, bptt: int = 256, start_tok
     cache, total = None, 0.0
     for start in range(0, ids.numel() - 1, bptt):
         chunk = ids[start : start + bptt + 1].unsqueeze(0).to(device)
-        out = model(input_ids=chunk[:, :-1], past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        out = model(input_ids=chunk[:, :-1], cache=cache, use_cache=True)
+        cache = out.cache
         total += F.cross_entropy(out.logits[0].float(), chunk[0, 1:], reduction="sum").item()
     model.train(was_training)
     return _result(total, ids.numel() - 1)

@@ -25,17 +25,41 @@ Parameters are stored in the layout of torch's fused kernels (`weight_ih_l0`, `w
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import make_dataclass
 
 import torch
 import torch.nn.functional as F
+import transformers
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-from transformers import GenerationMixin, PreTrainedModel
-from transformers import initialization as init
-from transformers.utils import ModelOutput
 
 from .configuration_hf_lstm import LSTMConfig
+
+# Everything this file needs from transformers, in one place. A saved folder carries this file, so a future
+# transformers that moves one of these names must fail here with a message that says what to do, not later with
+# a TypeError deep inside generate().
+_WRITTEN_FOR = "transformers 5.0 to 5.24"
+_WHAT_TO_DO = (
+    "Re-save the folder with a newer hf_lstm installed (import hf_lstm; "
+    "AutoModelForCausalLM.from_pretrained(folder).save_pretrained(folder)), or install a transformers this file "
+    f"was written for ({_WRITTEN_FOR})."
+)
+try:
+    from transformers import GenerationMixin, PreTrainedModel
+    from transformers import initialization as init
+    from transformers.generation.utils import ALL_CACHE_NAMES
+    from transformers.utils import ModelOutput
+except ImportError as error:
+    raise ImportError(
+        f"hf_lstm's model file cannot run on transformers {transformers.__version__}: {error}. {_WHAT_TO_DO}"
+    ) from error
+
+CACHE_NAME: str = ALL_CACHE_NAMES[0]
+"""The name under which the installed transformers carries a model's cache through `generate()` and its outputs:
+`"cache"` from transformers 5.24 on, `"past_key_values"` before. Read from transformers itself (the first of the
+names `generate()` looks for), not from its version string. `forward` accepts both names; the output classes
+store the state under this one (5.24 renames the other inside every `ModelOutput`) and answer `.cache` on every
+version."""
 
 # ----------------------------------------------------------------------------------------------------------
 # The cells: one time step each, in plain PyTorch. `gx` is the input projection x_t W_ih^T + b_ih, computed
@@ -98,11 +122,17 @@ class LSTMCache:
     each of shape (batch, hidden_size).
 
     Unlike a Transformer's key/value cache it does not grow with the context: its size is fixed by the
-    batch and the model (`nbytes`). It is what `generate()` carries between steps under `past_key_values`,
-    and what truncated backpropagation through time carries between batches (`detach()`).
+    batch and the model (`nbytes`). It is what `generate()` carries between steps (under `CACHE_NAME`), and
+    what truncated backpropagation through time carries between batches (`detach()`).
+
+    It answers what `generate()` asks of a cache. Continuing from a returned cache must equal one long
+    generation, so the state counts the positions it has read (`get_seq_length`) and says its layers are not
+    "linear" (`is_linear`: transformers feeds such a cache the whole prompt again, since a Mamba-style state
+    does not count tokens); ours does count, so `generate()` feeds only the tokens it has not read.
     """
 
-    is_compileable = False
+    is_compileable = False  # its tensors are replaced, not updated in place: no static addresses to capture
+    is_croppable = False  # a recurrent state cannot forget its last tokens (no assisted decoding rollback)
 
     def __init__(self, states: list[tuple[torch.Tensor, ...]] | None = None, seen_tokens: int = 0):
         self.states: list[tuple[torch.Tensor, ...]] = list(states) if states is not None else []
@@ -122,6 +152,15 @@ class LSTMCache:
     def get_max_cache_shape(self, layer_idx: int = 0) -> int:
         """A recurrent state has no length limit."""
         return -1
+
+    @property
+    def is_linear(self) -> list[bool]:
+        """Per layer, False: the state knows how many tokens it has read, so `generate()` slices them off."""
+        return [False] * len(self.states)
+
+    @property
+    def is_sliding(self) -> list[bool]:
+        return [False] * len(self.states)
 
     @property
     def batch_size(self) -> int:
@@ -393,60 +432,72 @@ def _reverse_within_lengths(x: torch.Tensor, lengths: torch.Tensor | None) -> to
 # ----------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class LSTMModelOutput(ModelOutput):
+def _output_class(name: str, doc: str, fields: tuple[str, ...]) -> type[ModelOutput]:
+    """A `ModelOutput` dataclass with these fields (all optional, in this order), where the field "cache" is
+    spelled `CACHE_NAME`, the name the installed transformers reads. On transformers < 5.24 the class also
+    answers `.cache`, so code written against either version reads the state the same way."""
+    spelled = [CACHE_NAME if field == "cache" else field for field in fields]
+    namespace: dict[str, object] = {"__doc__": doc, "__module__": __name__}
+    if "cache" in fields and CACHE_NAME != "cache":
+        namespace["cache"] = property(lambda self: getattr(self, CACHE_NAME))
+    return make_dataclass(name, [(field, object, None) for field in spelled], bases=(ModelOutput,), namespace=namespace)
+
+
+LSTMModelOutput = _output_class(
+    "LSTMModelOutput",
     """Output of [`LSTMModel`].
 
     Args:
         last_hidden_state (`torch.FloatTensor` of shape `(batch, seq_len, num_directions * hidden_size)`):
             h_t of the last layer at every position (after the output dropout, when training).
-        past_key_values ([`LSTMCache`], *optional*):
-            The recurrent state after the last position, returned when `use_cache=True`.
+        cache ([`LSTMCache`], *optional*):
+            The recurrent state after the last position, returned when `use_cache=True` (stored under
+            `CACHE_NAME`; `.cache` reads it on every transformers version).
         hidden_states (`tuple(torch.FloatTensor)`, *optional*):
             With `output_hidden_states=True`: (embeddings, layer 1 h_t, ..., layer N h_t).
         gates (`tuple(dict[str, torch.FloatTensor])`, *optional*):
             With `output_gates=True`: one dict per layer of `(batch, seq_len, hidden)` activations, keyed
             `forget, input, output, candidate, cell` (LSTM, peephole) or `update, reset, candidate` (GRU).
-    """
+    """,
+    ("last_hidden_state", "cache", "hidden_states", "gates"),
+)
 
-    last_hidden_state: torch.FloatTensor | None = None
-    past_key_values: LSTMCache | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    gates: tuple[dict[str, torch.FloatTensor], ...] | None = None
-
-
-@dataclass
-class LSTMCausalLMOutput(ModelOutput):
+LSTMCausalLMOutput = _output_class(
+    "LSTMCausalLMOutput",
     """Output of [`LSTMForCausalLM`].
 
     Args:
         loss (`torch.FloatTensor`, *optional*): mean next-token cross-entropy, when `labels` are given.
         logits (`torch.FloatTensor` of shape `(batch, seq_len, vocab_size)`): next-token scores.
-        past_key_values ([`LSTMCache`], *optional*): the recurrent state after the last position.
+        cache ([`LSTMCache`], *optional*): the recurrent state after the last position.
         hidden_states, gates: as in [`LSTMModelOutput`].
-    """
+    """,
+    ("loss", "logits", "cache", "hidden_states", "gates"),
+)
 
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    past_key_values: LSTMCache | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    gates: tuple[dict[str, torch.FloatTensor], ...] | None = None
-
-
-@dataclass
-class LSTMClassifierOutput(ModelOutput):
+LSTMClassifierOutput = _output_class(
+    "LSTMClassifierOutput",
     """Output of the classification heads.
 
     Args:
         loss (`torch.FloatTensor`, *optional*): classification (or regression) loss, when `labels` are given.
         logits (`torch.FloatTensor`): `(batch, num_labels)` for sequences, `(batch, seq_len, num_labels)` for tokens.
         hidden_states, gates: as in [`LSTMModelOutput`].
-    """
+    """,
+    ("loss", "logits", "hidden_states", "gates"),
+)
 
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    gates: tuple[dict[str, torch.FloatTensor], ...] | None = None
+
+def cache_of(output: ModelOutput) -> LSTMCache | None:
+    """The cache inside any model or `generate()` output, under whichever name the installed transformers uses."""
+    return output.get(CACHE_NAME)
+
+
+def _one_cache(cache: LSTMCache | None, past_key_values: LSTMCache | None) -> LSTMCache | None:
+    """`forward` takes the state as `cache` (transformers >= 5.24) or `past_key_values` (before): one argument."""
+    if cache is not None and past_key_values is not None:
+        raise ValueError("pass the recurrent state as cache or as past_key_values, not both (they are the same argument)")
+    return cache if cache is not None else past_key_values
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -591,11 +642,12 @@ class LSTMModel(LSTMPreTrainedModel):
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: LSTMCache | None = None,
+        cache: LSTMCache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         output_gates: bool | None = None,
+        past_key_values: LSTMCache | None = None,
         **kwargs,
     ) -> LSTMModelOutput:
         r"""
@@ -604,10 +656,11 @@ class LSTMModel(LSTMPreTrainedModel):
             attention_mask (`torch.Tensor` of shape `(batch, past + seq_len)` or `(batch, seq_len)`, *optional*):
                 1 for real tokens, 0 for padding (anywhere: left, right or inside). Padded positions leave the
                 state untouched. Only the last `seq_len` columns are read.
-            past_key_values ([`LSTMCache`], *optional*): the state to start from (updated in place).
+            cache ([`LSTMCache`], *optional*): the state to start from (updated in place). `past_key_values`
+                is the same argument under the name transformers used before 5.24.
             inputs_embeds (`torch.FloatTensor` of shape `(batch, seq_len, embedding_size)`, *optional*):
                 instead of `input_ids`.
-            use_cache (`bool`, *optional*): return the final state as `past_key_values` (unidirectional only).
+            use_cache (`bool`, *optional*): return the final state as `cache` (unidirectional only).
             output_hidden_states (`bool`, *optional*): return (embeddings, layer 1 h_t, ..., layer N h_t).
             output_gates (`bool`, *optional*): return every layer's gate activations (runs the reference path).
             kwargs: `position_ids` and `cache_position` are accepted and ignored (a recurrent model reads
@@ -617,17 +670,18 @@ class LSTMModel(LSTMPreTrainedModel):
         _check_kwargs(kwargs, allowed=_IGNORED_KWARGS)
         use_cache = config.use_cache if use_cache is None else use_cache
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        past = _one_cache(cache, past_key_values)
         if config.bidirectional:
-            if past_key_values is not None:
-                raise ValueError("a bidirectional model reads whole sequences and takes no past_key_values")
+            if past is not None:
+                raise ValueError("a bidirectional model reads whole sequences and takes no cache")
             use_cache = False
 
         hidden, batch, seq_len = self._embed(input_ids, inputs_embeds)
         mask = _prepare_mask(attention_mask, batch, seq_len)
-        _check_cache(past_key_values, self, batch, hidden)
+        _check_cache(past, self, batch)
         cache = None
         if use_cache:
-            cache = past_key_values if past_key_values is not None else LSTMCache()
+            cache = past if past is not None else LSTMCache()
 
         all_hidden = (hidden,) if output_hidden_states else None
         all_gates = () if output_gates else None
@@ -636,8 +690,8 @@ class LSTMModel(LSTMPreTrainedModel):
         new_states = []
         for k, layer in enumerate(self.layers):
             state = None
-            if past_key_values is not None and len(past_key_values) > 0:
-                state = tuple(s.unsqueeze(0) for s in past_key_values.states[k])
+            if past is not None and len(past) > 0:
+                state = tuple(s.unsqueeze(0) for s in past.states[k])
             out, final, gates = layer(x, mask, state, use_reference=use_reference, output_gates=bool(output_gates))
             new_states.append(tuple(s.squeeze(0) for s in final) if layer.num_directions == 1 else final)
             if output_hidden_states:
@@ -650,7 +704,7 @@ class LSTMModel(LSTMPreTrainedModel):
             cache.seen_tokens += seq_len
         return LSTMModelOutput(
             last_hidden_state=self.output_dropout(x),
-            past_key_values=cache,
+            **{CACHE_NAME: cache},
             hidden_states=all_hidden,
             gates=all_gates,
         )
@@ -698,7 +752,9 @@ def _check_kwargs(kwargs: dict, allowed: set[str]) -> None:
     if unknown:
         raise ValueError(
             f"unexpected argument(s) {', '.join(unknown)}; an hf_lstm model takes input_ids or inputs_embeds, "
-            "attention_mask, past_key_values, use_cache, output_hidden_states, output_gates (and labels for heads)"
+            "attention_mask, cache (or past_key_values), use_cache, output_hidden_states, output_gates (and labels "
+            f"for heads). If generate() passed it, this model file (written for {_WRITTEN_FOR}) does not know "
+            f"what transformers {transformers.__version__} sends. {_WHAT_TO_DO}"
         )
     if kwargs.get("output_attentions"):
         raise ValueError("output_attentions=True: a recurrent model has no attention; use output_gates=True instead")
@@ -725,12 +781,12 @@ def _prepare_mask(attention_mask, batch: int, seq_len: int) -> torch.Tensor | No
     return None if bool(mask.all()) else mask
 
 
-def _check_cache(cache, model: LSTMModel, batch: int, hidden: torch.Tensor) -> None:
+def _check_cache(cache, model: LSTMModel, batch: int) -> None:
     if cache is None:
         return
     if not isinstance(cache, LSTMCache):
         raise ValueError(
-            f"past_key_values must be an LSTMCache (from a previous output's past_key_values), got {type(cache).__name__}"
+            f"cache must be an LSTMCache (from a previous output's .cache), got {type(cache).__name__}"
         )
     if len(cache) == 0:
         return
@@ -742,7 +798,7 @@ def _check_cache(cache, model: LSTMModel, batch: int, hidden: torch.Tensor) -> N
     ):
         got = [[tuple(t.shape) for t in state] for state in cache.states]
         raise ValueError(
-            f"past_key_values does not fit this model and batch: expected {config.num_hidden_layers} layers of "
+            f"the cache does not fit this model and batch: expected {config.num_hidden_layers} layers of "
             f"{per_layer} tensor(s) of shape {expected}, got {got}"
         )
 
@@ -780,13 +836,14 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: LSTMCache | None = None,
+        cache: LSTMCache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         output_gates: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: LSTMCache | None = None,
         **kwargs,
     ) -> LSTMCausalLMOutput:
         r"""
@@ -803,7 +860,7 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            cache=_one_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
@@ -827,7 +884,7 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         return LSTMCausalLMOutput(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_NAME: outputs.cache},
             hidden_states=outputs.hidden_states,
             gates=outputs.gates,
         )
@@ -945,6 +1002,8 @@ LSTMForSequenceClassification.register_for_auto_class("AutoModelForSequenceClass
 LSTMForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
 
 __all__ = [
+    "CACHE_NAME",
+    "cache_of",
     "LSTMCache",
     "LSTMPreTrainedModel",
     "LSTMModel",

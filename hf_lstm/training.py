@@ -468,9 +468,9 @@ def train(args: argparse.Namespace) -> dict:
                 with accelerator.accumulate(model):
                     if args.batching == "stream":
                         past = _to_cache(cache, unwrapped) if cache is not None else None
-                        out = model(input_ids=inputs, shift_labels=targets, past_key_values=past, use_cache=True)
+                        out = model(input_ids=inputs, shift_labels=targets, cache=past, use_cache=True)
                         before = cache
-                        cache = [tuple(t.detach() for t in s) for s in out.past_key_values.states]
+                        cache = [tuple(t.detach() for t in s) for s in out.cache.states]
                     else:
                         out = model(input_ids=inputs, labels=targets, **({} if recurrent else {"use_cache": False}))
                     loss = out.loss

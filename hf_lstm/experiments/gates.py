@@ -154,13 +154,13 @@ def train_ptb_model(cell_type: str, budget_minutes: float, hidden_size: int, num
             position, cache = 0, None
         x = columns[:, position: position + bptt]
         y = columns[:, position + 1: position + bptt + 1]
-        out = model(input_ids=x, past_key_values=cache, use_cache=True)
+        out = model(input_ids=x, cache=cache, use_cache=True)
         loss = F.cross_entropy(out.logits.reshape(-1, len(vocab)), y.reshape(-1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        cache = out.past_key_values.detach()  # truncated BPTT: keep the state, drop its history
+        cache = out.cache.detach()  # truncated BPTT: keep the state, drop its history
         position += bptt
         steps += 1
         losses.append(loss.item())
@@ -183,8 +183,8 @@ def validation_perplexity(model, vocab: list[str], num_words: int) -> float:
     for start in range(0, ids.shape[1] - 1, 500):
         x, y = ids[:, start: start + 500], ids[:, start + 1: start + 501]
         x = x[:, : y.shape[1]]
-        out = model(input_ids=x, past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        out = model(input_ids=x, cache=cache, use_cache=True)
+        cache = out.cache
         total += float(F.cross_entropy(out.logits[0], y[0], reduction="sum"))
     return math.exp(total / (ids.shape[1] - 1))
 
