@@ -29,7 +29,7 @@ from .modeling_hf_lstm import (
     cache_of,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 AutoConfig.register(LSTMConfig.model_type, LSTMConfig, exist_ok=True)
 AutoModel.register(LSTMConfig, LSTMModel, exist_ok=True)

@@ -175,15 +175,19 @@ def build_model_on_meta(model_type: str, overrides: dict, vocab_size: int, block
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(total, non-embedding) parameter counts. Embedding parameters are the weights of every `nn.Embedding`
     (tokens and, for GPT-2, learned positions) and an untied output matrix; biases and norms are not."""
-    seen, total = set(), 0
-    for p in model.parameters():  # parameters() already lists a tied weight once
-        seen.add(id(p))
-        total += p.numel()
-    embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if output is not None and getattr(output, "weight", None) is not None:
-        embedding_ids.add(id(output.weight))
-    embedding = sum(p.numel() for p in model.parameters() if id(p) in embedding_ids)
+    output_weight = getattr(output, "weight", None)
+    input_weight = model.get_input_embeddings().weight if hasattr(model, "get_input_embeddings") else None
+    # parameters() lists a tied weight once; transformers before 5.24 does not tie on the meta device, so a
+    # weight the config ties but that is still separate here is counted as the one it will be
+    untied_copy = (getattr(model.config, "tie_word_embeddings", False) and output_weight is not None
+                   and output_weight is not input_weight)
+    params = [p for p in model.parameters() if not (untied_copy and p is output_weight)]
+    total = sum(p.numel() for p in params)
+    embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    if output_weight is not None:
+        embedding_ids.add(id(output_weight))
+    embedding = sum(p.numel() for p in params if id(p) in embedding_ids)
     return total, total - embedding
 
 

@@ -50,6 +50,8 @@ try:
     from transformers.generation.utils import ALL_CACHE_NAMES
     from transformers.utils import ModelOutput
 except ImportError as error:
+    if error.name is not None and not error.name.startswith("transformers"):
+        raise  # a dependency of transformers is broken (e.g. an accelerate too old for it), not this file
     raise ImportError(
         f"hf_lstm's model file cannot run on transformers {transformers.__version__}: {error}. {_WHAT_TO_DO}"
     ) from error
@@ -831,6 +833,14 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
 
     def set_output_embeddings(self, new_embeddings):
         self.lm_head = new_embeddings
+
+    def generate(self, inputs=None, *args, **kwargs):
+        """`GenerationMixin.generate`, refusing an empty prompt up front: transformers before 5.24 fails on one
+        with an IndexError inside its own input preparation, before this model's checks run."""
+        ids = inputs if inputs is not None else kwargs.get("input_ids")
+        if isinstance(ids, torch.Tensor) and ids.dim() == 2 and ids.shape[1] == 0 and kwargs.get("inputs_embeds") is None:
+            raise ValueError(f"input_ids is empty (shape {tuple(ids.shape)}); give at least one token")
+        return super().generate(inputs, *args, **kwargs)
 
     def forward(
         self,

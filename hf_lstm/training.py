@@ -12,6 +12,7 @@ model repository (weights, config with `auto_map`, generation config, tokenizer,
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -752,8 +753,12 @@ def _print_sample(args, output_dir: Path) -> None:
     from transformers import pipeline
 
     generator = pipeline("text-generation", model=str(output_dir))
+    # the folder's sampling settings with this run's length, as one object (transformers 5.0 deprecates a
+    # generation_config and loose generation arguments together, and the pipeline always passes the former)
+    sampling = copy.deepcopy(generator.model.generation_config)
+    sampling.update(max_new_tokens=args.sample_max_new_tokens, do_sample=True, top_k=40)
     torch.manual_seed(args.seed)
-    text = generator(args.sample_prompt, max_new_tokens=args.sample_max_new_tokens, do_sample=True, top_k=40)
+    text = generator(args.sample_prompt, generation_config=sampling)
     print(f"\nsample from pipeline('text-generation', model={str(output_dir)!r}):\n  {text[0]['generated_text']}")
 
 

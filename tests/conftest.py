@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny configurations and a real word-level tokenizer trained with `tokenizers`."""
+"""Shared fixtures: tiny configurations, a real word-level tokenizer trained with `tokenizers`, and a small
+local corpus in text files."""
 
 import os
 
@@ -52,3 +53,32 @@ def word_tokenizer():
         tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>",
         model_input_names=["input_ids", "attention_mask"],
     )
+
+
+CORPUS_WORDS = ("the cat sat on the mat . the dog ate the bone . a bird sang in the tree . "
+                "i grew up in france so i speak fluent french . ").split()
+
+
+def write_corpus(folder):
+    """Small local text files: 600 lines of train, 60 of validation and test, 8 words each."""
+    rng = torch.Generator().manual_seed(0)
+    for name, lines in (("train", 600), ("validation", 60), ("test", 60)):
+        starts = torch.randint(0, len(CORPUS_WORDS) - 8, (lines,), generator=rng).tolist()
+        rows = [" ".join(CORPUS_WORDS[s : s + 8]) for s in starts]
+        (folder / f"{name}.txt").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def tiny_train_args(corpus, output_dir, *extra):
+    """The arguments of a tiny `hf-lstm train` run (word tokenizer, 2x16 LSTM, batch 4, bptt 8, AdamW so the
+    optimizer has state to checkpoint) on `corpus` into `output_dir`."""
+    return ["--train_file", str(corpus / "train.txt"), "--validation_file", str(corpus / "validation.txt"),
+            "--test_file", str(corpus / "test.txt"), "--tokenizer_type", "word", "--output_dir", str(output_dir),
+            "--config_overrides", "hidden_size=16,num_hidden_layers=2", "--per_device_train_batch_size", "4",
+            "--bptt", "8", "--block_size", "16", "--eval_window", "16", "--logging_steps", "1",
+            "--sample_max_new_tokens", "3", "--optimizer", "adamw", *extra]

@@ -6,10 +6,9 @@ import json
 import pytest
 import torch
 
+from conftest import write_corpus
 from hf_lstm import compare
 
-WORDS = ("the cat sat on the mat . the dog ate the bone . a bird sang in the tree . "
-         "i grew up in france so i speak fluent french . ").split()
 
 
 @pytest.mark.parametrize("target,vocab", [(4_000_000, 10_001), (10_000_000, 10_001), (50_000, 40)])
@@ -60,14 +59,7 @@ def test_parameter_counts_are_read_in_the_usual_units():
 @pytest.fixture(scope="module")
 def tiny_comparison(tmp_path_factory):
     """All three families on a small local corpus, about 3 seconds of training each."""
-    root = tmp_path_factory.mktemp("compare")
-    rng = torch.Generator().manual_seed(0)
-    for name, lines in (("train", 600), ("validation", 60), ("test", 60)):
-        rows = []
-        for _ in range(lines):
-            start = int(torch.randint(0, len(WORDS) - 8, (1,), generator=rng))
-            rows.append(" ".join(WORDS[start:start + 8]))
-        (root / f"{name}.txt").write_text("\n".join(rows) + "\n")
+    root = write_corpus(tmp_path_factory.mktemp("compare"))
     out, cards, published = root / "run", root / "model_cards", root / "docs" / "COMPARE-tiny.md"
     argv = ["--train_file", str(root / "train.txt"), "--validation_file", str(root / "validation.txt"),
             "--test_file", str(root / "test.txt"), "--tokenizer_type", "word", "--models", "hf_lstm,gpt2,llama",

@@ -5,7 +5,7 @@ import torch
 from transformers import TextStreamer
 
 from conftest import CELL_TYPES, tiny_config
-from hf_lstm import LSTMCache, LSTMForCausalLM
+from hf_lstm import CACHE_NAME, LSTMCache, LSTMForCausalLM, cache_of
 
 
 @pytest.fixture(scope="module", params=CELL_TYPES)
@@ -78,12 +78,25 @@ def test_continuing_from_a_returned_cache_equals_one_long_generation(model):
     ids = torch.randint(2, 40, (1, 5))
     first = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None,
                            return_dict_in_generate=True)
-    assert isinstance(first.past_key_values, LSTMCache)
+    cache = cache_of(first)
+    assert isinstance(cache, LSTMCache)
     # the last generated token has not been read by the state yet: generate feeds it first
-    assert first.past_key_values.get_seq_length() == first.sequences.shape[1] - 1
-    more = model.generate(first.sequences, past_key_values=first.past_key_values, max_new_tokens=6,
+    assert cache.get_seq_length() == first.sequences.shape[1] - 1
+    more = model.generate(first.sequences, **{CACHE_NAME: cache}, max_new_tokens=6,
                           do_sample=False, pad_token_id=0, eos_token_id=None)
     assert torch.equal(more, greedy(model, ids))
+
+
+def test_continuing_a_returned_cache_with_new_prompt_tokens_reads_each_token_once(model):
+    """A chat-like turn: the earlier sequence, then new user tokens, on top of the returned state."""
+    ids = torch.randint(2, 40, (1, 5))
+    first = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0, eos_token_id=None,
+                           return_dict_in_generate=True)
+    turn = torch.cat([first.sequences, torch.randint(2, 40, (1, 3))], dim=1)
+    more = model.generate(turn, **{CACHE_NAME: cache_of(first)}, max_new_tokens=5, do_sample=False,
+                          pad_token_id=0, eos_token_id=None)
+    alone = model.generate(turn, max_new_tokens=5, do_sample=False, pad_token_id=0, eos_token_id=None)
+    assert torch.equal(more, alone)
 
 
 def test_text_streamer_prints_the_generated_text(word_tokenizer, capsys):

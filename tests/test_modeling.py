@@ -158,7 +158,7 @@ def test_output_gates_returns_one_dict_per_layer(cell_type, names):
 def test_output_gates_cell_state_is_what_the_cache_keeps():
     model = LSTMForCausalLM(tiny_config("lstm")).eval()
     out = model(torch.randint(2, 40, (2, 5)), output_gates=True, use_cache=True)
-    assert torch.allclose(out.gates[1]["cell"][:, -1], out.past_key_values.states[1][1], atol=1e-6)
+    assert torch.allclose(out.gates[1]["cell"][:, -1], out.cache.states[1][1], atol=1e-6)
 
 
 def test_hidden_states_follow_the_transformers_convention():
@@ -175,8 +175,8 @@ def test_feeding_in_chunks_with_the_cache_equals_feeding_whole(cell_type):
     whole = model(ids).logits
     cache, pieces = None, []
     for chunk in (ids[:, :5], ids[:, 5:6], ids[:, 6:13]):
-        out = model(chunk, past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        out = model(chunk, cache=cache, use_cache=True)
+        cache = out.cache
         pieces.append(out.logits)
     assert (torch.cat(pieces, dim=1) - whole).abs().max() <= 1e-5
     assert cache.get_seq_length() == 13
@@ -191,7 +191,7 @@ def test_padding_anywhere_leaves_the_state_untouched(cell_type):
     out = model(ids, attention_mask=mask, use_cache=True)
     alone_b = model(b, use_cache=True)
     assert (out.logits[0, 3:] - alone_b.logits[0]).abs().max() <= 1e-5
-    for state_batch, state_alone in zip(out.past_key_values.states, alone_b.past_key_values.states):
+    for state_batch, state_alone in zip(out.cache.states, alone_b.cache.states):
         for t_batch, t_alone in zip(state_batch, state_alone):
             assert (t_batch[0] - t_alone[0]).abs().max() <= 1e-5
     # padding in the middle (as when a continued batch had padding) is skipped too
@@ -202,11 +202,11 @@ def test_padding_anywhere_leaves_the_state_untouched(cell_type):
 
 def test_sequence_of_only_padding_keeps_the_initial_state():
     model = LSTMForCausalLM(tiny_config("lstm")).eval()
-    prefix = model(torch.randint(2, 40, (2, 4)), use_cache=True).past_key_values
+    prefix = model(torch.randint(2, 40, (2, 4)), use_cache=True).cache
     before = [tuple(t.clone() for t in s) for s in prefix.states]
     ids = torch.zeros(2, 3, dtype=torch.long)
     mask = torch.tensor([[0, 0, 0], [1, 1, 1]])
-    after = model(ids, attention_mask=mask, past_key_values=prefix, use_cache=True).past_key_values
+    after = model(ids, attention_mask=mask, cache=prefix, use_cache=True).cache
     for s_before, s_after in zip(before, after.states):
         assert torch.equal(s_before[0][0], s_after[0][0]) and not torch.equal(s_before[0][1], s_after[0][1])
 
@@ -318,9 +318,9 @@ def lm():
         (dict(input_ids=torch.tensor([[1, 2]]), attention_mask=torch.ones(1, 1)), "attention_mask has shape"),
         (dict(input_ids=torch.tensor([[1, 2]]), attention_mask=torch.tensor([[1, 2]])), "only 0"),
         (dict(input_ids=torch.tensor([[1, 2]]), attention_mask=torch.ones(2)), "2-D"),
-        (dict(input_ids=torch.tensor([[1, 2]]), past_key_values=LSTMCache([(torch.zeros(1, 5), torch.zeros(1, 5))] * 2)),
+        (dict(input_ids=torch.tensor([[1, 2]]), cache=LSTMCache([(torch.zeros(1, 5), torch.zeros(1, 5))] * 2)),
          "does not fit"),
-        (dict(input_ids=torch.tensor([[1, 2]]), past_key_values=((1, 2),)), "must be an LSTMCache"),
+        (dict(input_ids=torch.tensor([[1, 2]]), cache=((1, 2),)), "must be an LSTMCache"),
         (dict(input_ids=torch.tensor([[1, 2]]), token_type_ids=torch.zeros(1, 2)), "unexpected argument"),
         (dict(input_ids=torch.tensor([[1, 2]]), output_attentions=True), "no attention"),
         (dict(input_ids=torch.tensor([[1, 2]]), labels=torch.tensor([[1, 2, 3]])), "labels must have shape"),

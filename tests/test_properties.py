@@ -48,12 +48,12 @@ def check_chunked_equals_whole(data):
         whole = model(input_ids=ids, use_cache=True)
         first = model(input_ids=ids[:, :cut], use_cache=True)
         if cut == ids.shape[1]:
-            rest_logits, cache = first.logits[:, :0], first.past_key_values
+            rest_logits, cache = first.logits[:, :0], first.cache
         else:
-            rest = model(input_ids=ids[:, cut:], past_key_values=first.past_key_values, use_cache=True)
-            rest_logits, cache = rest.logits, rest.past_key_values
+            rest = model(input_ids=ids[:, cut:], cache=first.cache, use_cache=True)
+            rest_logits, cache = rest.logits, rest.cache
     torch.testing.assert_close(torch.cat([first.logits, rest_logits], 1), whole.logits, **TOL)
-    for a, b in zip(cache.states, whole.past_key_values.states):
+    for a, b in zip(cache.states, whole.cache.states):
         for x, y in zip(a, b):
             torch.testing.assert_close(x, y, **TOL)
     assert cache.get_seq_length() == ids.shape[1]
@@ -65,8 +65,8 @@ def check_token_by_token_equals_whole(data):
         whole = model(input_ids=ids).logits
         cache, steps = None, []
         for t in range(ids.shape[1]):  # the single-step decode path, as generate() uses it
-            out = model(input_ids=ids[:, t : t + 1], past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
+            out = model(input_ids=ids[:, t : t + 1], cache=cache, use_cache=True)
+            cache = out.cache
             steps.append(out.logits)
     torch.testing.assert_close(torch.cat(steps, 1), whole, **TOL)
 
@@ -90,7 +90,7 @@ def check_padded_equals_alone(data):
             alone = model(input_ids=real, use_cache=True)
             last = length - 1 if side == "left" else n - 1
             torch.testing.assert_close(together.logits[k, last], alone.logits[0, -1], **TOL)
-            for a, b in zip(together.past_key_values.states, alone.past_key_values.states):
+            for a, b in zip(together.cache.states, alone.cache.states):
                 for x, y in zip(a, b):  # the final state ignores the padding wherever it is
                     torch.testing.assert_close(x[k], y[0], **TOL)
 
@@ -143,9 +143,9 @@ def bad_inputs(draw, vocab: int, embedding: int, hidden: int, layers: int):
         h = hidden + (wrong == "hidden")
         b = batch + (wrong == "batch")
         n = layers + (wrong == "layers")
-        return dict(input_ids=good, past_key_values=LSTMCache([(torch.zeros(b, h), torch.zeros(b, h))] * n))
+        return dict(input_ids=good, cache=LSTMCache([(torch.zeros(b, h), torch.zeros(b, h))] * n))
     if kind == "cache_type":
-        return dict(input_ids=good, past_key_values=draw(st.sampled_from(((torch.zeros(1),), {"h": 1}, "cache"))))
+        return dict(input_ids=good, cache=draw(st.sampled_from(((torch.zeros(1),), {"h": 1}, "cache"))))
     if kind == "unknown_kwarg":
         return dict(input_ids=good, **{draw(st.sampled_from(("token_type_ids", "head_mask", "foo"))): torch.ones(1)})
     return dict(input_ids=good, labels=torch.zeros(batch, length + 1, dtype=torch.long))

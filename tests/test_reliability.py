@@ -24,35 +24,16 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from conftest import tiny_config
+from conftest import tiny_config, tiny_train_args
 from hf_lstm import LSTMConfig, LSTMForCausalLM, checkpointing
 from hf_lstm.evaluation import fixed_window_perplexity, stateful_perplexity
 from hf_lstm.training import main
 
 REPO = Path(__file__).resolve().parents[1]
-WORDS = ("the cat sat on the mat . the dog ate the bone . a bird sang in the tree . "
-         "i grew up in france so i speak fluent french . ").split()
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """Small local text files: 600 lines of train, 60 of validation and test."""
-    folder = tmp_path_factory.mktemp("corpus")
-    rng = random.Random(0)
-    for name, lines in (("train", 600), ("validation", 60), ("test", 60)):
-        rows = [" ".join(WORDS[s:s + 8]) for s in (rng.randrange(len(WORDS) - 8) for _ in range(lines))]
-        (folder / f"{name}.txt").write_text("\n".join(rows) + "\n")
-    return folder
-
-
 def cli_args(corpus, output_dir, *extra, train_file=None):
-    """The arguments of a tiny run (word tokenizer, 2x16 LSTM, batch 4, bptt 8, AdamW so the optimizer has
-    state to checkpoint) into `output_dir`."""
-    return ["--train_file", str(train_file or corpus / "train.txt"), "--validation_file",
-            str(corpus / "validation.txt"), "--test_file", str(corpus / "test.txt"), "--tokenizer_type", "word",
-            "--output_dir", str(output_dir), "--config_overrides", "hidden_size=16,num_hidden_layers=2",
-            "--per_device_train_batch_size", "4", "--bptt", "8", "--eval_window", "16", "--logging_steps", "1",
-            "--sample_max_new_tokens", "0", "--optimizer", "adamw", *extra]
+    """A tiny run into `output_dir` (conftest's), without the sample, optionally on another train file."""
+    other_train = ["--train_file", str(train_file)] if train_file else []
+    return tiny_train_args(corpus, output_dir, "--sample_max_new_tokens", "0", *other_train, *extra)
 
 
 def snapshot(folder: Path) -> dict:

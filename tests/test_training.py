@@ -13,34 +13,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from conftest import tiny_train_args
 from hf_lstm import checkpointing
 from hf_lstm.training import main, parse_args, train
 
 REPO = Path(__file__).resolve().parents[1]
-WORDS = ("the cat sat on the mat . the dog ate the bone . a bird sang in the tree . "
-         "i grew up in france so i speak fluent french . ").split()
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """Small local text files: 600 lines of train, 60 of validation and test."""
-    folder = tmp_path_factory.mktemp("corpus")
-    rng = torch.Generator().manual_seed(0)
-    for name, lines in (("train", 600), ("validation", 60), ("test", 60)):
-        rows = []
-        for _ in range(lines):
-            start = int(torch.randint(0, len(WORDS) - 8, (1,), generator=rng))
-            rows.append(" ".join(WORDS[start:start + 8]))
-        (folder / f"{name}.txt").write_text("\n".join(rows) + "\n")
-    return folder
-
-
-def tiny_args(corpus, output_dir, *extra):
-    return ["--train_file", str(corpus / "train.txt"), "--validation_file", str(corpus / "validation.txt"),
-            "--test_file", str(corpus / "test.txt"), "--tokenizer_type", "word", "--output_dir", str(output_dir),
-            "--config_overrides", "hidden_size=16,num_hidden_layers=2", "--per_device_train_batch_size", "4",
-            "--bptt", "8", "--block_size", "16", "--eval_window", "16", "--logging_steps", "1",
-            "--sample_max_new_tokens", "3", "--optimizer", "adamw", *extra]
+tiny_args = tiny_train_args
 
 
 def test_training_writes_a_complete_hub_folder_with_both_protocols(corpus, tmp_path, capsys):

@@ -1,0 +1,1029 @@
+"""The LSTM family as Hugging Face models: cells, the recurrent stack, its cache, and the task heads.
+
+Read top to bottom: the gate equations (one function per cell), the recurrent state (`LSTMCache`), the
+regularisers, one recurrent layer (fused kernel or step-by-step reference), the stack (`LSTMModel`), and
+the heads (`LSTMForCausalLM`, `LSTMForSequenceClassification`, `LSTMForTokenClassification`).
+
+This file travels with every saved model folder (`trust_remote_code=True` loads it without hf_lstm
+installed), so it imports torch, transformers and its sibling configuration file only, and does no I/O.
+
+Notation (the LSTM step users read in the docs), for layer input x_t and previous state (h_{t-1}, C_{t-1}),
+with z_t = [h_{t-1}, x_t]:
+
+    f_t  = sigmoid(z_t W_f + b_f)        forget gate
+    i_t  = sigmoid(z_t W_i + b_i)        input gate
+    C~_t = tanh(z_t W_c + b_c)           candidate
+    C_t  = f_t * C_{t-1} + i_t * C~_t    cell state
+    o_t  = sigmoid(z_t W_o + b_o)        output gate
+    h_t  = o_t * tanh(C_t)
+
+Parameters are stored in the layout of torch's fused kernels (`weight_ih_l0`, `weight_hh_l0`, `bias_ih_l0`,
+`bias_hh_l0`, gate rows in the order i, f, g(=C~), o), so the fast path reads them as they are;
+`gate_weights(layer)` returns the W_f, W_i, W_c, W_o, b_* view of the equations above.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import make_dataclass
+
+import torch
+import torch.nn.functional as F
+import transformers
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from .configuration_hf_lstm import LSTMConfig
+
+# Everything this file needs from transformers, in one place. A saved folder carries this file, so a future
+# transformers that moves one of these names must fail here with a message that says what to do, not later with
+# a TypeError deep inside generate().
+_WRITTEN_FOR = "transformers 5.0 to 5.24"
+_WHAT_TO_DO = (
+    "Re-save the folder with a newer hf_lstm installed (import hf_lstm; "
+    "AutoModelForCausalLM.from_pretrained(folder).save_pretrained(folder)), or install a transformers this file "
+    f"was written for ({_WRITTEN_FOR})."
+)
+try:
+    from transformers import GenerationMixin, PreTrainedModel
+    from transformers import initialization as init
+    from transformers.generation.utils import ALL_CACHE_NAMES
+    from transformers.utils import ModelOutput
+except ImportError as error:
+    if error.name is not None and not error.name.startswith("transformers"):
+        raise  # a dependency of transformers is broken (e.g. an accelerate too old for it), not this file
+    raise ImportError(
+        f"hf_lstm's model file cannot run on transformers {transformers.__version__}: {error}. {_WHAT_TO_DO}"
+    ) from error
+
+CACHE_NAME: str = ALL_CACHE_NAMES[0]
+"""The name under which the installed transformers carries a model's cache through `generate()` and its outputs:
+`"cache"` from transformers 5.24 on, `"past_key_values"` before. Read from transformers itself (the first of the
+names `generate()` looks for), not from its version string. `forward` accepts both names; the output classes
+store the state under this one (5.24 renames the other inside every `ModelOutput`) and answer `.cache` on every
+version."""
+
+# ----------------------------------------------------------------------------------------------------------
+# The cells: one time step each, in plain PyTorch. `gx` is the input projection x_t W_ih^T + b_ih, computed
+# for all time steps at once before the loop (it does not depend on the state), so a step costs one matrix
+# product with the recurrent weights.
+# ----------------------------------------------------------------------------------------------------------
+
+
+def lstm_cell(gx, h, c, w_hh, b_hh, peephole=None):
+    """One LSTM step. Returns (h_t, C_t, gates) with gates = (f_t, i_t, o_t, C~_t).
+
+    `peephole`, if given, is a (3, H) tensor of diagonal weights (p_i, p_f, p_o): the input and forget gates
+    also look at C_{t-1}, the output gate at C_t (Gers & Schmidhuber 2000).
+    """
+    i, f, g, o = (gx + F.linear(h, w_hh, b_hh)).chunk(4, dim=-1)
+    if peephole is not None:
+        i = i + peephole[0] * c
+        f = f + peephole[1] * c
+    i, f, g = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g)
+    c = f * c + i * g  # the additive cell-state "highway"
+    if peephole is not None:
+        o = o + peephole[2] * c
+    o = torch.sigmoid(o)
+    return o * torch.tanh(c), c, (f, i, o, g)
+
+
+def gru_cell(gx, h, w_hh, b_hh):
+    """One GRU step in torch.nn.GRU's (and cuDNN's) convention: the reset gate multiplies the recurrent
+    product, n_t = tanh(x W_in + b_in + r_t * (h W_hn + b_hn)). Returns (h_t, (z_t, r_t, n_t))."""
+    x_r, x_z, x_n = gx.chunk(3, dim=-1)
+    h_r, h_z, h_n = F.linear(h, w_hh, b_hh).chunk(3, dim=-1)
+    r = torch.sigmoid(x_r + h_r)
+    z = torch.sigmoid(x_z + h_z)
+    n = torch.tanh(x_n + r * h_n)
+    return (1 - z) * n + z * h, (z, r, n)
+
+
+def rnn_cell(gx, h, w_hh, b_hh):
+    """One vanilla RNN step: h_t = tanh(z_t W + b)."""
+    return torch.tanh(gx + F.linear(h, w_hh, b_hh))
+
+
+GATE_NAMES = {
+    "lstm": ("forget", "input", "output", "candidate", "cell"),
+    "peephole": ("forget", "input", "output", "candidate", "cell"),
+    "gru": ("update", "reset", "candidate"),
+    "rnn": (),
+}
+_NUM_GATES = {"lstm": 4, "peephole": 4, "gru": 3, "rnn": 1}
+_HAS_CELL_STATE = {"lstm": True, "peephole": True, "gru": False, "rnn": False}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The recurrent state
+# ----------------------------------------------------------------------------------------------------------
+
+
+class LSTMCache:
+    """The recurrent state of every layer: (h, C) for LSTM and peephole cells, (h,) for GRU and RNN cells,
+    each of shape (batch, hidden_size).
+
+    Unlike a Transformer's key/value cache it does not grow with the context: its size is fixed by the
+    batch and the model (`nbytes`). It is what `generate()` carries between steps (under `CACHE_NAME`), and
+    what truncated backpropagation through time carries between batches (`detach()`).
+
+    It answers what `generate()` asks of a cache. Continuing from a returned cache must equal one long
+    generation, so the state counts the positions it has read (`get_seq_length`) and says its layers are not
+    "linear" (`is_linear`: transformers feeds such a cache the whole prompt again, since a Mamba-style state
+    does not count tokens); ours does count, so `generate()` feeds only the tokens it has not read.
+    """
+
+    is_compileable = False  # its tensors are replaced, not updated in place: no static addresses to capture
+    is_croppable = False  # a recurrent state cannot forget its last tokens (no assisted decoding rollback)
+
+    def __init__(self, states: list[tuple[torch.Tensor, ...]] | None = None, seen_tokens: int = 0):
+        self.states: list[tuple[torch.Tensor, ...]] = list(states) if states is not None else []
+        self.seen_tokens = seen_tokens
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def __repr__(self) -> str:
+        shapes = [tuple(t.shape) for t in self.states[0]] if self.states else []
+        return f"LSTMCache(layers={len(self)}, seen_tokens={self.seen_tokens}, state_shapes={shapes})"
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Number of positions (padding included) the state has read; `generate()` uses it to feed only new tokens."""
+        return self.seen_tokens
+
+    def get_max_cache_shape(self, layer_idx: int = 0) -> int:
+        """A recurrent state has no length limit."""
+        return -1
+
+    @property
+    def is_linear(self) -> list[bool]:
+        """Per layer, False: the state knows how many tokens it has read, so `generate()` slices them off."""
+        return [False] * len(self.states)
+
+    @property
+    def is_sliding(self) -> list[bool]:
+        return [False] * len(self.states)
+
+    @property
+    def batch_size(self) -> int:
+        return self.states[0][0].shape[0] if self.states else 0
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the state, in bytes (constant in the context length)."""
+        return sum(t.numel() * t.element_size() for state in self.states for t in state)
+
+    def _map(self, fn) -> None:
+        self.states = [tuple(fn(t) for t in state) for state in self.states]
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Select batch rows in place (beam search keeps the beams it chose)."""
+        self._map(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._map(lambda t: t[indices])
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._map(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def crop(self, max_length: int) -> None:
+        if max_length < 0 or max_length < self.seen_tokens:
+            raise ValueError(
+                "an LSTMCache cannot be cropped: a recurrent state cannot forget the last tokens it read. "
+                "Re-run the model on the shorter prefix instead."
+            )
+
+    def detach(self) -> LSTMCache:
+        """A copy cut from the autograd graph: truncated backpropagation through time carries the values of
+        the state across batches, not its history."""
+        return LSTMCache([tuple(t.detach() for t in state) for state in self.states], self.seen_tokens)
+
+    def reset(self) -> None:
+        self.states, self.seen_tokens = [], 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Regularisers (AWD-LSTM style, each a small part with one job)
+# ----------------------------------------------------------------------------------------------------------
+
+
+class LockedDropout(nn.Module):
+    """Variational dropout (Gal & Ghahramani 2016): one mask per sequence, reused at every time step."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        mask = x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(1 - self.p) / (1 - self.p)
+        return x * mask
+
+
+def embedding_dropout(embeddings: torch.Tensor, input_ids: torch.Tensor, vocab_size: int, p: float) -> torch.Tensor:
+    """Drop whole word types for this forward pass (every occurrence of a dropped word becomes zero)."""
+    keep = embeddings.new_empty(vocab_size).bernoulli_(1 - p) / (1 - p)
+    return embeddings * keep[input_ids].unsqueeze(-1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One recurrent layer
+# ----------------------------------------------------------------------------------------------------------
+
+_TORCH_RNN = {"lstm": nn.LSTM, "peephole": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+_TORCH_CELL = {"lstm": torch.lstm_cell, "gru": torch.gru_cell, "rnn": torch.rnn_tanh_cell}  # one step, no peephole
+
+
+class LSTMRecurrentLayer(nn.Module):
+    """One recurrent layer (one or two directions) with two interchangeable implementations.
+
+    - fused: torch's RNN kernel (`self.rnn`, an `nn.LSTM`/`nn.GRU`/`nn.RNN` of one layer), for whole sequences;
+    - reference: the cell equations above, one step at a time, for peephole cells, gate introspection, and
+      padded single-token steps (torch's kernel has a large fixed cost per call at sequence length 1);
+    - decoding (one token, no padding, not peephole): torch's single-step cell op, the same equations in one
+      call (`_decode_step`).
+
+    Both read the same parameters (`self.rnn.weight_ih_l0`, ...). Padding is handled exactly: padded
+    positions leave the state untouched, so a padded batch gives what each sequence gives alone.
+    """
+
+    def __init__(self, config: LSTMConfig, input_size: int, layer_idx: int):
+        super().__init__()
+        self.cell_type = config.cell_type
+        self.hidden_size = config.hidden_size
+        self.input_size = input_size
+        self.layer_idx = layer_idx
+        self.num_directions = 2 if config.bidirectional else 1
+        self.weight_dropout = config.weight_dropout
+        kwargs = {"nonlinearity": "tanh"} if self.cell_type == "rnn" else {}
+        self.rnn = _TORCH_RNN[self.cell_type](
+            input_size, self.hidden_size, num_layers=1, batch_first=True, bidirectional=config.bidirectional, **kwargs
+        )
+        if self.cell_type == "peephole":
+            self.peephole_weight = nn.Parameter(torch.empty(self.num_directions, 3, self.hidden_size))
+
+    @property
+    def has_cell_state(self) -> bool:
+        return _HAS_CELL_STATE[self.cell_type]
+
+    def _parameters_for_pass(self) -> dict[str, torch.Tensor]:
+        """The fused kernel's parameters, with DropConnect applied to `weight_hh` while training: one mask per
+        forward pass, shared by all time steps and by both implementations."""
+        params = dict(self.rnn.named_parameters())
+        if self.training and self.weight_dropout > 0:
+            p = self.weight_dropout
+            for name in [n for n in params if n.startswith("weight_hh")]:
+                params[name] = F.dropout(params[name], p=p, training=True)
+        return params
+
+    def forward(self, x, mask=None, state=None, use_reference=False, output_gates=False):
+        """Run the layer over x (batch, T, input_size).
+
+        Args:
+            mask: (batch, T) bool, True at real tokens, or None (no padding).
+            state: initial state, a tuple of (num_directions, batch, H) tensors ((h, C) or (h,)), or None for zeros.
+            use_reference: run the step-by-step equations instead of the fused kernel.
+            output_gates: also return the gate activations (reference path only).
+
+        Returns: (output (batch, T, num_directions * H), final state like `state`, gates dict or None).
+        """
+        batch, seq_len, _ = x.shape
+        if state is None:
+            zeros = x.new_zeros(self.num_directions, batch, self.hidden_size)
+            state = (zeros, zeros) if self.has_cell_state else (zeros,)
+        one_step = seq_len == 1 and self.num_directions == 1
+        if one_step and mask is None and not (use_reference or output_gates or self._drops_weights):
+            if self.cell_type in _TORCH_CELL:
+                return self._decode_step(x, state)
+        params = self._parameters_for_pass()
+        use_reference = use_reference or output_gates or one_step
+        run = self._run_reference if use_reference else self._run_fused
+
+        if mask is None:
+            return run(x, None, state, params, output_gates)
+
+        # Padding anywhere (left, right, or in the middle): move each row's real tokens to the front, run them
+        # as variable-length sequences, then put every output back at its position. A padded position shows the
+        # state as it stood after the last real token before it (the initial state if there was none).
+        lengths = mask.sum(dim=1)
+        order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
+        x_packed = x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        out, final, gates = run(x_packed, lengths, state, params, output_gates)
+        last_real = mask.long().cumsum(dim=1) - 1  # index in the packed sequence of the newest real token
+        out = out.gather(1, last_real.clamp(min=0).unsqueeze(-1).expand(-1, -1, out.shape[-1]))
+        before_first = (last_real < 0).unsqueeze(-1)
+        initial_h = state[0].permute(1, 0, 2).reshape(batch, 1, -1)
+        out = torch.where(before_first, initial_h, out)
+        if gates is not None:
+            index = last_real.clamp(min=0).unsqueeze(-1)
+            gates = {k: v.gather(1, index.expand(-1, -1, v.shape[-1])) * mask.unsqueeze(-1) for k, v in gates.items()}
+        return out, final, gates
+
+    @property
+    def _drops_weights(self) -> bool:
+        return self.training and self.weight_dropout > 0
+
+    # -- decoding: one token, one call -------------------------------------------------------------------
+    def _decode_step(self, x, state):
+        """One token, no padding: torch's single-step cell (`torch.lstm_cell`, `torch.gru_cell`,
+        `torch.rnn_tanh_cell`: the equations of the cells above in one call). Decoding at batch 1 is bound by
+        reading the weights once per token; this path keeps the Python and per-op cost around it small."""
+        rnn = self.rnn
+        weights = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+        if self.has_cell_state:
+            h, c = _TORCH_CELL[self.cell_type](x[:, 0], (state[0][0], state[1][0]), *weights)
+            final = (h.unsqueeze(0), c.unsqueeze(0))
+        else:
+            h = _TORCH_CELL[self.cell_type](x[:, 0], state[0][0], *weights)
+            final = (h.unsqueeze(0),)
+        return h.unsqueeze(1), final, None
+
+    # -- fused: torch's kernel --------------------------------------------------------------------------
+    def _run_fused(self, x, lengths, state, params, output_gates):
+        hx = state if self.has_cell_state else state[0]
+        if lengths is not None:
+            x = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+        if self.training and self.weight_dropout > 0:
+            out, hn = torch.func.functional_call(self.rnn, params, (x, hx))
+        else:
+            out, hn = self.rnn(x, hx)
+        if lengths is not None:
+            out, _ = pad_packed_sequence(out, batch_first=True, total_length=int(lengths.max().clamp(min=1)))
+        final = hn if self.has_cell_state else (hn,)
+        if lengths is not None and bool((lengths == 0).any()):
+            empty = (lengths == 0).view(1, -1, 1)  # rows with no real token keep their initial state
+            final = tuple(torch.where(empty, s0, s) for s0, s in zip(state, final))
+        return out, final, None
+
+    # -- reference: the equations, step by step -----------------------------------------------------------
+    def _run_reference(self, x, lengths, state, params, output_gates):
+        outputs, finals, all_gates = [], [], []
+        for d in range(self.num_directions):
+            suffix = "_reverse" if d == 1 else ""
+            w_ih, w_hh = params[f"weight_ih_l0{suffix}"], params[f"weight_hh_l0{suffix}"]
+            b_ih, b_hh = params[f"bias_ih_l0{suffix}"], params[f"bias_hh_l0{suffix}"]
+            peephole = self.peephole_weight[d] if self.cell_type == "peephole" else None
+            xd = x if d == 0 else _reverse_within_lengths(x, lengths)
+            out, final, gates = self._scan(xd, lengths, tuple(s[d] for s in state), w_ih, w_hh, b_ih, b_hh, peephole,
+                                           output_gates)
+            if d == 1:
+                out = _reverse_within_lengths(out, lengths)
+                gates = {k: _reverse_within_lengths(v, lengths) for k, v in gates.items()} if gates else gates
+            outputs.append(out)
+            finals.append(final)
+            all_gates.append(gates)
+        out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
+        final = tuple(torch.stack([f[k] for f in finals]) for k in range(len(finals[0])))
+        gates = None
+        if output_gates:
+            gates = all_gates[0] if len(all_gates) == 1 else {
+                k: torch.cat([g[k] for g in all_gates], dim=-1) for k in all_gates[0]
+            }
+        return out, final, gates
+
+    def _scan(self, x, lengths, state, w_ih, w_hh, b_ih, b_hh, peephole, output_gates):
+        """The recurrence over time for one direction; `lengths` (or None) marks each row's real steps."""
+        seq_len = x.shape[1]
+        gx = F.linear(x, w_ih, b_ih)  # the input projection, hoisted out of the time loop
+        valid = None
+        if lengths is not None:
+            valid = (torch.arange(seq_len, device=x.device).unsqueeze(0) < lengths.unsqueeze(1)).unsqueeze(-1)
+        h = state[0]
+        c = state[1] if self.has_cell_state else None
+        outs, gate_steps = [], []
+        # unbind, not gx[:, t]: the backward of an index allocates a zero tensor the size of all of gx per step
+        for t, gx_t in enumerate(gx.unbind(1)):
+            if self.has_cell_state:
+                h_new, c_new, g = lstm_cell(gx_t, h, c, w_hh, b_hh, peephole)
+                g = (*g, c_new)
+            elif self.cell_type == "gru":
+                h_new, g = gru_cell(gx_t, h, w_hh, b_hh)
+                c_new = None
+            else:
+                h_new, g, c_new = rnn_cell(gx_t, h, w_hh, b_hh), (), None
+            if valid is not None:  # padded steps leave the state untouched
+                keep = valid[:, t]
+                h_new = torch.where(keep, h_new, h)
+                c_new = torch.where(keep, c_new, c) if c_new is not None else None
+            h, c = h_new, c_new
+            outs.append(h)
+            if output_gates:
+                gate_steps.append(g)
+        out = torch.stack(outs, dim=1)
+        final = (h, c) if self.has_cell_state else (h,)
+        gates = None
+        if output_gates:
+            names = GATE_NAMES[self.cell_type]
+            gates = {name: torch.stack([step[k] for step in gate_steps], dim=1) for k, name in enumerate(names)}
+        return out, final, gates
+
+
+def _reverse_within_lengths(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """Reverse each row's first `lengths[b]` steps (all steps if lengths is None); the rest stay in place."""
+    seq_len = x.shape[1]
+    if lengths is None:
+        return x.flip(1)
+    t = torch.arange(seq_len, device=x.device).unsqueeze(0)
+    index = torch.where(t < lengths.unsqueeze(1), lengths.unsqueeze(1) - 1 - t, t)
+    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _output_class(name: str, doc: str, fields: tuple[str, ...]) -> type[ModelOutput]:
+    """A `ModelOutput` dataclass with these fields (all optional, in this order), where the field "cache" is
+    spelled `CACHE_NAME`, the name the installed transformers reads. On transformers < 5.24 the class also
+    answers `.cache`, so code written against either version reads the state the same way."""
+    spelled = [CACHE_NAME if field == "cache" else field for field in fields]
+    namespace: dict[str, object] = {"__doc__": doc, "__module__": __name__}
+    if "cache" in fields and CACHE_NAME != "cache":
+        namespace["cache"] = property(lambda self: getattr(self, CACHE_NAME))
+    return make_dataclass(name, [(field, object, None) for field in spelled], bases=(ModelOutput,), namespace=namespace)
+
+
+LSTMModelOutput = _output_class(
+    "LSTMModelOutput",
+    """Output of [`LSTMModel`].
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch, seq_len, num_directions * hidden_size)`):
+            h_t of the last layer at every position (after the output dropout, when training).
+        cache ([`LSTMCache`], *optional*):
+            The recurrent state after the last position, returned when `use_cache=True` (stored under
+            `CACHE_NAME`; `.cache` reads it on every transformers version).
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            With `output_hidden_states=True`: (embeddings, layer 1 h_t, ..., layer N h_t).
+        gates (`tuple(dict[str, torch.FloatTensor])`, *optional*):
+            With `output_gates=True`: one dict per layer of `(batch, seq_len, hidden)` activations, keyed
+            `forget, input, output, candidate, cell` (LSTM, peephole) or `update, reset, candidate` (GRU).
+    """,
+    ("last_hidden_state", "cache", "hidden_states", "gates"),
+)
+
+LSTMCausalLMOutput = _output_class(
+    "LSTMCausalLMOutput",
+    """Output of [`LSTMForCausalLM`].
+
+    Args:
+        loss (`torch.FloatTensor`, *optional*): mean next-token cross-entropy, when `labels` are given.
+        logits (`torch.FloatTensor` of shape `(batch, seq_len, vocab_size)`): next-token scores.
+        cache ([`LSTMCache`], *optional*): the recurrent state after the last position.
+        hidden_states, gates: as in [`LSTMModelOutput`].
+    """,
+    ("loss", "logits", "cache", "hidden_states", "gates"),
+)
+
+LSTMClassifierOutput = _output_class(
+    "LSTMClassifierOutput",
+    """Output of the classification heads.
+
+    Args:
+        loss (`torch.FloatTensor`, *optional*): classification (or regression) loss, when `labels` are given.
+        logits (`torch.FloatTensor`): `(batch, num_labels)` for sequences, `(batch, seq_len, num_labels)` for tokens.
+        hidden_states, gates: as in [`LSTMModelOutput`].
+    """,
+    ("loss", "logits", "hidden_states", "gates"),
+)
+
+
+def cache_of(output: ModelOutput) -> LSTMCache | None:
+    """The cache inside any model or `generate()` output, under whichever name the installed transformers uses."""
+    return output.get(CACHE_NAME)
+
+
+def _one_cache(cache: LSTMCache | None, past_key_values: LSTMCache | None) -> LSTMCache | None:
+    """`forward` takes the state as `cache` (transformers >= 5.24) or `past_key_values` (before): one argument."""
+    if cache is not None and past_key_values is not None:
+        raise ValueError("pass the recurrent state as cache or as past_key_values, not both (they are the same argument)")
+    return cache if cache is not None else past_key_values
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------------------
+
+_IGNORED_KWARGS = {"position_ids", "cache_position", "return_dict", "output_attentions"}
+
+AUTO_MAP = {
+    "AutoConfig": "configuration_hf_lstm.LSTMConfig",
+    "AutoModel": "modeling_hf_lstm.LSTMModel",
+    "AutoModelForCausalLM": "modeling_hf_lstm.LSTMForCausalLM",
+    "AutoModelForSequenceClassification": "modeling_hf_lstm.LSTMForSequenceClassification",
+    "AutoModelForTokenClassification": "modeling_hf_lstm.LSTMForTokenClassification",
+}
+
+
+class LSTMPreTrainedModel(PreTrainedModel):
+    """Shared plumbing: configuration class, weight initialisation, the paper-notation weight view, and a
+    complete `auto_map` in every saved folder."""
+
+    config_class = LSTMConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = False
+    _no_split_modules = ["LSTMRecurrentLayer"]
+    _is_stateful = True  # generate() must not try assisted decoding, which needs to rewind the state
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # the model makes its own LSTMCache; a Transformer's DynamicCache means nothing here
+
+    def _init_weights(self, module):
+        """Uniform U(-r, r) weights (r = initializer_range, or 1/sqrt(hidden_size) like nn.LSTM), zero biases,
+        and the forget-gate bias b_f = forget_bias for LSTM and peephole cells. Token embeddings take U(-r, r)
+        only when initializer_range is set; by default they start N(0, 1) like nn.Embedding, so that W x_t
+        is of order one at the gates (see the config's docstring for why that matters)."""
+        r = self.config.initializer_range or 1.0 / math.sqrt(self.config.hidden_size)
+        # Dispatch on the modules that own the parameters: transformers skips, for remote code, any module
+        # whose own (non-recursive) parameters are all already initialised, which a parameterless wrapper is.
+        if isinstance(module, nn.RNNBase):
+            hidden = module.hidden_size
+            for name, param in module.named_parameters():
+                if name.startswith("weight"):
+                    init.uniform_(param, -r, r)
+                elif name.startswith("bias_ih") and isinstance(module, nn.LSTM):
+                    bias = torch.zeros_like(param)
+                    bias[hidden : 2 * hidden] = self.config.forget_bias  # rows i, f, g, o: f is the second block
+                    init.copy_(param, bias)
+                else:
+                    init.zeros_(param)
+        elif isinstance(module, LSTMRecurrentLayer) and module.cell_type == "peephole":
+            init.uniform_(module.peephole_weight, -r, r)
+        elif isinstance(module, nn.Embedding):
+            if self.config.initializer_range is None:
+                init.normal_(module.weight, 0.0, 1.0)
+            else:
+                init.uniform_(module.weight, -r, r)
+        elif isinstance(module, nn.Linear):
+            init.uniform_(module.weight, -r, r)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`save_pretrained`, with every Auto class in `config.auto_map` (transformers records only the saved
+        class), so the folder loads with any `AutoModel*` and `trust_remote_code=True`."""
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def _recurrent_stack(self) -> LSTMModel:
+        return self if isinstance(self, LSTMModel) else self.model
+
+    def gate_weights(self, layer: int = 0, direction: str = "forward") -> dict[str, torch.Tensor]:
+        """The weights of one layer in the notation of the equations, as detached copies.
+
+        For LSTM and peephole cells: `W_f, W_i, W_c, W_o` of shape `(hidden_size + layer_input_size, hidden_size)`,
+        acting on z_t = [h_{t-1}, x_t] (h first), and `b_f, b_i, b_c, b_o` of shape `(hidden_size,)` (the
+        kernel's two biases summed). Peephole cells add the diagonal weights `p_i, p_f, p_o`.
+        For GRU cells: `W_z, W_r, W_h` and `b_z, b_r, b_h`, plus `b_hn`, the recurrent bias inside the reset
+        product: h~_t = tanh(x_t W_h[H:] + b_h + r_t * (h_{t-1} W_h[:H] + b_hn)), h_t = (1 - z_t) h~_t + z_t h_{t-1}.
+        For RNN cells: `W` and `b`, with h_t = tanh(z_t W + b).
+        The source text's example: input size 4 and hidden size 3 give every W of shape (7, 3).
+        """
+        stack = self._recurrent_stack()
+        if not 0 <= layer < len(stack.layers):
+            raise ValueError(f"layer must be in [0, {len(stack.layers)}), got {layer}")
+        if direction not in ("forward", "backward") or (direction == "backward" and not self.config.bidirectional):
+            allowed = "'forward' or 'backward'" if self.config.bidirectional else "'forward' (the model is unidirectional)"
+            raise ValueError(f"direction must be {allowed}, got {direction!r}")
+        module = stack.layers[layer]
+        suffix = "_reverse" if direction == "backward" else ""
+        rnn = module.rnn
+        w_ih, w_hh = getattr(rnn, f"weight_ih_l0{suffix}").detach(), getattr(rnn, f"weight_hh_l0{suffix}").detach()
+        b_ih, b_hh = getattr(rnn, f"bias_ih_l0{suffix}").detach(), getattr(rnn, f"bias_hh_l0{suffix}").detach()
+        hidden = module.hidden_size
+
+        def block(k):
+            rows = slice(k * hidden, (k + 1) * hidden)
+            return torch.cat([w_hh[rows], w_ih[rows]], dim=1).t().clone()
+
+        def bias(k, both=True):
+            rows = slice(k * hidden, (k + 1) * hidden)
+            return (b_ih[rows] + b_hh[rows]).clone() if both else b_ih[rows].clone()
+
+        if module.cell_type in ("lstm", "peephole"):  # kernel order i, f, g, o
+            view = {"W_i": block(0), "W_f": block(1), "W_c": block(2), "W_o": block(3),
+                    "b_i": bias(0), "b_f": bias(1), "b_c": bias(2), "b_o": bias(3)}
+            if module.cell_type == "peephole":
+                p = module.peephole_weight[1 if suffix else 0].detach()
+                view.update(p_i=p[0].clone(), p_f=p[1].clone(), p_o=p[2].clone())
+            return view
+        if module.cell_type == "gru":  # kernel order r, z, n
+            return {"W_r": block(0), "W_z": block(1), "W_h": block(2),
+                    "b_r": bias(0), "b_z": bias(1), "b_h": bias(2, both=False),
+                    "b_hn": b_hh[2 * hidden:].clone()}
+        return {"W": block(0), "b": bias(0)}
+
+
+class LSTMModel(LSTMPreTrainedModel):
+    """Embeddings and a stack of recurrent layers; returns h_t of the last layer at every position."""
+
+    def __init__(self, config: LSTMConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.embedding_size)
+        self.input_dropout = LockedDropout(config.input_dropout)
+        self.hidden_dropout = LockedDropout(config.hidden_dropout)
+        self.output_dropout = LockedDropout(config.output_dropout)
+        directions = 2 if config.bidirectional else 1
+        self.layers = nn.ModuleList(
+            LSTMRecurrentLayer(config, config.embedding_size if k == 0 else directions * config.hidden_size, k)
+            for k in range(config.num_hidden_layers)
+        )
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache: LSTMCache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_gates: bool | None = None,
+        past_key_values: LSTMCache | None = None,
+        **kwargs,
+    ) -> LSTMModelOutput:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch, seq_len)`): token ids in `[0, vocab_size)`.
+            attention_mask (`torch.Tensor` of shape `(batch, past + seq_len)` or `(batch, seq_len)`, *optional*):
+                1 for real tokens, 0 for padding (anywhere: left, right or inside). Padded positions leave the
+                state untouched. Only the last `seq_len` columns are read.
+            cache ([`LSTMCache`], *optional*): the state to start from (updated in place). `past_key_values`
+                is the same argument under the name transformers used before 5.24.
+            inputs_embeds (`torch.FloatTensor` of shape `(batch, seq_len, embedding_size)`, *optional*):
+                instead of `input_ids`.
+            use_cache (`bool`, *optional*): return the final state as `cache` (unidirectional only).
+            output_hidden_states (`bool`, *optional*): return (embeddings, layer 1 h_t, ..., layer N h_t).
+            output_gates (`bool`, *optional*): return every layer's gate activations (runs the reference path).
+            kwargs: `position_ids` and `cache_position` are accepted and ignored (a recurrent model reads
+                positions from its state); anything else is an error.
+        """
+        config = self.config
+        _check_kwargs(kwargs, allowed=_IGNORED_KWARGS)
+        use_cache = config.use_cache if use_cache is None else use_cache
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        past = _one_cache(cache, past_key_values)
+        if config.bidirectional:
+            if past is not None:
+                raise ValueError("a bidirectional model reads whole sequences and takes no cache")
+            use_cache = False
+
+        hidden, batch, seq_len = self._embed(input_ids, inputs_embeds)
+        mask = _prepare_mask(attention_mask, batch, seq_len)
+        _check_cache(past, self, batch)
+        cache = None
+        if use_cache:
+            cache = past if past is not None else LSTMCache()
+
+        all_hidden = (hidden,) if output_hidden_states else None
+        all_gates = () if output_gates else None
+        use_reference = not config.uses_fused_kernel
+        x = self.input_dropout(hidden)
+        new_states = []
+        for k, layer in enumerate(self.layers):
+            state = None
+            if past is not None and len(past) > 0:
+                state = tuple(s.unsqueeze(0) for s in past.states[k])
+            out, final, gates = layer(x, mask, state, use_reference=use_reference, output_gates=bool(output_gates))
+            new_states.append(tuple(s.squeeze(0) for s in final) if layer.num_directions == 1 else final)
+            if output_hidden_states:
+                all_hidden += (out,)
+            if output_gates:
+                all_gates += (gates,)
+            x = self.hidden_dropout(out) if k < len(self.layers) - 1 else out
+        if cache is not None:
+            cache.states = new_states
+            cache.seen_tokens += seq_len
+        return LSTMModelOutput(
+            last_hidden_state=self.output_dropout(x),
+            **{CACHE_NAME: cache},
+            hidden_states=all_hidden,
+            gates=all_gates,
+        )
+
+    def _embed(self, input_ids, inputs_embeds):
+        config = self.config
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if input_ids is not None:
+            if not isinstance(input_ids, torch.Tensor):
+                raise ValueError(f"input_ids must be a torch.Tensor of token ids, got {type(input_ids).__name__}")
+            if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+                raise ValueError(f"input_ids must be an integer tensor (torch.long), got dtype {input_ids.dtype}")
+            if input_ids.dim() != 2:
+                raise ValueError(
+                    f"input_ids must have shape (batch, seq_len), got shape {tuple(input_ids.shape)}"
+                    + ("; add a batch dimension with input_ids[None]" if input_ids.dim() == 1 else "")
+                )
+            if input_ids.shape[1] == 0 or input_ids.shape[0] == 0:
+                raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}); give at least one token")
+            low, high = int(input_ids.min()), int(input_ids.max())
+            if low < 0 or high >= config.vocab_size:
+                bad = low if low < 0 else high
+                raise ValueError(
+                    f"input_ids contains token id {bad}, outside [0, vocab_size={config.vocab_size}); check that the "
+                    "tokenizer matches the model (len(tokenizer) must not exceed config.vocab_size)"
+                )
+            hidden = self.embed_tokens(input_ids.long())
+            if self.training and config.embedding_dropout > 0:
+                hidden = embedding_dropout(hidden, input_ids, config.vocab_size, config.embedding_dropout)
+        else:
+            if not isinstance(inputs_embeds, torch.Tensor) or not inputs_embeds.is_floating_point():
+                raise ValueError("inputs_embeds must be a floating-point torch.Tensor")
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.embedding_size or 0 in inputs_embeds.shape[:2]:
+                raise ValueError(
+                    f"inputs_embeds must have shape (batch, seq_len, embedding_size={config.embedding_size}) with "
+                    f"batch, seq_len >= 1; got {tuple(inputs_embeds.shape)}"
+                )
+            hidden = inputs_embeds
+        return hidden, hidden.shape[0], hidden.shape[1]
+
+
+def _check_kwargs(kwargs: dict, allowed: set[str]) -> None:
+    unknown = sorted(k for k in kwargs if k not in allowed)
+    if unknown:
+        raise ValueError(
+            f"unexpected argument(s) {', '.join(unknown)}; an hf_lstm model takes input_ids or inputs_embeds, "
+            "attention_mask, cache (or past_key_values), use_cache, output_hidden_states, output_gates (and labels "
+            f"for heads). If generate() passed it, this model file (written for {_WRITTEN_FOR}) does not know "
+            f"what transformers {transformers.__version__} sends. {_WHAT_TO_DO}"
+        )
+    if kwargs.get("output_attentions"):
+        raise ValueError("output_attentions=True: a recurrent model has no attention; use output_gates=True instead")
+
+
+def _prepare_mask(attention_mask, batch: int, seq_len: int) -> torch.Tensor | None:
+    """The last `seq_len` columns of a (batch, >= seq_len) 0/1 mask, as bool; None when nothing is padded."""
+    if attention_mask is None:
+        return None
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2:
+        shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
+        raise ValueError(f"attention_mask must be a 2-D (batch, seq_len) tensor of 0 and 1, got {shape}")
+    if attention_mask.shape[0] != batch or attention_mask.shape[1] < seq_len:
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)} but the input is (batch={batch}, seq_len={seq_len}); "
+            "it needs one row per sequence and at least seq_len columns (past + new tokens are allowed)"
+        )
+    mask = attention_mask[:, -seq_len:]
+    if mask.dtype != torch.bool:
+        if mask.is_floating_point() or bool(((mask != 0) & (mask != 1)).any()):
+            if not bool(((mask == 0) | (mask == 1)).all()):
+                raise ValueError("attention_mask must contain only 0 (padding) and 1 (real token)")
+        mask = mask != 0
+    return None if bool(mask.all()) else mask
+
+
+def _check_cache(cache, model: LSTMModel, batch: int) -> None:
+    if cache is None:
+        return
+    if not isinstance(cache, LSTMCache):
+        raise ValueError(
+            f"cache must be an LSTMCache (from a previous output's .cache), got {type(cache).__name__}"
+        )
+    if len(cache) == 0:
+        return
+    config = model.config
+    per_layer = 2 if model.layers[0].has_cell_state else 1
+    expected = (batch, config.hidden_size)
+    if len(cache) != config.num_hidden_layers or any(
+        len(state) != per_layer or any(tuple(t.shape) != expected for t in state) for state in cache.states
+    ):
+        got = [[tuple(t.shape) for t in state] for state in cache.states]
+        raise ValueError(
+            f"the cache does not fit this model and batch: expected {config.num_hidden_layers} layers of "
+            f"{per_layer} tensor(s) of shape {expected}, got {got}"
+        )
+
+
+class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
+    """A recurrent language model: the stack, an optional projection to `embedding_size`, and an output layer
+    tied to the embedding by default. Works with `generate()` (greedy, sampling, beam search, streaming),
+    `pipeline("text-generation")` and `Trainer`."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: LSTMConfig):
+        if config.bidirectional:
+            raise ValueError(
+                "a causal language model cannot be bidirectional (it would read the tokens it must predict); "
+                "use bidirectional=False, or LSTMForSequenceClassification / LSTMForTokenClassification"
+            )
+        super().__init__(config)
+        self.model = LSTMModel(config)
+        self.output_projection = (
+            nn.Linear(config.hidden_size, config.embedding_size, bias=False)
+            if config.embedding_size != config.hidden_size
+            else None
+        )
+        self.lm_head = nn.Linear(config.embedding_size, config.vocab_size, bias=True)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def generate(self, inputs=None, *args, **kwargs):
+        """`GenerationMixin.generate`, refusing an empty prompt up front: transformers before 5.24 fails on one
+        with an IndexError inside its own input preparation, before this model's checks run."""
+        ids = inputs if inputs is not None else kwargs.get("input_ids")
+        if isinstance(ids, torch.Tensor) and ids.dim() == 2 and ids.shape[1] == 0 and kwargs.get("inputs_embeds") is None:
+            raise ValueError(f"input_ids is empty (shape {tuple(ids.shape)}); give at least one token")
+        return super().generate(inputs, *args, **kwargs)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache: LSTMCache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_gates: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: LSTMCache | None = None,
+        **kwargs,
+    ) -> LSTMCausalLMOutput:
+        r"""
+        Args:
+            labels (`torch.LongTensor` of shape `(batch, seq_len)`, *optional*): usually `input_ids`; shifted
+                inside (position t predicts labels[t + 1]); -100 is ignored. To score the token after the
+                window too (truncated BPTT over a stream), pass `shift_labels` (already shifted) instead.
+            logits_to_keep (`int` or `torch.Tensor`): compute logits only for the last `logits_to_keep`
+                positions (0: all), or for the given indices.
+            Other arguments: as in [`LSTMModel.forward`]. `num_items_in_batch`, `shift_labels` and
+            `ignore_index` reach the loss.
+        """
+        loss_kwargs = {k: kwargs.pop(k) for k in ("num_items_in_batch", "shift_labels", "ignore_index") if k in kwargs}
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            cache=_one_cache(cache, past_key_values),
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            output_gates=output_gates,
+            **kwargs,
+        )
+        hidden = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        hidden = hidden[:, keep]
+        if self.output_projection is not None:
+            hidden = self.output_projection(hidden)
+        logits = self.lm_head(hidden)
+        loss = None
+        if labels is not None or loss_kwargs.get("shift_labels") is not None:
+            for name, target in (("labels", labels), ("shift_labels", loss_kwargs.get("shift_labels"))):
+                if target is not None and target.shape != logits.shape[:2]:
+                    raise ValueError(f"{name} must have shape {tuple(logits.shape[:2])}, got {tuple(target.shape)}")
+            if loss_kwargs.get("shift_labels") is not None:
+                loss_kwargs["shift_labels"] = loss_kwargs["shift_labels"].contiguous()
+            loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **loss_kwargs)
+        return LSTMCausalLMOutput(
+            loss=loss,
+            logits=logits,
+            **{CACHE_NAME: outputs.cache},
+            hidden_states=outputs.hidden_states,
+            gates=outputs.gates,
+        )
+
+
+class LSTMForSequenceClassification(LSTMPreTrainedModel):
+    """A sequence classifier (or regressor): the stack, pooled over each sequence's real tokens, then a linear
+    layer. Bidirectional stacks are welcome here."""
+
+    def __init__(self, config: LSTMConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = LSTMModel(config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        directions = 2 if config.bidirectional else 1
+        self.score = nn.Linear(directions * config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_gates: bool | None = None,
+        **kwargs,
+    ) -> LSTMClassifierOutput:
+        r"""
+        Args:
+            labels (`torch.Tensor` of shape `(batch,)` or `(batch, num_labels)`, *optional*): class ids
+                (single-label), floats (regression, `num_labels == 1`) or multi-hot rows (multi-label).
+            Other arguments: as in [`LSTMModel.forward`].
+        """
+        outputs = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, use_cache=False,
+            output_hidden_states=output_hidden_states, output_gates=output_gates, **kwargs,
+        )
+        hidden = outputs.last_hidden_state  # padded positions carry the state of the last real token
+        batch, seq_len = hidden.shape[:2]
+        mask = _prepare_mask(attention_mask, batch, seq_len)
+        if self.config.classifier_pooling == "mean":
+            weights = torch.ones(batch, seq_len, 1, device=hidden.device) if mask is None else mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+        else:
+            pooled = hidden[:, -1]  # forward direction: the state after the last real token
+            if self.config.bidirectional:
+                first = torch.zeros(batch, dtype=torch.long, device=hidden.device) if mask is None else mask.to(torch.int8).argmax(1)
+                backward = hidden[torch.arange(batch, device=hidden.device), first, self.config.hidden_size:]
+                pooled = torch.cat([pooled[:, : self.config.hidden_size], backward], dim=-1)
+        logits = self.score(self.dropout(pooled))
+        loss = None
+        if labels is not None:
+            loss = self._classification_loss(logits, labels)
+        return LSTMClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states, gates=outputs.gates)
+
+    def _classification_loss(self, logits, labels):
+        config = self.config
+        if config.problem_type is None:
+            if self.num_labels == 1:
+                config.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                config.problem_type = "single_label_classification"
+            else:
+                config.problem_type = "multi_label_classification"
+        if config.problem_type == "regression":
+            return F.mse_loss(logits.squeeze(-1), labels.squeeze(-1).to(logits.dtype))
+        if config.problem_type == "single_label_classification":
+            return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+class LSTMForTokenClassification(LSTMPreTrainedModel):
+    """A per-token classifier (tagging): the stack's h_t at every position, then a linear layer."""
+
+    def __init__(self, config: LSTMConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = LSTMModel(config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        directions = 2 if config.bidirectional else 1
+        self.score = nn.Linear(directions * config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_gates: bool | None = None,
+        **kwargs,
+    ) -> LSTMClassifierOutput:
+        r"""
+        Args:
+            labels (`torch.LongTensor` of shape `(batch, seq_len)`, *optional*): a class id per token; -100
+                (and padded positions, when you set them to -100) are ignored.
+            Other arguments: as in [`LSTMModel.forward`].
+        """
+        outputs = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, use_cache=False,
+            output_hidden_states=output_hidden_states, output_gates=output_gates, **kwargs,
+        )
+        logits = self.score(self.dropout(outputs.last_hidden_state))
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.reshape(-1, self.num_labels), labels.reshape(-1), ignore_index=-100)
+        return LSTMClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states, gates=outputs.gates)
+
+
+LSTMModel.register_for_auto_class("AutoModel")
+LSTMForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+LSTMForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+LSTMForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
+
+__all__ = [
+    "CACHE_NAME",
+    "cache_of",
+    "LSTMCache",
+    "LSTMPreTrainedModel",
+    "LSTMModel",
+    "LSTMForCausalLM",
+    "LSTMForSequenceClassification",
+    "LSTMForTokenClassification",
+    "LSTMModelOutput",
+    "LSTMCausalLMOutput",
+    "LSTMClassifierOutput",
+    "lstm_cell",
+    "gru_cell",
+    "rnn_cell",
+]
