@@ -14,7 +14,7 @@ from transformers import (
     AutoModelForTokenClassification,
 )
 
-from .configuration_hf_lstm import CELL_TYPES, IMPLEMENTATIONS, LSTMConfig
+from .configuration_hf_lstm import CELL_TYPES, IMPLEMENTATIONS, LSTMConfig, is_hf_lstm
 from .modeling_hf_lstm import (
     CACHE_NAME,
     LSTMCache,
@@ -42,6 +42,7 @@ __all__ = [
     "cache_of",
     "CELL_TYPES",
     "IMPLEMENTATIONS",
+    "is_hf_lstm",
     "LSTMConfig",
     "LSTMCache",
     "LSTMPreTrainedModel",

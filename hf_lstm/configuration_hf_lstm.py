@@ -194,3 +194,16 @@ class LSTMConfig(PretrainedConfig):
 LSTMConfig.register_for_auto_class()
 
 __all__ = ["LSTMConfig", "CELL_TYPES", "IMPLEMENTATIONS"]
+
+
+def is_hf_lstm(thing) -> bool:
+    """Whether `thing` is, or belongs to, an hf_lstm model: a `model_type` string, a config dict (config.json),
+    a configuration, or a model (anything with a `.config`)."""
+    if isinstance(thing, str):
+        model_type = thing
+    elif isinstance(thing, dict):
+        model_type = thing.get("model_type")
+    else:
+        config = getattr(thing, "config", thing)
+        model_type = getattr(config, "model_type", None)
+    return model_type == LSTMConfig.model_type
