@@ -5,42 +5,147 @@
     hf-lstm bench ...        # hf_lstm.benchmark  (speed and memory figures with their targets)
     hf-lstm experiment NAME  # hf_lstm.experiments (vanishing gradient, adding problem, ...)
 
-Each module exposes `main(argv: list[str] | None) -> int`; modules are imported only when their verb
-is used, so `hf-lstm train` never pays for matplotlib.
+This module is the one dispatcher: it picks the verb, and for `experiment` the experiment, from a menu and
+hands it the rest of the arguments. The verbs' modules expose `main(argv: list[str] | None) -> int`; the
+experiments are listed in `hf_lstm.experiments.EXPERIMENTS` and run by `hf_lstm.experiments.runner`. Modules
+are imported only when their verb is used, so `hf-lstm train` never pays for matplotlib.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 
-COMMANDS = {
-    "train": ("hf_lstm.training", "train a language model with Accelerate (run_clm_no_trainer arguments)"),
-    "compare": ("hf_lstm.compare", "train hf_lstm and small Transformers on the same data and compare them"),
-    "bench": ("hf_lstm.benchmark", "print decode, prefill and training speed against the machine's floor"),
-    "experiment": ("hf_lstm.experiments", "run a science experiment (vanishing-gradient, adding, ...)"),
+COMMANDS = {  # name: ("module:function" that runs it, one-line help)
+    "train": ("hf_lstm.training:main", "train a language model with Accelerate (run_clm_no_trainer arguments)"),
+    "compare": ("hf_lstm.compare:main", "train hf_lstm and small Transformers on the same data and compare them"),
+    "bench": ("hf_lstm.benchmark:main", "print decode, prefill and training speed against the machine's floor"),
+    "experiment": ("hf_lstm.cli:experiment_main", "run a science experiment (vanishing-gradient, adding, ...)"),
 }
 
 
-def _usage() -> str:
-    lines = ["usage: hf-lstm COMMAND [ARGS...]", "", "commands:"]
-    lines += [f"  {name:<12}{help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "Run `hf-lstm COMMAND --help` for a command's arguments."]
-    return "\n".join(lines)
+@dataclass(frozen=True)
+class Menu:
+    """A choice of named things on the command line, and how to start the one chosen.
+
+    Args:
+        prog (`str`):
+            The command so far, e.g. `"hf-lstm"` or `"hf-lstm experiment"`.
+        noun (`str`):
+            What is chosen, e.g. `"command"`; used in the error message and the usage's heading.
+        synopsis (`str`):
+            The usage line after `prog`.
+        hint (`str`):
+            The usage's last line, pointing to the chosen thing's own `--help`.
+        choices (`dict[str, tuple[str, str]]`):
+            Each name with what runs it (for `start`) and its one-line help.
+        start (`Callable[[str, list[str]], int | None]`):
+            Runs the chosen name with the remaining arguments; returns its exit status.
+        width (`int`):
+            The column the help starts at in the usage.
+    """
+
+    prog: str
+    noun: str
+    synopsis: str
+    hint: str
+    choices: dict[str, tuple[str, str]]
+    start: Callable[[str, list[str]], int | None]
+    width: int = 12
+
+    def usage(self) -> str:
+        """The usage text: synopsis, one line per choice with its help, and the hint."""
+        lines = [f"usage: {self.prog} {self.synopsis}", "", f"{self.noun}s:"]
+        lines += [f"  {name:<{self.width}}{help_}" for name, (_, help_) in self.choices.items()]
+        return "\n".join([*lines, "", self.hint])
+
+
+def dispatch(menu: Menu, argv: list[str]) -> int:
+    """Start the choice that `argv[0]` names with the rest of `argv`.
+
+    Args:
+        menu (`Menu`):
+            What can be chosen, and how to start it.
+        argv (`list[str]`):
+            The arguments: the name first, then the chosen thing's own arguments.
+
+    Returns:
+        `int`: the chosen thing's exit status; 0 after printing the usage for no arguments, `-h` or `--help`;
+        2, with the usage and the valid names on stderr, for an unknown name.
+    """
+    if not argv or argv[0] in ("-h", "--help"):
+        print(menu.usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in menu.choices:
+        print(
+            f"{menu.prog}: unknown {menu.noun} {name!r}; choose one of {', '.join(menu.choices)}\n",
+            file=sys.stderr,
+        )
+        print(menu.usage(), file=sys.stderr)
+        return 2
+    return int(menu.start(name, rest) or 0)
+
+
+def _start_command(name: str, argv: list[str]) -> int | None:
+    module, function = COMMANDS[name][0].split(":")
+    return getattr(importlib.import_module(module), function)(argv)
+
+
+def _start_experiment(name: str, argv: list[str]) -> int:
+    from .experiments import EXPERIMENTS
+    from .experiments.runner import run_experiment
+
+    return run_experiment(importlib.import_module(EXPERIMENTS[name][0]).EXPERIMENT, argv)
+
+
+def experiment_main(argv: list[str] | None = None) -> int:
+    """`hf-lstm experiment NAME ARGS...`: run the experiment NAME of `hf_lstm.experiments.EXPERIMENTS`.
+
+    Args:
+        argv (`list[str]`, *optional*):
+            The arguments after `experiment`; `sys.argv[2:]` when `None`.
+
+    Returns:
+        `int`: the exit status.
+    """
+    from .experiments import EXPERIMENTS
+
+    menu = Menu(
+        prog="hf-lstm experiment",
+        noun="experiment",
+        synopsis="NAME --output_dir DIR [--cell_types ...] [--seed ...] [--budget_minutes ...]",
+        hint="Run `hf-lstm experiment NAME --help` for an experiment's arguments.",
+        choices=EXPERIMENTS,
+        start=_start_experiment,
+        width=20,
+    )
+    return dispatch(menu, list(sys.argv[2:] if argv is None else argv))
+
+
+MENU = Menu(
+    prog="hf-lstm",
+    noun="command",
+    synopsis="COMMAND [ARGS...]",
+    hint="Run `hf-lstm COMMAND --help` for a command's arguments.",
+    choices=COMMANDS,
+    start=_start_command,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(_usage())
-        return 0
-    command, rest = argv[0], argv[1:]
-    if command not in COMMANDS:
-        print(f"hf-lstm: unknown command {command!r}; choose one of {', '.join(COMMANDS)}\n", file=sys.stderr)
-        print(_usage(), file=sys.stderr)
-        return 2
-    module = importlib.import_module(COMMANDS[command][0])
-    return int(module.main(rest) or 0)
+    """`hf-lstm COMMAND ARGS...`: run one of `COMMANDS` (the console script `hf-lstm`).
+
+    Args:
+        argv (`list[str]`, *optional*):
+            The arguments after `hf-lstm`; `sys.argv[1:]` when `None`.
+
+    Returns:
+        `int`: the exit status.
+    """
+    return dispatch(MENU, list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

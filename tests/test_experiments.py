@@ -1,5 +1,7 @@
 """The science experiments: each runs end to end from the CLI at a tiny budget and writes results of the right
-shape; the adding problem is the paper's; the source text's gate special cases hold on the project's own cell."""
+shape; the adding problem is Hochreiter & Schmidhuber's (1997); the special cases of the cell update that Olah's
+"Understanding LSTM Networks" describes hold on the project's own cell. Also the one dispatcher (`hf-lstm` and
+`hf-lstm experiment`), the runner every experiment plugs into, and the embedding-initialisation diagnostic."""
 
 import json
 import math
@@ -7,7 +9,8 @@ import math
 import pytest
 import torch
 
-from hf_lstm.experiments import main as experiment_main
+from hf_lstm import cli
+from hf_lstm.experiments import EXPERIMENTS
 from hf_lstm.experiments.adding import TOLERANCE, adding_batch, constant_baseline, fixed_set
 from hf_lstm.experiments.gates import special_case_checks
 from hf_lstm.experiments.long_dependency import COUNTRIES, FILLER, SentenceCorpus
@@ -20,7 +23,7 @@ def run_cli(name, tmp_path, *args, plots=()):
     """Run `hf-lstm experiment NAME` at a tiny size; with `plots`, also check those PNGs were drawn (and small)."""
     out = tmp_path / name
     flags = [] if plots else ["--no_plots"]
-    assert experiment_main([name, "--output_dir", str(out), "--threads", "1", *flags, *args]) == 0
+    assert cli.main(["experiment", name, "--output_dir", str(out), "--threads", "1", *flags, *args]) == 0
     for png in plots:
         assert (out / png).stat().st_size < 150_000
     return json.loads((out / "results.json").read_text()), out
@@ -212,3 +215,99 @@ def test_memory_bias_sets_where_the_forget_and_update_gates_start():
     gru = SequenceRegressor("gru", 2, 8, memory_bias=3.0)
     _, gates = gru.hidden_states(x, output_gates=True)
     assert torch.allclose(gates[0]["update"][:, 0], torch.sigmoid(torch.tensor(3.0)))
+
+
+# -- the dispatcher, the registry of experiments and the runner they plug into -----------------------------
+
+
+def test_an_unknown_experiment_is_refused_with_the_choices(capsys):
+    assert cli.main(["experiment", "no-such-experiment", "--output_dir", "unused"]) == 2
+    err = capsys.readouterr().err
+    assert "hf-lstm experiment: unknown experiment 'no-such-experiment'; choose one of " \
+           "vanishing-gradient, adding, long-dependency, gates" in err
+    assert "usage: hf-lstm experiment NAME" in err
+
+
+def test_an_unknown_command_is_refused_with_the_choices(capsys):
+    assert cli.main(["trian"]) == 2
+    err = capsys.readouterr().err
+    assert "hf-lstm: unknown command 'trian'; choose one of train, compare, bench, experiment" in err
+
+
+def test_help_lists_every_command_and_every_experiment(capsys):
+    assert cli.main(["--help"]) == 0 and cli.main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: hf-lstm COMMAND [ARGS...]")
+    assert all(f"  {name:<12}{help_}" in out for name, (_, help_) in cli.COMMANDS.items())
+    assert cli.main(["experiment", "-h"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: hf-lstm experiment NAME --output_dir DIR")
+    assert all(f"  {name:<20}{summary}" in out for name, (_, summary) in EXPERIMENTS.items())
+
+
+def test_every_registered_experiment_is_defined_under_its_name(capsys):
+    import importlib
+
+    for name, (module, _) in EXPERIMENTS.items():
+        experiment = importlib.import_module(module).EXPERIMENT
+        assert experiment.name == name
+        with pytest.raises(SystemExit) as stop:
+            cli.main(["experiment", name, "--help"])
+        assert stop.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"usage: hf-lstm experiment {name} ")
+        assert all(flag in out for flag in ("--output_dir", "--cell_types", "--budget_minutes", "--no_plots"))
+
+
+def test_the_runner_seeds_runs_writes_results_json_then_plots(tmp_path, capsys):
+    from hf_lstm.experiments.runner import Experiment, run_experiment
+
+    def add_arguments(parser):
+        parser.add_argument("--value", type=float, default=1.0)
+
+    def run(args, output_dir):
+        assert output_dir.is_dir()
+        return {"experiment": "toy", "value": args.value / 3, "cells": args.cell_types, "seed": torch.initial_seed(),
+                "undefined": float("nan")}
+
+    def plot(results, output_dir):
+        assert (output_dir / "results.json").exists()  # the numbers are safe before any plotting starts
+        path = output_dir / "toy.txt"
+        path.write_text(str(results["value"]))
+        return [path]
+
+    toy = Experiment("toy", "A toy experiment.", ("lstm",), 0.5, add_arguments, run, plot)
+    out = tmp_path / "toy"
+    assert run_experiment(toy, ["--output_dir", str(out), "--value", "2", "--seed", "3"]) == 0
+    assert json.loads((out / "results.json").read_text()) == {
+        "experiment": "toy", "value": 0.666667, "cells": "lstm", "seed": 3, "undefined": None}
+    assert (out / "toy.txt").read_text() == str(2 / 3)
+    assert f"wrote {out / 'results.json'}" in capsys.readouterr().out
+    assert run_experiment(toy, ["--output_dir", str(tmp_path / "bare"), "--no_plots"]) == 0
+    assert [p.name for p in (tmp_path / "bare").iterdir()] == ["results.json"]
+
+
+# -- the embedding-initialisation diagnostic (scripts/init_diagnostic.py) ----------------------------------
+
+
+def test_the_embedding_initialisation_diagnostic_trains_each_model(corpus, capsys):
+    from hf_lstm.experiments.embedding_init import MODELS, build_diagnostic_model, main
+
+    threads = torch.get_num_threads()
+    try:
+        for model in MODELS:
+            assert main(["--model", model, "--dataset_name", str(corpus), "--hidden_size", "8", "--steps", "2",
+                         "--print_every", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines if " step " in line] == [
+        f"{model} adamw 0.003 step {step}" for model in MODELS for step in (1, 2)]
+    assert all(math.isfinite(float(line.split("loss ")[1].split()[0])) for line in lines if " step " in line)
+    # the old default's embeddings sit in U(-1/sqrt(H), 1/sqrt(H)); torch's and hf_lstm's default are N(0, 1)
+    small = build_diagnostic_model("hf_lstm_small_embeddings", 50, 64).get_input_embeddings().weight
+    assert small.abs().max() <= 64**-0.5
+    for kind in ("torch", "hf_lstm"):
+        model = build_diagnostic_model(kind, 50, 64)
+        weight = model.embed.weight if kind == "torch" else model.get_input_embeddings().weight
+        assert 0.8 < float(weight.detach().std()) < 1.2

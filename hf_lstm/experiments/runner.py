@@ -1,9 +1,12 @@
-"""What every experiment shares: its command-line frame, the seed, the wall-clock budget, the results file,
-and the small models the experiments train (a recurrent cell from hf_lstm, or a small GPT-2 for contrast).
+"""What every experiment shares: the runner that takes an experiment from its command line to its results file
+and plots, the seed, the wall-clock budget, and the small models the experiments train (a recurrent cell from
+hf_lstm, or a small GPT-2 for contrast).
 
-Every experiment is `hf-lstm experiment NAME --output_dir DIR [--cell_types ...] [--seed ...]
-[--budget_minutes ...]` and writes `DIR/results.json` plus PNG plots. The budget is wall-clock time per
-trained model (one cell type, one setting), so a run's length is predictable before it starts.
+An experiment is an `Experiment`: its name, its own arguments, `run` and `plot`. `run_experiment` does the rest,
+the same for all of them: parse `hf-lstm experiment NAME --output_dir DIR [--cell_types ...] [--seed ...]
+[--budget_minutes ...]`, apply the seed and threads, create DIR, run, write `DIR/results.json`, draw the PNG
+plots, and say where the results went. The budget is wall-clock time per trained model (one cell type, one
+setting), so a run's length is predictable before it starts.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import platform
 import random
 import sys
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,6 +28,64 @@ from torch import nn
 
 RECURRENT_CELLS = ("rnn", "gru", "lstm", "peephole")
 TRANSFORMER = "transformer"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """What one experiment declares about itself; `run_experiment` does everything else.
+
+    Args:
+        name (`str`):
+            The name on the command line, `hf-lstm experiment NAME`, and in results.json.
+        description (`str`):
+            One paragraph for `--help`.
+        default_cells (`tuple[str, ...]`):
+            The default of `--cell_types`.
+        default_budget (`float`):
+            The default of `--budget_minutes`, per trained model.
+        add_arguments (`Callable[[argparse.ArgumentParser], None]`):
+            Adds the experiment's own arguments to the shared ones of `base_parser`.
+        run (`Callable[[argparse.Namespace, Path], dict]`):
+            Runs the experiment with the parsed arguments and the output folder; returns the results dictionary.
+        plot (`Callable[[dict, Path], list[Path]]`):
+            Draws the results into PNG files in the output folder; returns their paths.
+    """
+
+    name: str
+    description: str
+    default_cells: tuple[str, ...]
+    default_budget: float
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace, Path], dict]
+    plot: Callable[[dict, Path], list[Path]]
+
+    def parser(self) -> argparse.ArgumentParser:
+        """The experiment's command line: the shared arguments of `base_parser` and its own."""
+        parser = base_parser(self.name, self.description, self.default_cells, self.default_budget)
+        self.add_arguments(parser)
+        return parser
+
+
+def run_experiment(experiment: Experiment, argv: Sequence[str] | None = None) -> int:
+    """Run one experiment from its command line: parse, set up, run, write results.json, plot, report.
+
+    Args:
+        experiment (`Experiment`):
+            The experiment to run.
+        argv (`Sequence[str]`, *optional*):
+            Its arguments (those after `hf-lstm experiment NAME`); `sys.argv` when `None`.
+
+    Returns:
+        `int`: the exit status, 0.
+    """
+    args = experiment.parser().parse_args(argv)
+    output_dir = setup(args)
+    results = experiment.run(args, output_dir)
+    path = write_results(output_dir, results)
+    if not args.no_plots:
+        experiment.plot(results, output_dir)
+    print(f"wrote {path}")
+    return 0
 
 
 def base_parser(name: str, description: str, default_cells: tuple[str, ...], default_budget: float) -> argparse.ArgumentParser:
@@ -209,13 +272,18 @@ def set_memory_bias(model: nn.Module, value: float) -> None:
                         param[rows] = 0.0
 
 
-def count_parameters(model: nn.Module, exclude_unused_embedding: bool = True) -> int:
-    """Trainable parameters (leaving out the unused one-row token embedding of an `inputs_embeds` model)."""
-    total = 0
-    for name, p in model.named_parameters():
-        if exclude_unused_embedding and name.endswith("embed_tokens.weight") and p.shape[0] == 1:
-            continue
-        if name.endswith("wte.weight") and p.shape[0] == 1:
-            continue
-        total += p.numel()
-    return total
+def count_used_parameters(model: nn.Module) -> int:
+    """The parameters a `SequenceRegressor` uses: all of them except the one-row token embedding of its body
+    (hf_lstm's `embed_tokens`, GPT-2's `wte`), which a model fed through `inputs_embeds` never reads.
+
+    Args:
+        model (`nn.Module`):
+            The model; a weight shared by two modules is counted once.
+
+    Returns:
+        `int`: the number of scalar parameters.
+    """
+    unused = ("embed_tokens.weight", "wte.weight")
+    return sum(
+        p.numel() for name, p in model.named_parameters() if not (name.endswith(unused) and p.shape[0] == 1)
+    )

@@ -12,8 +12,8 @@ so that tiny gradients are measured, not rounded to zero.
 It is done twice: at initialisation, and after training on the adding problem (T = 100 by default; either
 trained here for `--budget_minutes` per cell type, or loaded from the adding experiment's `--save_models`).
 For the LSTM and the peephole LSTM it also records the forget gates: the product f_{T-d+1} ... f_T is
-exactly dC_T / dC_{T-d} along the cell state's direct path (the source text's "f_t near 1" case), so the
-forget gates explain the LSTM's curve.
+exactly dC_T / dC_{T-d} along the cell state's direct path (the "f_t near 1" case of Olah's "Understanding
+LSTM Networks"), so the forget gates explain the LSTM's curve.
 """
 
 from __future__ import annotations
@@ -29,14 +29,12 @@ from .runner import (
     CELL_COLOURS,
     RECURRENT_CELLS,
     TRANSFORMER,
+    Experiment,
     SequenceRegressor,
     add_memory_bias_argument,
-    base_parser,
     environment,
     parse_cell_types,
     pyplot,
-    setup,
-    write_results,
 )
 
 NAME = "vanishing-gradient"
@@ -110,9 +108,8 @@ def summarise(curve: list[float]) -> dict:
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The experiment's command line."""
-    parser = base_parser(NAME, __doc__.split("\n\n")[0], default_cells=(*RECURRENT_CELLS, TRANSFORMER), default_budget=1.0)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The experiment's own arguments (after the shared ones of `runner.base_parser`)."""
     parser.add_argument("--max_distance", type=int, default=256, help="largest distance d measured (default 256)")
     parser.add_argument("--num_sequences", type=int, default=64, help="random sequences averaged over")
     parser.add_argument("--hidden_size", type=int, default=64)
@@ -122,11 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "CELL_T{train_seq_len}.pt) instead of training here")
     parser.add_argument("--max_steps", type=int, default=None, help="also stop training after this many steps (tests)")
     add_memory_bias_argument(parser)
-    return parser
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Measure every cell type at initialisation and after training; return the results dictionary."""
+def run(args: argparse.Namespace, output_dir: Path) -> dict:
+    """Measure every cell type at initialisation and after training; return the results dictionary (nothing
+    is written to `output_dir` here)."""
     cells = parse_cell_types(args.cell_types, (*RECURRENT_CELLS, TRANSFORMER))
     length = args.max_distance + 1
     x, y = adding_batch(args.num_sequences, length, torch.Generator().manual_seed(args.seed + 7), length=length)
@@ -229,13 +226,13 @@ def plot(results: dict, output_dir: Path) -> list[Path]:
     return paths
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`hf-lstm experiment vanishing-gradient ...`: measure, write results.json and the plots."""
-    args = build_parser().parse_args(argv)
-    output_dir = setup(args)
-    results = run(args)
-    write_results(output_dir, results)
-    if not args.no_plots:
-        plot(results, output_dir)
-    print(f"wrote {output_dir / 'results.json'}")
-    return 0
+
+EXPERIMENT = Experiment(
+    name=NAME,
+    description=__doc__.split("\n\n")[0],
+    default_cells=(*RECURRENT_CELLS, TRANSFORMER),
+    default_budget=1.0,
+    add_arguments=add_arguments,
+    run=run,
+    plot=plot,
+)
