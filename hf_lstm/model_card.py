@@ -25,9 +25,11 @@ def _hardware() -> str:
     return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads), no GPU"
 
 
-def build_model_card(args, results: dict) -> ModelCard:
-    """A `ModelCard` with model-index metrics for every split and protocol present in `results`."""
-    dataset = args.train_file if args.train_file else args.dataset_name
+def build_model_card(name: str, results: dict, dataset: str, dataset_config: str | None = None,
+                     command: list[str] = ()) -> ModelCard:
+    """A `ModelCard` for the model `name` trained on `dataset`, with model-index metrics for every split and
+    protocol present in `results` (what `hf-lstm train` writes to all_results.json), and `command`, the
+    `hf-lstm train` options that reproduce the run."""
     eval_results = []
     for split in ("validation", "test"):
         for protocol in ("fixed_window", "stateful"):
@@ -36,12 +38,12 @@ def build_model_card(args, results: dict) -> ModelCard:
                 continue
             eval_results.append(EvalResult(
                 task_type="text-generation", dataset_type=str(dataset), dataset_name=str(dataset),
-                dataset_config=args.dataset_config_name, dataset_split=split, metric_type="perplexity",
+                dataset_config=dataset_config, dataset_split=split, metric_type="perplexity",
                 metric_value=round(value, 2), metric_name=f"perplexity ({protocol.replace('_', ' ')})",
             ))
     card_data = ModelCardData(
         library_name="transformers", pipeline_tag="text-generation", tags=["hf_lstm", results["model_type"], "custom_code"],
-        model_name=Path(args.output_dir).name, eval_results=eval_results or None,
+        model_name=name, eval_results=eval_results or None,
     )
     metric_rows = "\n".join(
         f"| {split} | {protocol.replace('_', ' ')} | {results[f'{split}_perplexity_{protocol}']:.2f} |"
@@ -49,9 +51,13 @@ def build_model_card(args, results: dict) -> ModelCard:
         if results.get(f"{split}_perplexity_{protocol}") is not None
     )
     protocol_notes = "\n".join(f"- {v.format(window=results.get('eval_window'))}" for v in PROTOCOLS.values())
-    shown_args = {k: v for k, v in sorted(vars(args).items()) if v not in (None, False) and k != "hub_token"}
-    arg_lines = " \\\n".join(f"    --{k} {shlex.quote(str(v))}" if v is not True else f"    --{k}"
-                              for k, v in shown_args.items())  # a command that runs when pasted
+    lines = []  # one option per line, values quoted: a command that runs when pasted
+    for token in command:
+        if token.startswith("--"):
+            lines.append(f"    {token}")
+        else:
+            lines[-1] += " " + shlex.quote(token)
+    arg_lines = " \\\n".join(lines)
     if results["model_type"] == "hf_lstm":
         remote_code_note = (
             "`trust_remote_code=True` runs the two Python files in this folder (`modeling_hf_lstm.py`,\n"
@@ -65,7 +71,7 @@ def build_model_card(args, results: dict) -> ModelCard:
 {card_data.to_yaml()}
 ---
 
-# {Path(args.output_dir).name}
+# {name}
 
 A `{results['model_type']}` causal language model with {results['num_parameters']:,} parameters, trained with
 `hf_lstm`'s `hf-lstm train` on `{dataset}`
@@ -107,7 +113,8 @@ hf-lstm train \\
     return ModelCard(content)
 
 
-def write_model_card(output_dir: Path, args, results: dict) -> Path:
+def write_model_card(output_dir: Path, results: dict, **card) -> Path:
+    """Write `build_model_card(**card)` as the folder's README.md."""
     path = Path(output_dir) / "README.md"
-    build_model_card(args, results).save(path)
+    build_model_card(results=results, **card).save(path)
     return path

@@ -331,15 +331,14 @@ def test_stream_batcher_processes_share_the_streams_in_disjoint_rows_and_step_to
     assert not set(parts[0].streams.flatten().tolist()) & set(parts[1].streams.flatten().tolist())
 
 
-def test_stream_batcher_iter_from_resumes_at_exactly_the_same_window():
+def test_stream_batcher_resumes_at_exactly_the_same_window_by_index():
     batcher = StreamBatcher(torch.arange(500), batch_size=5, bptt=8)
     full = list(batcher)
-    resumed = list(batcher.iter_from(5))
+    resumed = [batcher[n] for n in range(5, len(batcher))]
     assert len(resumed) == len(full) - 5
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(full[5:], resumed))
-    assert list(batcher.iter_from(len(batcher))) == []
-    with pytest.raises(ValueError, match=f"start_window must be an integer between 0 and {len(batcher)}"):
-        batcher.iter_from(len(batcher) + 1)
+    with pytest.raises(IndexError, match=f"this batcher has {len(batcher)} windows"):
+        batcher[len(batcher)]
 
 
 def test_stream_batcher_rejects_a_stream_shorter_than_one_window():

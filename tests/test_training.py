@@ -15,7 +15,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import tiny_train_args
 from hf_lstm import checkpointing
-from hf_lstm.training import main, parse_args, train
+from hf_lstm.settings import TrainingSettings
+from hf_lstm.training import main, train
 
 REPO = Path(__file__).resolve().parents[1]
 tiny_args = tiny_train_args
@@ -23,7 +24,7 @@ tiny_args = tiny_train_args
 
 def test_training_writes_a_complete_hub_folder_with_both_protocols(corpus, tmp_path, capsys):
     out = tmp_path / "run"
-    results = train(parse_args(tiny_args(corpus, out, "--max_train_steps", "80", "--learning_rate", "0.03")))
+    results = train(TrainingSettings.from_argv(tiny_args(corpus, out, "--max_train_steps", "80", "--learning_rate", "0.03")))
     printed = capsys.readouterr().out
     assert "this run, stateful full stream" in printed and "sample from pipeline" in printed
     for split in ("validation", "test"):
@@ -49,7 +50,7 @@ def test_a_transformer_trains_through_the_same_script_with_blocks(corpus, tmp_pa
     args = tiny_args(corpus, tmp_path / "gpt2", "--model_type", "gpt2", "--max_train_steps", "10",
                      "--sample_max_new_tokens", "0")
     args[args.index("--config_overrides") + 1] = "n_embd=16,n_layer=2,n_head=2"
-    results = train(parse_args(args))
+    results = train(TrainingSettings.from_argv(args))
     assert results["model_type"] == "gpt2" and results["batching"] == "blocks"
     assert "validation_perplexity_fixed_window" in results and "validation_perplexity_stateful" not in results
 
@@ -61,7 +62,7 @@ def test_the_default_recipe_of_each_family(corpus, tmp_path):
     def defaults(*extra):
         args = tiny_args(corpus, tmp_path, *extra)
         at = args.index("--optimizer")  # tiny_args' own choice; one given in `extra` comes later and stays
-        return parse_args(args[:at] + args[at + 2:])
+        return TrainingSettings.from_argv(args[:at] + args[at + 2:])
 
     lstm = defaults()
     assert (lstm.optimizer, lstm.learning_rate, lstm.max_grad_norm, lstm.batching) == ("adamw", 6e-3, 1.0, "stream")
@@ -73,7 +74,7 @@ def test_the_default_recipe_of_each_family(corpus, tmp_path):
 
 def test_stream_batching_is_refused_for_a_transformer(corpus, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        parse_args(tiny_args(corpus, tmp_path, "--model_type", "gpt2", "--batching", "stream"))
+        TrainingSettings.from_argv(tiny_args(corpus, tmp_path, "--model_type", "gpt2", "--batching", "stream"))
     assert "a Transformer has none" in capsys.readouterr().err
 
 
@@ -132,9 +133,9 @@ def test_resuming_from_the_last_step_trains_nothing_more(corpus, tmp_path):
     # A kill during the final evaluation leaves step_N == max_train_steps as the latest checkpoint; resuming
     # from it must only evaluate and save, not take one more step (the slow 6-kill test caught step 301 of 300).
     out = tmp_path / "done"
-    first = train(parse_args(tiny_args(corpus, out, "--max_train_steps", "4", "--checkpointing_steps", "2")))
+    first = train(TrainingSettings.from_argv(tiny_args(corpus, out, "--max_train_steps", "4", "--checkpointing_steps", "2")))
     log = json.loads((out / "train_log.json").read_text())
-    again = train(parse_args(tiny_args(corpus, out, "--max_train_steps", "4", "--checkpointing_steps", "2",
+    again = train(TrainingSettings.from_argv(tiny_args(corpus, out, "--max_train_steps", "4", "--checkpointing_steps", "2",
                                        "--resume_from_checkpoint", "latest")))
     assert again["train_steps"] == first["train_steps"] == 4
     assert json.loads((out / "train_log.json").read_text()) == log
@@ -160,7 +161,7 @@ def test_resume_from_a_missing_or_foreign_checkpoint_is_a_clear_error(corpus, tm
     assert main(tiny_args(corpus, tmp_path / "a", "--resume_from_checkpoint", str(tmp_path / "nope"))) == 1
     assert "no such folder" in capsys.readouterr().err
     first = tmp_path / "b"
-    train(parse_args(tiny_args(corpus, first, "--max_train_steps", "2", "--checkpointing_steps", "2",
+    train(TrainingSettings.from_argv(tiny_args(corpus, first, "--max_train_steps", "2", "--checkpointing_steps", "2",
                                "--sample_max_new_tokens", "0")))
     other = tiny_args(corpus, first, "--resume_from_checkpoint", str(first / "step_2"))
     other[other.index("--config_overrides") + 1] = "hidden_size=24,num_hidden_layers=2"
@@ -170,7 +171,7 @@ def test_resume_from_a_missing_or_foreign_checkpoint_is_a_clear_error(corpus, tm
 
 def test_tensorboard_tracking_works_offline(corpus, tmp_path):
     out = tmp_path / "tracked"
-    train(parse_args(tiny_args(corpus, out, "--max_train_steps", "3", "--with_tracking", "--report_to",
+    train(TrainingSettings.from_argv(tiny_args(corpus, out, "--max_train_steps", "3", "--with_tracking", "--report_to",
                                "tensorboard", "--sample_max_new_tokens", "0")))
     assert list(out.rglob("events.out.tfevents.*"))
 
@@ -202,7 +203,7 @@ def test_push_to_hub_uploads_a_loadable_model_repo_to_a_local_stand_in(corpus, t
     from hf_lstm.hub import push_folder
 
     out = tmp_path / "pushed"
-    train(parse_args(tiny_args(corpus, out, "--max_train_steps", "4", "--checkpointing_steps", "2",
+    train(TrainingSettings.from_argv(tiny_args(corpus, out, "--max_train_steps", "4", "--checkpointing_steps", "2",
                                "--sample_max_new_tokens", "0")))
     hub = LocalHubStandIn(tmp_path / "hub")
     url = push_folder(out, "me/tiny-lstm", api=hub)

@@ -111,9 +111,10 @@ def upstream_deprecations():
 def test_the_package_paths_print_no_deprecation(upstream_deprecations, corpus, tmp_path, model):
     from hf_lstm import benchmark, compare
     from hf_lstm.evaluation import stateful_perplexity
-    from hf_lstm.training import parse_args, train
+    from hf_lstm.settings import TrainingSettings
+    from hf_lstm.training import train
 
-    train(parse_args(tiny_train_args(corpus, tmp_path / "run", "--max_train_steps", "3")))  # stream TBPTT + sample
+    train(TrainingSettings.from_argv(tiny_train_args(corpus, tmp_path / "run", "--max_train_steps", "3")))  # stream TBPTT + sample
     stateful_perplexity(model, torch.randint(2, 40, (50,)), bptt=16)
     benchmark.step_loop(model, torch.tensor([[3, 4, 5]]), new_tokens=3)
     compare.generate_once(model, torch.tensor([[3, 4, 5]]), new_tokens=3)

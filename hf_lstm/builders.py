@@ -1,0 +1,191 @@
+"""What a training run is built from: the tokenizer, the model, the optimizer and the learning-rate schedule.
+
+Each builder takes what it needs, not the whole run's settings, so `compare`, `bench` and tests call them
+directly (`build_model("gpt2", vocab=TokenIds(500), config_overrides={"n_layer": 2})`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, get_scheduler
+
+from . import data
+from .configuration_hf_lstm import LSTMConfig
+
+
+@dataclass(frozen=True)
+class TokenIds:
+    """What a new model needs to know of its tokenizer: the vocabulary size and the special ids."""
+
+    vocab_size: int
+    pad_token_id: int | None = 0
+    eos_token_id: int | None = 1
+    bos_token_id: int | None = None
+
+    @classmethod
+    def of(cls, tokenizer) -> TokenIds:
+        bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        return cls(len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id, bos)
+
+
+def build_tokenizer(texts, *, tokenizer_name: str | None = None, kind: str | None = None,
+                    vocab_size: int | None = None, dataset_name: str | None = None, trust_remote_code: bool = False):
+    """`tokenizer_name` (a folder or Hub id), else a new tokenizer of `kind` trained on `texts` (by default a
+    word tokenizer for the built-in PTB, byte-level BPE otherwise). Its pad token falls back to eos."""
+    if tokenizer_name:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_name, trust_remote_code=trust_remote_code)
+    else:
+        kind = kind or data.default_tokenizer_kind(dataset_name)
+        tokenizer = data.train_tokenizer(texts, kind=kind, vocab_size=vocab_size)
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"the tokenizer {tokenizer_name} has no eos token; rows of the corpus are ended with it")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def check_model_folder(path: str) -> None:
+    """Fail fast, before any data work, on a local model folder that cannot load: a missing or non-JSON
+    config.json, no safetensors weights (pickle-based `.bin` files are refused: unpickling a stranger's file can
+    run code), or a truncated/corrupted `model.safetensors`. Hub ids (not local paths) pass through."""
+    from safetensors import safe_open
+
+    folder = Path(path)
+    if not folder.exists():
+        if folder.is_absolute() or path.startswith((".", "~")) or path.count("/") > 1:
+            raise FileNotFoundError(f"--model_name_or_path {path}: no such folder; give a folder written by "
+                                    "save_pretrained (or `hf-lstm train --output_dir`), or a Hub id")
+        return  # a Hub id: transformers resolves it (and fails clearly when offline)
+    if not folder.is_dir():
+        raise ValueError(f"--model_name_or_path {path} is a file; give the folder that holds config.json and "
+                         "model.safetensors")
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"--model_name_or_path {path} has no config.json; give a folder written by save_pretrained")
+    try:
+        json.loads(config_file.read_text())
+    except (UnicodeDecodeError, ValueError) as error:
+        raise ValueError(f"{config_file} is not valid JSON ({error}); restore it from where the model came from, "
+                         "or re-save the model with save_pretrained") from None
+    shards = sorted(folder.glob("model*.safetensors"))
+    if not shards:
+        pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt"))
+        raise ValueError(
+            f"--model_name_or_path {path} has no model.safetensors"
+            + (f" (only {', '.join(pickled)}, which hf-lstm refuses to unpickle: such files can run code)"
+               if pickled else "")
+            + "; weights are read only from safetensors: save the model with save_pretrained (which writes "
+              "safetensors), or convert the weights"
+        )
+    for shard in shards:
+        try:
+            with safe_open(str(shard), framework="pt") as handle:
+                handle.keys()
+        except Exception as error:  # safetensors raises its own SafetensorError for truncated or garbled files
+            raise ValueError(f"{shard} is truncated or corrupted ({error}); copy or download it again") from None
+
+
+def load_model(path: str, vocab_size: int, trust_remote_code: bool = False):
+    """A saved causal LM (safetensors only), checked against a tokenizer of `vocab_size` tokens."""
+    check_model_folder(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--model_name_or_path {path} does not load: {error}") from None
+    except Exception as error:  # safetensors' own error type for damaged files
+        raise ValueError(f"--model_name_or_path {path}: the weights are damaged or do not fit the config "
+                         f"({type(error).__name__}: {error})") from None
+    if vocab_size > model.config.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {vocab_size} tokens but the model {path} only {model.config.vocab_size}: use the "
+            f"model's own tokenizer (--tokenizer_name {path}) or resize the model"
+        )
+    return model
+
+
+def build_model(model_type: str = "hf_lstm", *, vocab: TokenIds, config_overrides: str | dict | None = None,
+                config_name: str | None = None, min_positions: int = 0, trust_remote_code: bool = False):
+    """A new causal LM: `model_type`'s default configuration (or `config_name`'s), changed by `config_overrides`
+    (`"hidden_size=650,cell_type=gru"` or a dict), sized for `vocab`. A Transformer gets at least `min_positions`
+    positions. Built on the current default device (`with torch.device("meta"):` counts without memory)."""
+    if config_name:
+        config = AutoConfig.from_pretrained(config_name, trust_remote_code=trust_remote_code)
+    else:
+        try:
+            config = AutoConfig.for_model(model_type)
+        except ValueError as error:
+            raise ValueError(f"--model_type {model_type!r} is not a model type transformers knows: {error}") from None
+    overrides = parse_config_overrides(config_overrides) if isinstance(config_overrides, str) else config_overrides
+    overrides = overrides or {}
+    unknown = sorted(k for k in overrides if not hasattr(config, k))
+    if unknown:
+        raise ValueError(f"--config_overrides: {type(config).__name__} has no field(s) {', '.join(unknown)}")
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    config.vocab_size = vocab.vocab_size
+    config.pad_token_id, config.eos_token_id = vocab.pad_token_id, vocab.eos_token_id
+    config.bos_token_id = vocab.bos_token_id if vocab.bos_token_id is not None else vocab.eos_token_id
+    if isinstance(config, LSTMConfig):
+        if "embedding_size" not in overrides and config.embedding_size != config.hidden_size:
+            config.embedding_size = config.hidden_size
+        config.validate_lstm_config()
+    else:
+        for name in ("n_positions", "max_position_embeddings"):
+            if hasattr(config, name) and getattr(config, name) < min_positions:
+                setattr(config, name, min_positions)
+    return AutoModelForCausalLM.from_config(config)
+
+
+def parse_config_overrides(text: str) -> dict:
+    """`"hidden_size=650,cell_type=lstm,initializer_range=0.1,tie_word_embeddings=false"` -> a dict of typed
+    values (int, float, true/false, none, else the string)."""
+    overrides = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--config_overrides: {item!r} is not of the form key=value (e.g. hidden_size=650)")
+        value: object = raw.strip()
+        lowered = raw.strip().lower()
+        if lowered in ("true", "false"):
+            value = lowered == "true"
+        elif lowered in ("none", "null"):
+            value = None
+        else:
+            for cast in (int, float):
+                try:
+                    value = cast(raw)
+                    break
+                except ValueError:
+                    continue
+        overrides[key.strip()] = value
+    return overrides
+
+
+def build_optimizer(model, kind: str = "adamw", learning_rate: float = 1e-3,
+                    weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """AdamW (decoupled weight decay, none on biases and norms; betas 0.9, 0.99) or SGD."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.dim() < 2 or "norm" in name.lower() else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=learning_rate)
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.99))
+
+
+def build_scheduler(optimizer, kind: str, total_steps: int, steps_per_epoch: int, warmup_steps: int = 0,
+                    decay: float = 0.5, decay_start_epoch: int = 5):
+    """transformers' schedule `kind` (linear, cosine, ...), or `epoch_decay`: the rate times `decay` per epoch
+    from the 1-based epoch `decay_start_epoch` on (Zaremba et al. 2014), after a linear warm-up."""
+    if kind == "epoch_decay":
+        def factor(step: int) -> float:
+            epoch = step // max(steps_per_epoch, 1) + 1  # 1-based epoch of this step
+            warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+            return warm * decay ** max(0, epoch - decay_start_epoch + 1)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return get_scheduler(kind, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
