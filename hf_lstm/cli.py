@@ -19,10 +19,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 COMMANDS = {  # name: ("module:function" that runs it, one-line help)
-    "train": ("hf_lstm.training:main", "train a language model with Accelerate (run_clm_no_trainer arguments)"),
-    "compare": ("hf_lstm.compare:main", "train hf_lstm and small Transformers on the same data and compare them"),
-    "bench": ("hf_lstm.benchmark:main", "print decode, prefill and training speed against the machine's floor"),
-    "experiment": ("hf_lstm.cli:experiment_main", "run a science experiment (vanishing-gradient, adding, ...)"),
+    "train": (
+        "hf_lstm.training:main",
+        "train a language model with Accelerate (run_clm_no_trainer arguments)",
+    ),
+    "compare": (
+        "hf_lstm.compare:main",
+        "train hf_lstm and small Transformers on the same data and compare them",
+    ),
+    "bench": (
+        "hf_lstm.benchmark:main",
+        "print decode, prefill and training speed against the machine's floor",
+    ),
+    "experiment": (
+        "hf_lstm.cli:experiment_main",
+        "run a science experiment (vanishing-gradient, adding, ...)",
+    ),
 }
 
 

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Why the embedding initialisation matters: a bare torch LSTM LM against hf_lstm under the same loop.
 
     python scripts/init_diagnostic.py --model torch --optimizer adamw --learning_rate 3e-3

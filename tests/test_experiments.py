@@ -1,7 +1,8 @@
 """The science experiments: each runs end to end from the CLI at a tiny budget and writes results of the right
-shape; the adding problem is Hochreiter & Schmidhuber's (1997); the special cases of the cell update that Olah's
-"Understanding LSTM Networks" describes hold on the project's own cell. Also the one dispatcher (`hf-lstm` and
-`hf-lstm experiment`), the runner every experiment plugs into, and the embedding-initialisation diagnostic."""
+shape; the adding problem is Hochreiter & Schmidhuber's (1997); the special cases of the cell update that
+Olah's "Understanding LSTM Networks" describes hold on the project's own cell. Also the one dispatcher
+(`hf-lstm` and `hf-lstm experiment`), the runner every experiment plugs into, and the embedding-initialisation
+diagnostic."""
 
 import json
 import math
@@ -20,7 +21,8 @@ ALL = ("rnn", "gru", "lstm", "peephole", "transformer")
 
 
 def run_cli(name, tmp_path, *args, plots=()):
-    """Run `hf-lstm experiment NAME` at a tiny size; with `plots`, also check those PNGs were drawn (and small)."""
+    """Run `hf-lstm experiment NAME` at a tiny size; with `plots`, also check those PNGs were drawn (and
+    small)."""
     out = tmp_path / name
     flags = [] if plots else ["--no_plots"]
     assert cli.main(["experiment", name, "--output_dir", str(out), "--threads", "1", *flags, *args]) == 0
@@ -42,7 +44,9 @@ def test_adding_batch_follows_the_paper():
     first = (markers == 1).float().argmax(1)
     marked = (markers == 1).nonzero()[:, 1].view(512, 2)
     assert (first < 10).all()  # first marker among the first 10 steps
-    assert (marked[:, 1] < 100 // 2).all()  # second among the first T/2 - 1 unmarked steps (step T/2 at the latest)
+    assert (
+        marked[:, 1] < 100 // 2
+    ).all()  # second among the first T/2 - 1 unmarked steps (step T/2 at the latest)
     ends = markers[:, [0, -1]]
     assert ((ends == -1) | (ends == 1)).all()  # first and last steps carry -1 unless marked
     expected = 0.5 + (values * (markers == 1)).sum(1) / 4  # X1 is zero when step 1 is marked (value zeroed)
@@ -59,9 +63,22 @@ def test_always_answering_one_half_scores_about_eight_percent():
 
 
 def test_adding_cli_writes_success_rates_for_every_cell_type(tmp_path):
-    results, out = run_cli("adding", tmp_path, "--seq_lens", "24", "--max_steps", "3", "--eval_every", "2",
-                           "--hidden_size", "8", "--test_sequences", "128", "--save_models",
-                           plots=["adding_success.png"])
+    results, out = run_cli(
+        "adding",
+        tmp_path,
+        "--seq_lens",
+        "24",
+        "--max_steps",
+        "3",
+        "--eval_every",
+        "2",
+        "--hidden_size",
+        "8",
+        "--test_sequences",
+        "128",
+        "--save_models",
+        plots=["adding_success.png"],
+    )
     assert set(results["runs"]) == set(ALL)
     for cell, runs in results["runs"].items():
         record = runs["24"]
@@ -76,9 +93,23 @@ def test_adding_cli_writes_success_rates_for_every_cell_type(tmp_path):
 
 
 def test_vanishing_gradient_curves_are_finite_and_span_every_distance(tmp_path):
-    results, _ = run_cli("vanishing-gradient", tmp_path, "--max_distance", "40", "--num_sequences", "8",
-                         "--hidden_size", "8", "--train_seq_len", "24", "--max_steps", "2", "--memory_bias", "1",
-                         plots=["gradient_vs_distance.png", "forget_gates.png"])
+    results, _ = run_cli(
+        "vanishing-gradient",
+        tmp_path,
+        "--max_distance",
+        "40",
+        "--num_sequences",
+        "8",
+        "--hidden_size",
+        "8",
+        "--train_seq_len",
+        "24",
+        "--max_steps",
+        "2",
+        "--memory_bias",
+        "1",
+        plots=["gradient_vs_distance.png", "forget_gates.png"],
+    )
     assert results["distances"] == list(range(41))
     assert set(results["cells"]) == set(ALL)
     for cell, entry in results["cells"].items():
@@ -89,14 +120,29 @@ def test_vanishing_gradient_curves_are_finite_and_span_every_distance(tmp_path):
             stats = entry["forget_gate_init"]
             assert 0 < stats["mean"] < 1 and len(stats["cell_path_mean"]) == 41
             assert stats["cell_path_mean"][0] == pytest.approx(1.0)
-            # forget bias 1 (the library default) at init: f is near sigmoid(1), the direct path shrinks like 0.73^d
+            # forget bias 1 (the library default) at init: f is near sigmoid(1), the direct path shrinks
+            # like 0.73^d
             assert stats["mean"] == pytest.approx(1 / (1 + math.exp(-1)), abs=0.05)
             assert stats["cell_path_mean"][40] < 1e-3
 
 
 def test_an_untrained_vanilla_rnn_loses_its_gradient_exponentially(tmp_path):
-    results, _ = run_cli("vanishing-gradient", tmp_path, "--cell_types", "rnn", "--max_distance", "60",
-                         "--num_sequences", "8", "--hidden_size", "16", "--train_seq_len", "24", "--max_steps", "1")
+    results, _ = run_cli(
+        "vanishing-gradient",
+        tmp_path,
+        "--cell_types",
+        "rnn",
+        "--max_distance",
+        "60",
+        "--num_sequences",
+        "8",
+        "--hidden_size",
+        "16",
+        "--train_seq_len",
+        "24",
+        "--max_steps",
+        "1",
+    )
     curve = results["cells"]["rnn"]["init"]["mean"]
     assert curve[60] < 1e-6 * curve[0]
 
@@ -115,9 +161,23 @@ def test_generated_sentences_put_the_dependent_token_after_the_distractors():
 
 
 def test_long_dependency_cli_reports_accuracy_per_distance(tmp_path):
-    results, out = run_cli("long-dependency", tmp_path, "--max_distance", "10", "--eval_distances", "0,5,10",
-                           "--eval_sentences", "16", "--hidden_size", "16", "--embedding_size", "8", "--max_steps", "2",
-                           plots=["accuracy_vs_distance.png"])
+    results, out = run_cli(
+        "long-dependency",
+        tmp_path,
+        "--max_distance",
+        "10",
+        "--eval_distances",
+        "0,5,10",
+        "--eval_sentences",
+        "16",
+        "--hidden_size",
+        "16",
+        "--embedding_size",
+        "8",
+        "--max_steps",
+        "2",
+        plots=["accuracy_vs_distance.png"],
+    )
     assert set(results["models"]) == set(ALL)
     for record in results["models"].values():
         assert set(record["by_distance"]) == {"0", "5", "10"}
@@ -132,9 +192,21 @@ def test_long_dependency_cli_reports_accuracy_per_distance(tmp_path):
 
 
 def test_gates_cli_draws_every_gate_of_every_cell_type(tmp_path):
-    results, _ = run_cli("gates", tmp_path, "--hidden_size", "8", "--units", "4", "--max_steps", "2",
-                         "--max_train_words", "5000", "--text", "the company said it expects a loss",
-                         plots=[f"gates_{cell}.png" for cell in ("rnn", "gru", "lstm", "peephole")])
+    results, _ = run_cli(
+        "gates",
+        tmp_path,
+        "--hidden_size",
+        "8",
+        "--units",
+        "4",
+        "--max_steps",
+        "2",
+        "--max_train_words",
+        "5000",
+        "--text",
+        "the company said it expects a loss",
+        plots=[f"gates_{cell}.png" for cell in ("rnn", "gru", "lstm", "peephole")],
+    )
     assert set(results["models"]) == {"rnn", "gru", "lstm", "peephole"}
     assert set(results["models"]["lstm"]["panels"]) >= {"forget", "input", "output", "cell", "hidden"}
     assert set(results["models"]["gru"]["panels"]) >= {"update", "reset", "candidate", "hidden"}
@@ -174,10 +246,10 @@ def test_the_special_cases_written_out_by_hand():
     w_hh = torch.zeros(4 * hidden, hidden)
     big = 1e4
     # gate order i, f, g, o in the fused layout; candidate pre-activation 0.7, output pre-activation 0.9
-    pre = lambda i, f: torch.tensor([[i] * hidden + [f] * hidden + [0.7] * hidden + [0.9] * hidden])  # noqa: E731
-    h, c, (f, i, o, g) = lstm_cell(pre(-big, big), h_prev, c_prev, w_hh, torch.zeros(4 * hidden))
+    pre = lambda i, f: torch.tensor([[i] * hidden + [f] * hidden + [0.7] * hidden + [0.9] * hidden])
+    _, c, _ = lstm_cell(pre(-big, big), h_prev, c_prev, w_hh, torch.zeros(4 * hidden))
     assert torch.equal(c, c_prev)  # f = 1, i = 0: carried unchanged
-    h, c, (f, i, o, g) = lstm_cell(pre(-big, 0.0), h_prev, c_prev, w_hh, torch.zeros(4 * hidden))
+    h, c, _ = lstm_cell(pre(-big, 0.0), h_prev, c_prev, w_hh, torch.zeros(4 * hidden))
     assert torch.allclose(c, 0.5 * c_prev)  # i = 0, f = sigmoid(0) = 0.5: only forgetting
     assert (h.abs() < 1).all() and torch.allclose(h, torch.sigmoid(torch.tensor(0.9)) * torch.tanh(c))
 
@@ -185,13 +257,29 @@ def test_the_special_cases_written_out_by_hand():
 def test_gates_reads_any_saved_hf_lstm_folder(tmp_path, word_tokenizer):
     import hf_lstm
 
-    config = hf_lstm.LSTMConfig(vocab_size=len(word_tokenizer), hidden_size=8, num_hidden_layers=2, cell_type="peephole",
-                                pad_token_id=0, eos_token_id=1)
+    config = hf_lstm.LSTMConfig(
+        vocab_size=len(word_tokenizer),
+        hidden_size=8,
+        num_hidden_layers=2,
+        cell_type="peephole",
+        pad_token_id=0,
+        eos_token_id=1,
+    )
     folder = tmp_path / "model"
     hf_lstm.LSTMForCausalLM(config).save_pretrained(folder)
     word_tokenizer.save_pretrained(folder)
-    results, out = run_cli("gates", tmp_path, "--model_name_or_path", str(folder), "--layer", "1", "--units", "5",
-                           "--text", "i grew up in france so i speak fluent french")
+    results, _ = run_cli(
+        "gates",
+        tmp_path,
+        "--model_name_or_path",
+        str(folder),
+        "--layer",
+        "1",
+        "--units",
+        "5",
+        "--text",
+        "i grew up in france so i speak fluent french",
+    )
     entry = results["models"]["peephole"]
     assert len(entry["tokens"]) == 10 and entry["tokens"][4].endswith("france")
     assert len(entry["panels"]["cell"]) == 5 and len(entry["panels"]["cell"][0]) == 10
@@ -211,7 +299,9 @@ def test_memory_bias_sets_where_the_forget_and_update_gates_start():
     x = torch.zeros(2, 5, 2)
     lstm = SequenceRegressor("lstm", 2, 8, memory_bias=3.0)
     _, gates = lstm.hidden_states(x, output_gates=True)
-    assert torch.allclose(gates[0]["forget"][:, 0], torch.sigmoid(torch.tensor(3.0)))  # h_0 = 0, x = 0: bias only
+    assert torch.allclose(
+        gates[0]["forget"][:, 0], torch.sigmoid(torch.tensor(3.0))
+    )  # h_0 = 0, x = 0: bias only
     gru = SequenceRegressor("gru", 2, 8, memory_bias=3.0)
     _, gates = gru.hidden_states(x, output_gates=True)
     assert torch.allclose(gates[0]["update"][:, 0], torch.sigmoid(torch.tensor(3.0)))
@@ -223,8 +313,10 @@ def test_memory_bias_sets_where_the_forget_and_update_gates_start():
 def test_an_unknown_experiment_is_refused_with_the_choices(capsys):
     assert cli.main(["experiment", "no-such-experiment", "--output_dir", "unused"]) == 2
     err = capsys.readouterr().err
-    assert "hf-lstm experiment: unknown experiment 'no-such-experiment'; choose one of " \
-           "vanishing-gradient, adding, long-dependency, gates" in err
+    assert (
+        "hf-lstm experiment: unknown experiment 'no-such-experiment'; choose one of "
+        "vanishing-gradient, adding, long-dependency, gates" in err
+    )
     assert "usage: hf-lstm experiment NAME" in err
 
 
@@ -267,8 +359,13 @@ def test_the_runner_seeds_runs_writes_results_json_then_plots(tmp_path, capsys):
 
     def run(args, output_dir):
         assert output_dir.is_dir()
-        return {"experiment": "toy", "value": args.value / 3, "cells": args.cell_types, "seed": torch.initial_seed(),
-                "undefined": float("nan")}
+        return {
+            "experiment": "toy",
+            "value": args.value / 3,
+            "cells": args.cell_types,
+            "seed": torch.initial_seed(),
+            "undefined": float("nan"),
+        }
 
     def plot(results, output_dir):
         assert (output_dir / "results.json").exists()  # the numbers are safe before any plotting starts
@@ -280,7 +377,12 @@ def test_the_runner_seeds_runs_writes_results_json_then_plots(tmp_path, capsys):
     out = tmp_path / "toy"
     assert run_experiment(toy, ["--output_dir", str(out), "--value", "2", "--seed", "3"]) == 0
     assert json.loads((out / "results.json").read_text()) == {
-        "experiment": "toy", "value": 0.666667, "cells": "lstm", "seed": 3, "undefined": None}
+        "experiment": "toy",
+        "value": 0.666667,
+        "cells": "lstm",
+        "seed": 3,
+        "undefined": None,
+    }
     assert (out / "toy.txt").read_text() == str(2 / 3)
     assert f"wrote {out / 'results.json'}" in capsys.readouterr().out
     assert run_experiment(toy, ["--output_dir", str(tmp_path / "bare"), "--no_plots"]) == 0
@@ -296,13 +398,29 @@ def test_the_embedding_initialisation_diagnostic_trains_each_model(corpus, capsy
     threads = torch.get_num_threads()
     try:
         for model in MODELS:
-            assert main(["--model", model, "--dataset_name", str(corpus), "--hidden_size", "8", "--steps", "2",
-                         "--print_every", "1"]) == 0
+            assert (
+                main(
+                    [
+                        "--model",
+                        model,
+                        "--dataset_name",
+                        str(corpus),
+                        "--hidden_size",
+                        "8",
+                        "--steps",
+                        "2",
+                        "--print_every",
+                        "1",
+                    ]
+                )
+                == 0
+            )
     finally:
         torch.set_num_threads(threads)
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines if " step " in line] == [
-        f"{model} adamw 0.003 step {step}" for model in MODELS for step in (1, 2)]
+        f"{model} adamw 0.003 step {step}" for model in MODELS for step in (1, 2)
+    ]
     assert all(math.isfinite(float(line.split("loss ")[1].split()[0])) for line in lines if " step " in line)
     # the old default's embeddings sit in U(-1/sqrt(H), 1/sqrt(H)); torch's and hf_lstm's default are N(0, 1)
     small = build_diagnostic_model("hf_lstm_small_embeddings", 50, 64).get_input_embeddings().weight

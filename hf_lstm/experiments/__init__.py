@@ -20,7 +20,10 @@ EXPERIMENTS = {
         "hf_lstm.experiments.vanishing_gradient",
         "gradient norm of a last-step loss against distance, at init and after training",
     ),
-    "adding": ("hf_lstm.experiments.adding", "the 1997 adding problem: success rate per cell type and length"),
+    "adding": (
+        "hf_lstm.experiments.adding",
+        "the 1997 adding problem: success rate per cell type and length",
+    ),
     "long-dependency": (
         "hf_lstm.experiments.long_dependency",
         "next-token accuracy on a token that depends on one d tokens back",

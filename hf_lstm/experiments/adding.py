@@ -23,7 +23,6 @@ spent, whichever comes first.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import torch
@@ -62,7 +61,9 @@ def adding_batch(batch_size: int, seq_len: int, generator: torch.Generator, leng
     second among the first T/2 - 1 steps still unmarked (so at most step T/2, 1-based).
     """
     if seq_len < 22:
-        raise ValueError(f"the adding problem needs T >= 22 (the first marker is among the first 10 steps), got {seq_len}")
+        raise ValueError(
+            f"the adding problem needs T >= 22 (the first marker is among the first 10 steps), got {seq_len}"
+        )
     if length is None:
         length = seq_len + int(torch.randint(0, seq_len // 10 + 1, (1,), generator=generator))
     values = torch.rand(batch_size, length, generator=generator) * 2 - 1
@@ -110,7 +111,10 @@ def evaluate(model: torch.nn.Module, batches) -> dict:
 def constant_baseline(batches) -> dict:
     """What always answering 0.5 (the mean target) scores: the floor every model must beat."""
     errors = torch.cat([(y - 0.5).abs() for _, y in batches])
-    return {"success_rate": float((errors < TOLERANCE).float().mean()), "mean_abs_error": float(errors.mean())}
+    return {
+        "success_rate": float((errors < TOLERANCE).float().mean()),
+        "mean_abs_error": float(errors.mean()),
+    }
 
 
 def train_adding(
@@ -136,8 +140,13 @@ def train_adding(
     and the validation history. `max_positions` sizes a Transformer's position table (default: the longest
     training sequence); recurrent cells ignore it."""
     torch.manual_seed(seed)
-    model = SequenceRegressor(cell_type, input_size=2, hidden_size=hidden_size,
-                              max_positions=max_positions or seq_len + seq_len // 10 + 2, memory_bias=memory_bias)
+    model = SequenceRegressor(
+        cell_type,
+        input_size=2,
+        hidden_size=hidden_size,
+        max_positions=max_positions or seq_len + seq_len // 10 + 2,
+        memory_bias=memory_bias,
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     generator = torch.Generator().manual_seed(seed + 1000 * seq_len)
     validation = fixed_set(validation_sequences, seq_len, seed=seed + 1)
@@ -154,13 +163,23 @@ def train_adding(
         running.append(loss.item())
         if steps % eval_every == 0:
             val = evaluate(model, validation)
-            history.append({"step": steps, "training_sequences": steps * batch_size, "seconds": round(budget.elapsed(), 2),
-                            "train_mse": sum(running) / len(running), "val_success_rate": val["success_rate"],
-                            "val_mean_abs_error": val["mean_abs_error"]})
+            history.append(
+                {
+                    "step": steps,
+                    "training_sequences": steps * batch_size,
+                    "seconds": round(budget.elapsed(), 2),
+                    "train_mse": sum(running) / len(running),
+                    "val_success_rate": val["success_rate"],
+                    "val_mean_abs_error": val["mean_abs_error"],
+                }
+            )
             running = []
             if len(history) % 10 == 0 or val["success_rate"] >= target_success:
-                log(f"  {cell_type:>11} T={seq_len}: {steps * batch_size:>9,} sequences, {budget.elapsed():6.0f} s, "
-                    f"val success {val['success_rate']:.3f}, |err| {val['mean_abs_error']:.4f}")
+                log(
+                    f"  {cell_type:>11} T={seq_len}: {steps * batch_size:>9,} sequences, "
+                    f"{budget.elapsed():6.0f} s, "
+                    f"val success {val['success_rate']:.3f}, |err| {val['mean_abs_error']:.4f}"
+                )
             if val["success_rate"] >= target_success:
                 solved = True
                 break
@@ -181,15 +200,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hidden_size", type=int, default=64, help="recurrent units (default: 64)")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
-    parser.add_argument("--target_success", type=float, default=0.995,
-                        help="stop early once this fraction of the 512 validation sequences is correct")
+    parser.add_argument(
+        "--target_success",
+        type=float,
+        default=0.995,
+        help="stop early once this fraction of the 512 validation sequences is correct",
+    )
     parser.add_argument("--eval_every", type=int, default=100, help="steps between validation checks")
     parser.add_argument("--test_sequences", type=int, default=TEST_SEQUENCES)
-    parser.add_argument("--max_steps", type=int, default=None, help="also stop after this many steps (for tests)")
+    parser.add_argument(
+        "--max_steps", type=int, default=None, help="also stop after this many steps (for tests)"
+    )
     add_memory_bias_argument(parser)
-    parser.add_argument("--save_models", action="store_true",
-                        help="save each trained model under OUTPUT_DIR/models (the vanishing-gradient experiment "
-                             "can measure them with --trained_models_dir)")
+    parser.add_argument(
+        "--save_models",
+        action="store_true",
+        help="save each trained model under OUTPUT_DIR/models (the vanishing-gradient experiment "
+        "can measure them with --trained_models_dir)",
+    )
 
 
 def run(args: argparse.Namespace, output_dir: Path) -> dict:
@@ -198,11 +226,26 @@ def run(args: argparse.Namespace, output_dir: Path) -> dict:
     seq_lens = [int(t) for t in args.seq_lens.split(",") if t.strip()]
     results = {
         "experiment": NAME,
-        "task": {"definition": "Hochreiter & Schmidhuber 1997, experiment 4 (see hf_lstm/experiments/adding.py)",
-                 "tolerance": TOLERANCE, "test_sequences": args.test_sequences,
-                 "length_range": "uniform in [T, T + T/10], one length per minibatch of 64"},
-        "settings": {k: getattr(args, k) for k in ("seed", "budget_minutes", "hidden_size", "batch_size", "learning_rate",
-                                                   "target_success", "eval_every", "max_steps", "memory_bias")},
+        "task": {
+            "definition": "Hochreiter & Schmidhuber 1997, experiment 4 (see hf_lstm/experiments/adding.py)",
+            "tolerance": TOLERANCE,
+            "test_sequences": args.test_sequences,
+            "length_range": "uniform in [T, T + T/10], one length per minibatch of 64",
+        },
+        "settings": {
+            k: getattr(args, k)
+            for k in (
+                "seed",
+                "budget_minutes",
+                "hidden_size",
+                "batch_size",
+                "learning_rate",
+                "target_success",
+                "eval_every",
+                "max_steps",
+                "memory_bias",
+            )
+        },
         "optimizer": "Adam, gradient-norm clipping at 1.0, MSE loss on the last step",
         "paper_lstm": {str(t): v for t, v in PAPER_RESULTS.items()},
         "environment": environment(),
@@ -214,31 +257,56 @@ def run(args: argparse.Namespace, output_dir: Path) -> dict:
         results["baseline_predict_0.5"][str(seq_len)] = constant_baseline(test)
         for cell in cells:
             print(f"adding T={seq_len} {cell}: budget {args.budget_minutes} min")
-            model, record = train_adding(cell, seq_len, args.budget_minutes, seed=args.seed, hidden_size=args.hidden_size,
-                                         batch_size=args.batch_size, learning_rate=args.learning_rate,
-                                         target_success=args.target_success, eval_every=args.eval_every,
-                                         max_steps=args.max_steps, memory_bias=args.memory_bias)
+            model, record = train_adding(
+                cell,
+                seq_len,
+                args.budget_minutes,
+                seed=args.seed,
+                hidden_size=args.hidden_size,
+                batch_size=args.batch_size,
+                learning_rate=args.learning_rate,
+                target_success=args.target_success,
+                eval_every=args.eval_every,
+                max_steps=args.max_steps,
+                memory_bias=args.memory_bias,
+            )
             scores = evaluate(model, test)
             record = {**scores, **record}
-            print(f"  -> {cell} T={seq_len}: test success {scores['success_rate']:.4f} ({scores['wrong']} wrong of "
-                  f"{scores['sequences']}), {record['training_sequences']:,} sequences, {record['seconds']:.0f} s")
+            print(
+                f"  -> {cell} T={seq_len}: test success {scores['success_rate']:.4f} "
+                f"({scores['wrong']} wrong of {scores['sequences']}), "
+                f"{record['training_sequences']:,} sequences, {record['seconds']:.0f} s"
+            )
             results["runs"].setdefault(cell, {})[str(seq_len)] = record
             if args.save_models:
                 models = output_dir / "models"
                 models.mkdir(exist_ok=True)
-                torch.save({"cell_type": cell, "seq_len": seq_len, "hidden_size": args.hidden_size,
-                            "state_dict": model.state_dict(), "test_success_rate": scores["success_rate"]},
-                           models / f"{cell}_T{seq_len}.pt")
+                torch.save(
+                    {
+                        "cell_type": cell,
+                        "seq_len": seq_len,
+                        "hidden_size": args.hidden_size,
+                        "state_dict": model.state_dict(),
+                        "test_success_rate": scores["success_rate"],
+                    },
+                    models / f"{cell}_T{seq_len}.pt",
+                )
     return results
 
 
 def load_trained(path: Path) -> tuple[SequenceRegressor, dict]:
     """Load a model saved by `--save_models` (returns the model and its metadata)."""
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    model = SequenceRegressor(saved["cell_type"], input_size=2, hidden_size=saved["hidden_size"],
-                              max_positions=max(1024, saved["seq_len"] * 2 + 2))
+    model = SequenceRegressor(
+        saved["cell_type"],
+        input_size=2,
+        hidden_size=saved["hidden_size"],
+        max_positions=max(1024, saved["seq_len"] * 2 + 2),
+    )
     state = saved["state_dict"]
-    for key in [k for k in state if k.endswith("wpe.weight")]:  # a Transformer's position table, grown if needed
+    for key in [
+        k for k in state if k.endswith("wpe.weight")
+    ]:  # a Transformer's position table, grown if needed
         grown = model.state_dict()[key].clone()
         grown[: state[key].shape[0]] = state[key]
         state[key] = grown
@@ -259,13 +327,24 @@ def plot(results: dict, output_dir: Path) -> list[Path]:
                 continue
             xs = [h["training_sequences"] for h in record["history"]]
             ys = [h["val_success_rate"] for h in record["history"]]
-            ax.plot(xs, ys, color=CELL_COLOURS.get(cell), label=f"{cell} (test {record['success_rate']:.3f})", lw=1.4)
+            ax.plot(
+                xs,
+                ys,
+                color=CELL_COLOURS.get(cell),
+                label=f"{cell} (test {record['success_rate']:.3f})",
+                lw=1.4,
+            )
         base = results["baseline_predict_0.5"][str(seq_len)]["success_rate"]
         ax.axhline(base, color="k", ls=":", lw=1, label=f"always 0.5 ({base:.3f})")
         paper = PAPER_RESULTS.get(seq_len)
         if paper:
-            ax.axvline(paper["training_sequences"], color="tab:blue", ls="--", lw=0.8,
-                       label=f"1997 LSTM solved after {paper['training_sequences']:,}")
+            ax.axvline(
+                paper["training_sequences"],
+                color="tab:blue",
+                ls="--",
+                lw=0.8,
+                label=f"1997 LSTM solved after {paper['training_sequences']:,}",
+            )
         ax.set_xscale("log")
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("training sequences seen")
@@ -278,7 +357,6 @@ def plot(results: dict, output_dir: Path) -> list[Path]:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return [path]
-
 
 
 EXPERIMENT = Experiment(

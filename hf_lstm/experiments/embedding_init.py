@@ -76,8 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--learning_rate", type=float, default=3e-3)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--hidden_size", type=int, default=256)
-    parser.add_argument("--dataset_name", default="ptb",
-                        help="the corpus, as `hf_lstm.data.load_corpus` reads it (default: ptb)")
+    parser.add_argument(
+        "--dataset_name",
+        default="ptb",
+        help="the corpus, as `hf_lstm.data.load_corpus` reads it (default: ptb)",
+    )
     parser.add_argument("--print_every", type=int, default=50, help="steps between printed losses")
     return parser
 
@@ -121,6 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         optimizer.step()
         optimizer.zero_grad()
         if step % args.print_every == 0:
-            print(f"{args.model} {args.optimizer} {args.learning_rate:g} step {step}: loss {loss.item():.3f} "
-                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+            print(
+                f"{args.model} {args.optimizer} {args.learning_rate:g} step {step}: loss {loss.item():.3f} "
+                f"({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
     return 0

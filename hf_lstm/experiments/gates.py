@@ -1,4 +1,5 @@
-"""The gates you can see: forget, input and output gates and the cell state of a PTB language model, token by token.
+"""The gates you can see: forget, input and output gates and the cell state of a PTB language model, token by
+token.
 
     hf-lstm experiment gates --output_dir runs/gates                       # trains small PTB models itself
     hf-lstm experiment gates --output_dir runs/gates --model_name_or_path DIR   # any trained hf_lstm folder
@@ -11,9 +12,10 @@ f_t, i_t, o_t and C_t; the GRU shows its update and reset gates, candidate and h
 gates, shows h_t only.
 
 The experiment also checks, on the project's own `lstm_cell`, the special cases of the cell update that Olah's
-"Understanding LSTM Networks" (2015) describes: with f = 1 and i = 0 the cell state is carried unchanged; with i = 0 nothing new is written (C_t = f_t * C_{t-1}); with f = 1
-the update is purely additive (C_t = C_{t-1} + i_t * C~_t); and h_t = o_t * tanh(C_t) stays in (-1, 1) however
-large C_t grows. The results go to results.json under "special_cases".
+"Understanding LSTM Networks" (2015) describes: with f = 1 and i = 0 the cell state is carried unchanged; with
+i = 0 nothing new is written (C_t = f_t * C_{t-1}); with f = 1 the update is purely additive
+(C_t = C_{t-1} + i_t * C~_t); and h_t = o_t * tanh(C_t) stays in (-1, 1) however large C_t grows. The
+results go to results.json under "special_cases".
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ import torch.nn.functional as F
 from .runner import RECURRENT_CELLS, Budget, Experiment, environment, parse_cell_types, pyplot
 
 NAME = "gates"
-DEFAULT_TEXT = "the company said it expects to report a loss for the third quarter because of the strike at its plant"
+DEFAULT_TEXT = (
+    "the company said it expects to report a loss for the third quarter because of the strike at its plant"
+)
 SATURATE = 1e4  # a pre-activation this large makes sigmoid exactly 0 or 1 (and tanh exactly +-1) in float32
 
 
@@ -44,21 +48,31 @@ def _gate_bias(hidden: int, i=0.0, f=0.0, g=0.0, o=0.0) -> torch.Tensor:
 
 
 def special_case_checks(hidden: int = 8, batch: int = 4, steps: int = 1000, seed: int = 0) -> dict:
-    """Drive `hf_lstm.modeling_hf_lstm.lstm_cell` into the special cases of the cell update (Olah's "Understanding
-    LSTM Networks") by saturating gate biases, with random recurrent weights and random inputs otherwise, and
-    report what happened.
+    """Drive `hf_lstm.modeling_hf_lstm.lstm_cell` into the special cases of the cell update (Olah's
+    "Understanding LSTM Networks") by saturating gate biases, with random recurrent weights and random inputs
+    otherwise, and report what happened.
 
-    Returns a dict with, per case, `holds` (bool) and the numbers behind it:
-    - `carry` (f = 1, i = 0): C after `steps` steps equals the starting C exactly;
-    - `no_write` (i = 0): C_t = f_t * C_{t-1} exactly, whatever the candidate;
-    - `additive` (f = 1): C_t - C_{t-1} = i_t * C~_t;
-    - `bounded` (huge C): max |h_t| < 1 while max |C_t| is about 1e6.
+    Args:
+        hidden (`int`, *optional*, defaults to 8), batch (`int`, *optional*, defaults to 4):
+            The cell's width and the number of sequences.
+        steps (`int`, *optional*, defaults to 1000):
+            How many steps the carried cell state is checked over.
+        seed (`int`, *optional*, defaults to 0):
+            Seed of the random weights and inputs.
+
+    Returns:
+        `dict`: per case, `holds` (`bool`) and the numbers behind it:
+
+        - `carry` (f = 1, i = 0): C after `steps` steps equals the starting C exactly;
+        - `no_write` (i = 0): C_t = f_t * C_{t-1} exactly, whatever the candidate;
+        - `additive` (f = 1): C_t - C_{t-1} = i_t * C~_t;
+        - `bounded` (huge C): max |h_t| < 1 while max |C_t| is about 1e6.
     """
     from hf_lstm.modeling_hf_lstm import lstm_cell
 
     gen = torch.Generator().manual_seed(seed)
     w_hh = torch.empty(4 * hidden, hidden).uniform_(-1, 1, generator=gen)
-    rand = lambda *shape: torch.randn(*shape, generator=gen)  # noqa: E731
+    rand = lambda *shape: torch.randn(*shape, generator=gen)
     out = {}
 
     # f = 1, i = 0: the cell state rides the "highway" untouched, step after step.
@@ -67,14 +81,18 @@ def special_case_checks(hidden: int = 8, batch: int = 4, steps: int = 1000, seed
     bias = _gate_bias(hidden, i=-SATURATE, f=SATURATE)
     for _ in range(steps):
         h, c, (f, i, o, g) = lstm_cell(rand(batch, 4 * hidden), h, c, w_hh, bias)
-    out["carry"] = {"steps": steps, "max_abs_change": float((c - c0).abs().max()), "holds": bool(torch.equal(c, c0))}
+    out["carry"] = {
+        "steps": steps,
+        "max_abs_change": float((c - c0).abs().max()),
+        "holds": bool(torch.equal(c, c0)),
+    }
 
     # i = 0: whatever the candidate says, nothing is written; only the forget gate acts.
     c_prev, h_prev = rand(batch, hidden), torch.tanh(rand(batch, hidden))
     bias = _gate_bias(hidden, i=-SATURATE)
     gx = rand(batch, 4 * hidden)
     gx_other = gx.clone()
-    gx_other[:, 2 * hidden: 3 * hidden] = rand(batch, hidden) * 10  # a very different candidate C~
+    gx_other[:, 2 * hidden : 3 * hidden] = rand(batch, hidden) * 10  # a very different candidate C~
     _, c_a, (f_a, i_a, _, g_a) = lstm_cell(gx, h_prev, c_prev, w_hh, bias)
     _, c_b, (_, _, _, g_b) = lstm_cell(gx_other, h_prev, c_prev, w_hh, bias)
     out["no_write"] = {
@@ -99,8 +117,13 @@ def special_case_checks(hidden: int = 8, batch: int = 4, steps: int = 1000, seed
         max_h = max(max_h, float(h.abs().max()))
         outputs.append(float(o.max()))
     unbounded = float((o * c).abs().max())  # what h = o * C (no tanh) would have been at the last step
-    out["bounded"] = {"max_abs_cell": float(c.abs().max()), "max_abs_h": max_h, "max_output_gate": max(outputs),
-                      "max_abs_h_without_tanh": unbounded, "holds": max_h < 1.0}
+    out["bounded"] = {
+        "max_abs_cell": float(c.abs().max()),
+        "max_abs_h": max_h,
+        "max_output_gate": max(outputs),
+        "max_abs_h_without_tanh": unbounded,
+        "holds": max_h < 1.0,
+    }
     return out
 
 
@@ -128,11 +151,66 @@ def ptb_words() -> dict[str, list[str]]:
     }
 
 
-def train_ptb_model(cell_type: str, budget_minutes: float, hidden_size: int, num_layers: int, seed: int,
-                    batch_size: int = 32, bptt: int = 35, learning_rate: float = 3e-3, max_steps: int | None = None,
-                    max_train_words: int | None = None, validation_words: int = 20_000):
-    """Train a small `LSTMForCausalLM` on PTB train for the budget, with truncated backpropagation through time
-    (the state carried across windows of `bptt` tokens).
+def frequency_vocabulary(words: list[str]) -> list[str]:
+    """Every distinct word of `words`, most frequent first (ties in alphabetical order), with "<unk>" appended
+    when the words do not contain it."""
+    counts = Counter(words)
+    vocab = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    if "<unk>" not in vocab:
+        vocab.append("<unk>")
+    return vocab
+
+
+def train_on_stream(
+    model,
+    ids: torch.Tensor,
+    budget_minutes: float,
+    batch_size: int,
+    bptt: int,
+    learning_rate: float,
+    max_steps: int | None = None,
+) -> tuple[Budget, list[float]]:
+    """Train a causal LM with Adam on the token stream `ids`, cut into `batch_size` parallel streams and read
+    in windows of `bptt` tokens, its state carried from window to window (truncated backpropagation through
+    time), until `budget_minutes` pass or `max_steps` steps are done. Returns the budget (its clock) and the
+    training loss of every step."""
+    columns = ids[: len(ids) // batch_size * batch_size].view(batch_size, -1)  # batch_size parallel streams
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    budget = Budget(budget_minutes)
+    position, cache, losses = 0, None, []
+    model.train()
+    while not budget.expired() and (max_steps is None or len(losses) < max_steps):
+        if position + bptt + 1 > columns.shape[1]:
+            position, cache = 0, None
+        x = columns[:, position : position + bptt]
+        y = columns[:, position + 1 : position + bptt + 1]
+        out = model(input_ids=x, cache=cache, use_cache=True)
+        loss = F.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]), y.reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        cache = out.cache.detach()  # truncated BPTT: keep the state, drop its history
+        position += bptt
+        losses.append(loss.item())
+    return budget, losses
+
+
+def train_ptb_model(
+    cell_type: str,
+    budget_minutes: float,
+    hidden_size: int,
+    num_layers: int,
+    seed: int,
+    batch_size: int = 32,
+    bptt: int = 35,
+    learning_rate: float = 3e-3,
+    max_steps: int | None = None,
+    max_train_words: int | None = None,
+    validation_words: int = 20_000,
+):
+    """Train a small `LSTMForCausalLM` on PTB train for the budget, with truncated backpropagation through
+    time (the state carried across windows of `bptt` tokens).
 
     Args:
         cell_type (`str`):
@@ -156,52 +234,40 @@ def train_ptb_model(cell_type: str, budget_minutes: float, hidden_size: int, num
 
     Returns:
         `tuple`: the model, its vocabulary (`list[str]`, most frequent word first) and the training record
-        (`dict`), whose `valid_perplexity_first_20k_words` is `hf_lstm.evaluation.stateful_perplexity` over the
-        first `validation_words` words read as one stream, the state carried across windows of 500 tokens.
+        (`dict`), whose `valid_perplexity_first_20k_words` is `hf_lstm.evaluation.stateful_perplexity` over
+        the first `validation_words` words read as one stream, the state carried across windows of 500 tokens.
     """
     from hf_lstm import LSTMConfig, LSTMForCausalLM
     from hf_lstm.evaluation import stateful_perplexity
 
     words = ptb_words()
-    train = words["train"]
-    if max_train_words:
-        train = train[:max_train_words]
-    counts = Counter(train)
-    vocab = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
-    if "<unk>" not in vocab:
-        vocab.append("<unk>")
+    train = words["train"][:max_train_words] if max_train_words else words["train"]
+    vocab = frequency_vocabulary(train)
     index = {w: k for k, w in enumerate(vocab)}
     torch.manual_seed(seed)
-    config = LSTMConfig(vocab_size=len(vocab), hidden_size=hidden_size, num_hidden_layers=num_layers, cell_type=cell_type,
-                        eos_token_id=index["<eos>"], initializer_range=0.1)
+    config = LSTMConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        cell_type=cell_type,
+        eos_token_id=index["<eos>"],
+        initializer_range=0.1,
+    )
     model = LSTMForCausalLM(config)
     ids = torch.tensor([index[w] for w in train])
-    columns = ids[: len(ids) // batch_size * batch_size].view(batch_size, -1)  # batch_size parallel streams
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
-    budget = Budget(budget_minutes)
-    steps, position, cache, losses = 0, 0, None, []
-    model.train()
-    while not budget.expired() and (max_steps is None or steps < max_steps):
-        if position + bptt + 1 > columns.shape[1]:
-            position, cache = 0, None
-        x = columns[:, position: position + bptt]
-        y = columns[:, position + 1: position + bptt + 1]
-        out = model(input_ids=x, cache=cache, use_cache=True)
-        loss = F.cross_entropy(out.logits.reshape(-1, len(vocab)), y.reshape(-1))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        cache = out.cache.detach()  # truncated BPTT: keep the state, drop its history
-        position += bptt
-        steps += 1
-        losses.append(loss.item())
+    budget, losses = train_on_stream(model, ids, budget_minutes, batch_size, bptt, learning_rate, max_steps)
     model.eval()
     tail = losses[-100:]
-    valid_ids = torch.tensor([index.get(w, index["<unk>"]) for w in words["validation"][: validation_words + 1]])
-    record = {"steps": steps, "training_tokens": steps * batch_size * bptt, "seconds": round(budget.elapsed(), 2),
-              "train_perplexity_last_100_steps": math.exp(sum(tail) / len(tail)) if tail else None,
-              "valid_perplexity_first_20k_words": stateful_perplexity(model, valid_ids, bptt=500)["perplexity"]}
+    valid_ids = torch.tensor(
+        [index.get(w, index["<unk>"]) for w in words["validation"][: validation_words + 1]]
+    )
+    record = {
+        "steps": len(losses),
+        "training_tokens": len(losses) * batch_size * bptt,
+        "seconds": round(budget.elapsed(), 2),
+        "train_perplexity_last_100_steps": math.exp(sum(tail) / len(tail)) if tail else None,
+        "valid_perplexity_first_20k_words": stateful_perplexity(model, valid_ids, bptt=500)["perplexity"],
+    }
     return model, vocab, record
 
 
@@ -212,7 +278,8 @@ def train_ptb_model(cell_type: str, budget_minutes: float, hidden_size: int, num
 
 @torch.no_grad()
 def read_gates(model, input_ids: torch.Tensor, layer: int = 0) -> dict[str, torch.Tensor]:
-    """Every gate of one layer (and its h_t) while the model reads `input_ids` (1, T): name -> (T, H) tensor."""
+    """Every gate of one layer (and its h_t) while the model reads `input_ids` (1, T): name -> (T, H)
+    tensor."""
     model.eval()
     out = model(input_ids=input_ids, output_gates=True, output_hidden_states=True, use_cache=False)
     panels = {name: value[0] for name, value in out.gates[layer].items()}
@@ -228,28 +295,55 @@ def pick_units(panels: dict[str, torch.Tensor], count: int) -> list[int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The experiment's own arguments (after the shared ones of `runner.base_parser`)."""
-    parser.add_argument("--model_name_or_path", default=None,
-                        help="a trained hf_lstm folder (AutoModelForCausalLM + AutoTokenizer); skips training")
+    parser.add_argument(
+        "--model_name_or_path",
+        default=None,
+        help="a trained hf_lstm folder (AutoModelForCausalLM + AutoTokenizer); skips training",
+    )
     parser.add_argument("--text", default=DEFAULT_TEXT, help="the sentence to read")
     parser.add_argument("--layer", type=int, default=0, help="which layer's gates to draw (0 = first)")
     parser.add_argument("--units", type=int, default=24, help="how many units to draw (the most active ones)")
     parser.add_argument("--hidden_size", type=int, default=128)
     parser.add_argument("--num_layers", type=int, default=1)
-    parser.add_argument("--max_steps", type=int, default=None, help="also stop training after this many steps (tests)")
-    parser.add_argument("--max_train_words", type=int, default=None, help="train on a prefix of PTB train (tests)")
+    parser.add_argument(
+        "--max_steps", type=int, default=None, help="also stop training after this many steps (tests)"
+    )
+    parser.add_argument(
+        "--max_train_words", type=int, default=None, help="train on a prefix of PTB train (tests)"
+    )
 
 
 def run(args: argparse.Namespace, output_dir: Path) -> dict:
     """Check the special cases, get a model per cell type, read the sentence; return the results dictionary
     (nothing is written to `output_dir` here)."""
-    results = {"experiment": NAME, "text": args.text, "layer": args.layer, "special_cases": special_case_checks(seed=args.seed),
-               "settings": {k: getattr(args, k) for k in ("seed", "budget_minutes", "hidden_size", "num_layers",
-                                                          "units", "model_name_or_path", "max_steps")},
-               "environment": environment(), "models": {}}
-    print("special cases: " + ", ".join(f"{k} {'holds' if v['holds'] else 'FAILS'}" for k, v in results["special_cases"].items()))
+    results = {
+        "experiment": NAME,
+        "text": args.text,
+        "layer": args.layer,
+        "special_cases": special_case_checks(seed=args.seed),
+        "settings": {
+            k: getattr(args, k)
+            for k in (
+                "seed",
+                "budget_minutes",
+                "hidden_size",
+                "num_layers",
+                "units",
+                "model_name_or_path",
+                "max_steps",
+            )
+        },
+        "environment": environment(),
+        "models": {},
+    }
+    print(
+        "special cases: "
+        + ", ".join(f"{k} {'holds' if v['holds'] else 'FAILS'}" for k, v in results["special_cases"].items())
+    )
     if args.model_name_or_path:
-        import hf_lstm  # noqa: F401  (registers the Auto classes)
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        import hf_lstm  # noqa: F401  (registers the Auto classes)
 
         model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path)
         tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
@@ -260,10 +354,19 @@ def run(args: argparse.Namespace, output_dir: Path) -> dict:
         jobs = []
         for cell in parse_cell_types(args.cell_types, RECURRENT_CELLS):
             print(f"gates: training a PTB {cell} model for {args.budget_minutes} min")
-            model, vocab, record = train_ptb_model(cell, args.budget_minutes, args.hidden_size, args.num_layers, args.seed,
-                                                   max_steps=args.max_steps, max_train_words=args.max_train_words)
-            print(f"  -> {cell}: {record['steps']} steps, valid perplexity (first 20k words) "
-                  f"{record['valid_perplexity_first_20k_words']:.1f}")
+            model, vocab, record = train_ptb_model(
+                cell,
+                args.budget_minutes,
+                args.hidden_size,
+                args.num_layers,
+                args.seed,
+                max_steps=args.max_steps,
+                max_train_words=args.max_train_words,
+            )
+            print(
+                f"  -> {cell}: {record['steps']} steps, valid perplexity (first 20k words) "
+                f"{record['valid_perplexity_first_20k_words']:.1f}"
+            )
             index = {w: k for k, w in enumerate(vocab)}
             words = args.text.split()
             ids = torch.tensor([[index.get(w, index["<unk>"]) for w in words]])
@@ -277,7 +380,9 @@ def run(args: argparse.Namespace, output_dir: Path) -> dict:
             "tokens": tokens,
             "units": units,
             "mean_per_gate": {name: float(value.mean()) for name, value in panels.items()},
-            "panels": {name: value[:, units].t().tolist() for name, value in panels.items()},  # units x tokens
+            "panels": {
+                name: value[:, units].t().tolist() for name, value in panels.items()
+            },  # units x tokens
         }
     return results
 
@@ -288,23 +393,34 @@ def plot(results: dict, output_dir: Path) -> list[Path]:
     order = ["forget", "input", "output", "cell", "update", "reset", "candidate", "hidden"]
     paths = []
     for cell, entry in results["models"].items():
-        names = [n for n in order if n in entry["panels"] and not (n == "candidate" and "cell" in entry["panels"])]
+        names = [
+            n for n in order if n in entry["panels"] and not (n == "candidate" and "cell" in entry["panels"])
+        ]
         if "cell" in entry["panels"]:
             names = [n for n in names if n != "hidden"]
-        fig, axes = plt.subplots(len(names), 1, figsize=(0.42 * len(entry["tokens"]) + 2.5, 1.9 * len(names) + 0.6),
-                                 squeeze=False)
+        fig, axes = plt.subplots(
+            len(names), 1, figsize=(0.42 * len(entry["tokens"]) + 2.5, 1.9 * len(names) + 0.6), squeeze=False
+        )
         for ax, name in zip(axes[:, 0], names):
             data = torch.tensor(entry["panels"][name])
             if name in ("cell", "hidden", "candidate"):
                 limit = max(1e-6, float(data.abs().max())) if name == "cell" else 1.0
-                image = ax.imshow(data, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+                image = ax.imshow(
+                    data, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest"
+                )
             else:
-                image = ax.imshow(data, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
-            label = {"cell": "cell state C_t", "hidden": "hidden state h_t", "candidate": "candidate"}.get(name, f"{name} gate")
+                image = ax.imshow(
+                    data, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest"
+                )
+            label = {"cell": "cell state C_t", "hidden": "hidden state h_t", "candidate": "candidate"}.get(
+                name, f"{name} gate"
+            )
             ax.set_ylabel(f"{label}\n(unit)", fontsize=8)
             ax.set_yticks([])
             ax.set_xticks(range(len(entry["tokens"])))
-            ax.set_xticklabels(entry["tokens"] if ax is axes[-1, 0] else [], rotation=60, ha="right", fontsize=8)
+            ax.set_xticklabels(
+                entry["tokens"] if ax is axes[-1, 0] else [], rotation=60, ha="right", fontsize=8
+            )
             fig.colorbar(image, ax=ax, fraction=0.02, pad=0.01)
         ppl = entry.get("valid_perplexity_first_20k_words")
         title = f"{cell}: layer {results['layer'] + 1}, {len(entry['units'])} most active units"
@@ -317,7 +433,6 @@ def plot(results: dict, output_dir: Path) -> list[Path]:
         plt.close(fig)
         paths.append(path)
     return paths
-
 
 
 EXPERIMENT = Experiment(

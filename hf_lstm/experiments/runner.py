@@ -2,11 +2,11 @@
 and plots, the seed, the wall-clock budget, and the small models the experiments train (a recurrent cell from
 hf_lstm, or a small GPT-2 for contrast).
 
-An experiment is an `Experiment`: its name, its own arguments, `run` and `plot`. `run_experiment` does the rest,
-the same for all of them: parse `hf-lstm experiment NAME --output_dir DIR [--cell_types ...] [--seed ...]
-[--budget_minutes ...]`, apply the seed and threads, create DIR, run, write `DIR/results.json`, draw the PNG
-plots, and say where the results went. The budget is wall-clock time per trained model (one cell type, one
-setting), so a run's length is predictable before it starts.
+An experiment is an `Experiment`: its name, its own arguments, `run` and `plot`. `run_experiment` does the
+rest, the same for all of them: parse `hf-lstm experiment NAME --output_dir DIR [--cell_types ...]
+[--seed ...] [--budget_minutes ...]`, apply the seed and threads, create DIR, run, write `DIR/results.json`,
+draw the PNG plots, and say where the results went. The budget is wall-clock time per trained model (one cell
+type, one setting), so a run's length is predictable before it starts.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ class Experiment:
         add_arguments (`Callable[[argparse.ArgumentParser], None]`):
             Adds the experiment's own arguments to the shared ones of `base_parser`.
         run (`Callable[[argparse.Namespace, Path], dict]`):
-            Runs the experiment with the parsed arguments and the output folder; returns the results dictionary.
+            Runs the experiment with the parsed arguments and the output folder; returns the results
+            dictionary.
         plot (`Callable[[dict, Path], list[Path]]`):
             Draws the results into PNG files in the output folder; returns their paths.
     """
@@ -88,28 +89,47 @@ def run_experiment(experiment: Experiment, argv: Sequence[str] | None = None) ->
     return 0
 
 
-def base_parser(name: str, description: str, default_cells: tuple[str, ...], default_budget: float) -> argparse.ArgumentParser:
-    """The arguments every experiment takes: --output_dir, --cell_types, --seed, --budget_minutes, --threads."""
+def base_parser(
+    name: str, description: str, default_cells: tuple[str, ...], default_budget: float
+) -> argparse.ArgumentParser:
+    """The arguments every experiment takes: --output_dir, --cell_types, --seed, --budget_minutes, --threads,
+    --no_plots."""
     parser = argparse.ArgumentParser(prog=f"hf-lstm experiment {name}", description=description)
     parser.add_argument("--output_dir", required=True, help="where results.json and the PNG plots go")
-    parser.add_argument("--cell_types", default=",".join(default_cells),
-                        help=f"comma-separated subset of {','.join((*RECURRENT_CELLS, TRANSFORMER))} "
-                             f"(default: {','.join(default_cells)})")
+    parser.add_argument(
+        "--cell_types",
+        default=",".join(default_cells),
+        help=f"comma-separated subset of {','.join((*RECURRENT_CELLS, TRANSFORMER))} "
+        f"(default: {','.join(default_cells)})",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and batching")
-    parser.add_argument("--budget_minutes", type=float, default=default_budget,
-                        help="wall-clock training budget per trained model (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice); 1 is kind to a shared machine")
+    parser.add_argument(
+        "--budget_minutes",
+        type=float,
+        default=default_budget,
+        help="wall-clock training budget per trained model (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice); 1 is kind to a shared machine",
+    )
     parser.add_argument("--no_plots", action="store_true", help="write results.json only")
     return parser
 
 
 def add_memory_bias_argument(parser: argparse.ArgumentParser, default: float | None = 3.0) -> None:
-    """--memory_bias: the initial bias of the gate that keeps memory (LSTM/peephole forget gate, GRU update gate)."""
-    parser.add_argument("--memory_bias", type=float, default=default,
-                        help="initial bias of the forget gate (LSTM, peephole) and update gate (GRU); sigmoid(3) = 0.95 "
-                             "keeps 95%% of the memory per step at the start (default: %(default)s; the library's "
-                             "forget_bias default, 1, is the language-modelling choice)")
+    """--memory_bias: the initial bias of the gate that keeps memory (LSTM/peephole forget gate, GRU update
+    gate)."""
+    parser.add_argument(
+        "--memory_bias",
+        type=float,
+        default=default,
+        help="initial bias of the forget gate (LSTM, peephole) and update gate (GRU); sigmoid(3) = 0.95 "
+        "keeps 95%% of the memory per step at the start (default: %(default)s; the library's "
+        "forget_bias default, 1, is the language-modelling choice)",
+    )
 
 
 def parse_cell_types(text: str, allowed: tuple[str, ...]) -> list[str]:
@@ -117,7 +137,9 @@ def parse_cell_types(text: str, allowed: tuple[str, ...]) -> list[str]:
     cells = [c.strip() for c in text.split(",") if c.strip()]
     bad = [c for c in cells if c not in allowed]
     if not cells or bad:
-        raise SystemExit(f"--cell_types must be a comma-separated subset of {','.join(allowed)}; got {text!r}")
+        raise SystemExit(
+            f"--cell_types must be a comma-separated subset of {','.join(allowed)}; got {text!r}"
+        )
     return cells
 
 
@@ -148,13 +170,15 @@ def environment() -> dict:
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
-        "command": "hf-lstm experiment " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["experiment"] else None,
+        "command": "hf-lstm experiment " + " ".join(sys.argv[2:])
+        if sys.argv[1:2] == ["experiment"]
+        else None,
     }
 
 
 def write_results(output_dir: Path, results: dict) -> Path:
-    """Write `results` as indented JSON to output_dir/results.json (floats to 6 significant digits, NaN and inf
-    become null)."""
+    """Write `results` as indented JSON to output_dir/results.json (floats to 6 significant digits, NaN and
+    inf become null) and return the file's path."""
 
     def clean(value):
         if isinstance(value, float):
@@ -198,13 +222,18 @@ def pyplot():
     return plt
 
 
-CELL_COLOURS = {"rnn": "tab:red", "gru": "tab:green", "lstm": "tab:blue", "peephole": "tab:purple",
-                "transformer": "tab:gray"}
+CELL_COLOURS = {
+    "rnn": "tab:red",
+    "gru": "tab:green",
+    "lstm": "tab:blue",
+    "peephole": "tab:purple",
+    "transformer": "tab:gray",
+}
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Sequence-to-one models for continuous inputs (the adding problem): a recurrent stack from hf_lstm fed through
-# `inputs_embeds`, or a small GPT-2, both with a linear read-out of the last position.
+# Sequence-to-one models for continuous inputs (the adding problem): a recurrent stack from hf_lstm fed
+# through `inputs_embeds`, or a small GPT-2, both with a linear read-out of the last position.
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -216,24 +245,48 @@ class SequenceRegressor(nn.Module):
     `nn.Linear(hidden, 1)` on the last position's hidden state.
     """
 
-    def __init__(self, cell_type: str, input_size: int, hidden_size: int, max_positions: int = 1024,
-                 transformer_layers: int = 2, transformer_width: int = 32, memory_bias: float | None = None):
+    def __init__(
+        self,
+        cell_type: str,
+        input_size: int,
+        hidden_size: int,
+        max_positions: int = 1024,
+        transformer_layers: int = 2,
+        transformer_width: int = 32,
+        memory_bias: float | None = None,
+    ):
         super().__init__()
         self.cell_type = cell_type
         if cell_type == TRANSFORMER:
             from transformers import GPT2Config, GPT2Model
 
-            config = GPT2Config(n_embd=transformer_width, n_layer=transformer_layers, n_head=2, n_positions=max_positions,
-                                vocab_size=1, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                                bos_token_id=0, eos_token_id=0)
+            config = GPT2Config(
+                n_embd=transformer_width,
+                n_layer=transformer_layers,
+                n_head=2,
+                n_positions=max_positions,
+                vocab_size=1,
+                resid_pdrop=0.0,
+                embd_pdrop=0.0,
+                attn_pdrop=0.0,
+                bos_token_id=0,
+                eos_token_id=0,
+            )
             self.input_projection = nn.Linear(input_size, transformer_width)
             self.body = GPT2Model(config)
             width = transformer_width
         else:
             from hf_lstm import LSTMConfig, LSTMModel
 
-            config = LSTMConfig(vocab_size=1, hidden_size=hidden_size, embedding_size=input_size, num_hidden_layers=1,
-                                cell_type=cell_type, tie_word_embeddings=False, use_cache=False)
+            config = LSTMConfig(
+                vocab_size=1,
+                hidden_size=hidden_size,
+                embedding_size=input_size,
+                num_hidden_layers=1,
+                cell_type=cell_type,
+                tie_word_embeddings=False,
+                use_cache=False,
+            )
             self.input_projection = None
             self.body = LSTMModel(config)
             if memory_bias is not None:
@@ -256,8 +309,9 @@ class SequenceRegressor(nn.Module):
 
 
 def set_memory_bias(model: nn.Module, value: float) -> None:
-    """Set the initial bias of every layer's "keep the memory" gate to `value`: the forget gate b_f of LSTM and
-    peephole cells, the update gate b_z of GRU cells (h_t = (1 - z_t) h~_t + z_t h_{t-1}, so z near 1 keeps h).
+    """Set the initial bias of every layer's "keep the memory" gate to `value`: the forget gate b_f of LSTM
+    and peephole cells, the update gate b_z of GRU cells (h_t = (1 - z_t) h~_t + z_t h_{t-1}, so z near 1
+    keeps h).
     The bias sits in `bias_ih` (and `bias_hh` is zeroed for that gate) so sigmoid(value) is the gate's
     starting level. Vanilla RNN cells have no such gate and are left alone."""
     for module in model.modules():

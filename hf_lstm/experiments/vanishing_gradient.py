@@ -5,9 +5,9 @@
 For each cell type we feed adding-problem sequences of length `max_distance + 1`, take the squared error of
 the last-step prediction, and measure ||dL / dx_{T-d}||, the norm of its gradient with respect to the input
 d steps before the end, for every d from 0 to `max_distance`, averaged over random sequences. This is the
-quantity the vanishing-gradient argument is about: by the chain rule it is a product of d step Jacobians, so it
-shrinks (or grows) exponentially with d unless the steps multiply to about one. The measurement runs in float64
-so that tiny gradients are measured, not rounded to zero.
+quantity the vanishing-gradient argument is about: by the chain rule it is a product of d step Jacobians, so
+it shrinks (or grows) exponentially with d unless the steps multiply to about one. The measurement runs in
+float64 so that tiny gradients are measured, not rounded to zero.
 
 It is done twice: at initialisation, and after training on the adding problem (T = 100 by default; either
 trained here for `--budget_minutes` per cell type, or loaded from the adding experiment's `--save_models`).
@@ -68,15 +68,18 @@ def gradient_by_distance(model: torch.nn.Module, x: torch.Tensor, y: torch.Tenso
 def forget_gate_statistics(model: SequenceRegressor, x: torch.Tensor) -> dict:
     """Forget-gate summary of an LSTM or peephole model on inputs x (batch, T, 2).
 
-    `histogram` counts f over 50 equal bins of [0, 1]; `cell_path_mean[d]` is the mean over sequences and units
-    of the product of the last d forget gates (d = 0 gives 1), i.e. dC_T/dC_{T-d} along the direct cell path;
-    `cell_path_best_unit[d]` is the same for the unit whose product stays largest at the longest distance.
+    `histogram` counts f over 50 equal bins of [0, 1]; `cell_path_mean[d]` is the mean over sequences and
+    units of the product of the last d forget gates (d = 0 gives 1), i.e. dC_T/dC_{T-d} along the direct cell
+    path; `cell_path_best_unit[d]` is the same for the unit whose product stays largest at the longest
+    distance.
     """
     _, gates = model.hidden_states(x.float(), output_gates=True)
     f = gates[0]["forget"].double()  # (batch, T, H)
     flat = f.flatten()
     reversed_f = f.flip(1)
-    log_products = torch.cat([torch.zeros_like(reversed_f[:, :1]), torch.log(reversed_f).cumsum(1)], dim=1)[:, :-1]
+    log_products = torch.cat([torch.zeros_like(reversed_f[:, :1]), torch.log(reversed_f).cumsum(1)], dim=1)[
+        :, :-1
+    ]
     products = log_products.exp()  # (batch, T, H): column d = product of the last d forget gates
     per_unit = products.mean(0)  # (T, H)
     best = int(per_unit[-1].argmax())
@@ -94,7 +97,8 @@ def forget_gate_statistics(model: SequenceRegressor, x: torch.Tensor) -> dict:
 
 
 def summarise(curve: list[float]) -> dict:
-    """Headline numbers of one gradient curve: ratios to d = 0 at a few distances and the fitted decay per step."""
+    """Headline numbers of one gradient curve: ratios to d = 0 at a few distances and the fitted decay per
+    step."""
     values = torch.tensor(curve, dtype=torch.float64)
     out = {}
     for d in (10, 50, 100, 200):
@@ -103,21 +107,30 @@ def summarise(curve: list[float]) -> dict:
     d = torch.arange(len(values), dtype=torch.float64)
     keep = (d >= 5) & (values > 0)
     if int(keep.sum()) >= 2:
-        slope = torch.linalg.lstsq(torch.stack([d[keep], torch.ones_like(d[keep])], 1), torch.log(values[keep]).unsqueeze(1)).solution[0, 0]
+        slope = torch.linalg.lstsq(
+            torch.stack([d[keep], torch.ones_like(d[keep])], 1), torch.log(values[keep]).unsqueeze(1)
+        ).solution[0, 0]
         out["fitted_factor_per_step"] = float(math.exp(float(slope)))
     return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The experiment's own arguments (after the shared ones of `runner.base_parser`)."""
-    parser.add_argument("--max_distance", type=int, default=256, help="largest distance d measured (default 256)")
+    parser.add_argument(
+        "--max_distance", type=int, default=256, help="largest distance d measured (default 256)"
+    )
     parser.add_argument("--num_sequences", type=int, default=64, help="random sequences averaged over")
     parser.add_argument("--hidden_size", type=int, default=64)
     parser.add_argument("--train_seq_len", type=int, default=100, help="T of the adding problem trained on")
-    parser.add_argument("--trained_models_dir", default=None,
-                        help="use the models saved by `hf-lstm experiment adding --save_models` (files "
-                             "CELL_T{train_seq_len}.pt) instead of training here")
-    parser.add_argument("--max_steps", type=int, default=None, help="also stop training after this many steps (tests)")
+    parser.add_argument(
+        "--trained_models_dir",
+        default=None,
+        help="use the models saved by `hf-lstm experiment adding --save_models` (files "
+        "CELL_T{train_seq_len}.pt) instead of training here",
+    )
+    parser.add_argument(
+        "--max_steps", type=int, default=None, help="also stop training after this many steps (tests)"
+    )
     add_memory_bias_argument(parser)
 
 
@@ -126,45 +139,78 @@ def run(args: argparse.Namespace, output_dir: Path) -> dict:
     is written to `output_dir` here)."""
     cells = parse_cell_types(args.cell_types, (*RECURRENT_CELLS, TRANSFORMER))
     length = args.max_distance + 1
-    x, y = adding_batch(args.num_sequences, length, torch.Generator().manual_seed(args.seed + 7), length=length)
+    x, y = adding_batch(
+        args.num_sequences, length, torch.Generator().manual_seed(args.seed + 7), length=length
+    )
     results = {
         "experiment": NAME,
-        "measure": "mean over sequences of ||dL/dx_{T-d}||_2, L = squared error of the last-step prediction, float64",
+        "measure": "mean over sequences of ||dL/dx_{T-d}||_2, "
+        "L = squared error of the last-step prediction, float64",
         "distances": list(range(length)),
-        "settings": {"seed": args.seed, "max_distance": args.max_distance, "num_sequences": args.num_sequences,
-                     "hidden_size": args.hidden_size, "train_seq_len": args.train_seq_len,
-                     "budget_minutes": args.budget_minutes, "trained_models_dir": args.trained_models_dir,
-                     "memory_bias": args.memory_bias},
+        "settings": {
+            "seed": args.seed,
+            "max_distance": args.max_distance,
+            "num_sequences": args.num_sequences,
+            "hidden_size": args.hidden_size,
+            "train_seq_len": args.train_seq_len,
+            "budget_minutes": args.budget_minutes,
+            "trained_models_dir": args.trained_models_dir,
+            "memory_bias": args.memory_bias,
+        },
         "environment": environment(),
         "cells": {},
     }
     for cell in cells:
         print(f"vanishing-gradient {cell}")
         torch.manual_seed(args.seed)
-        initial = SequenceRegressor(cell, input_size=2, hidden_size=args.hidden_size, max_positions=max(1024, length + 1),
-                                   memory_bias=args.memory_bias)
+        initial = SequenceRegressor(
+            cell,
+            input_size=2,
+            hidden_size=args.hidden_size,
+            max_positions=max(1024, length + 1),
+            memory_bias=args.memory_bias,
+        )
         entry = {"init": gradient_by_distance(initial, x, y)}
         if cell in ("lstm", "peephole"):
             entry["forget_gate_init"] = forget_gate_statistics(initial, x)
         if args.trained_models_dir:
             trained, meta = load_trained(Path(args.trained_models_dir) / f"{cell}_T{args.train_seq_len}.pt")
-            entry["training"] = {"source": str(args.trained_models_dir), "test_success_rate": meta.get("test_success_rate")}
+            entry["training"] = {
+                "source": str(args.trained_models_dir),
+                "test_success_rate": meta.get("test_success_rate"),
+            }
         else:
-            trained, record = train_adding(cell, args.train_seq_len, args.budget_minutes, seed=args.seed,
-                                           hidden_size=args.hidden_size, max_steps=args.max_steps,
-                                           max_positions=max(1024, length + 1), memory_bias=args.memory_bias)
+            trained, record = train_adding(
+                cell,
+                args.train_seq_len,
+                args.budget_minutes,
+                seed=args.seed,
+                hidden_size=args.hidden_size,
+                max_steps=args.max_steps,
+                max_positions=max(1024, length + 1),
+                memory_bias=args.memory_bias,
+            )
             trained.eval()
             scores = evaluate(trained, fixed_set(512, args.train_seq_len, seed=args.seed + 2))
-            entry["training"] = {"source": "trained here", "test_success_rate": scores["success_rate"],
-                                 "training_sequences": record["training_sequences"], "seconds": record["seconds"]}
+            entry["training"] = {
+                "source": "trained here",
+                "test_success_rate": scores["success_rate"],
+                "training_sequences": record["training_sequences"],
+                "seconds": record["seconds"],
+            }
         entry["trained"] = gradient_by_distance(trained, x, y)
         if cell in ("lstm", "peephole"):
             entry["forget_gate_trained"] = forget_gate_statistics(trained, x)
-        entry["summary"] = {"init": summarise(entry["init"]["mean"]), "trained": summarise(entry["trained"]["mean"])}
+        entry["summary"] = {
+            "init": summarise(entry["init"]["mean"]),
+            "trained": summarise(entry["trained"]["mean"]),
+        }
         s = entry["summary"]
-        print(f"  init    |g(100)/g(0)| = {s['init'].get('ratio_d100_to_d0', float('nan')):.3g}   "
-              f"trained = {s['trained'].get('ratio_d100_to_d0', float('nan')):.3g}  "
-              f"(adding success {entry['training']['test_success_rate']})")
+        print(
+            f"  init    |g(100)/g(0)| = {s['init'].get('ratio_d100_to_d0', float('nan')):.3g}   "
+            f"trained = {s['trained'].get('ratio_d100_to_d0', float('nan')):.3g}  "
+            f"(adding success {entry['training']['test_success_rate']})"
+        )
         results["cells"][cell] = entry
     return results
 
@@ -179,8 +225,11 @@ def plot(results: dict, output_dir: Path) -> list[Path]:
             curve = torch.tensor(entry[phase]["mean"], dtype=torch.float64).clamp(min=1e-300)
             label = cell
             if phase == "trained":
-                label += f" (adding T={results['settings']['train_seq_len']}: {entry['training']['test_success_rate']:.2f})"
-            ax.semilogy(results["distances"], curve.tolist(), color=CELL_COLOURS.get(cell), label=label, lw=1.4)
+                trained_on = results["settings"]["train_seq_len"]
+                label += f" (adding T={trained_on}: {entry['training']['test_success_rate']:.2f})"
+            ax.semilogy(
+                results["distances"], curve.tolist(), color=CELL_COLOURS.get(cell), label=label, lw=1.4
+            )
         ax.set_xlabel("distance d from the last step")
         ax.set_title("at initialisation" if phase == "init" else "after training on the adding problem")
         ax.grid(alpha=0.3, which="both")
@@ -200,14 +249,28 @@ def plot(results: dict, output_dir: Path) -> list[Path]:
             for phase, ls in (("init", ":"), ("trained", "-")):
                 stats = entry[f"forget_gate_{phase}"]
                 total = sum(stats["histogram"]) or 1.0
-                axes[0].plot(centres, [h / total for h in stats["histogram"]], ls=ls, color=CELL_COLOURS.get(cell),
-                             label=f"{cell} {phase} (mean f = {stats['mean']:.2f})")
-                axes[1].semilogy(results["distances"], torch.tensor(stats["cell_path_mean"]).clamp(min=1e-300).tolist(),
-                                 ls=ls, color=CELL_COLOURS.get(cell), label=f"{cell} {phase}: mean over units")
+                axes[0].plot(
+                    centres,
+                    [h / total for h in stats["histogram"]],
+                    ls=ls,
+                    color=CELL_COLOURS.get(cell),
+                    label=f"{cell} {phase} (mean f = {stats['mean']:.2f})",
+                )
+                axes[1].semilogy(
+                    results["distances"],
+                    torch.tensor(stats["cell_path_mean"]).clamp(min=1e-300).tolist(),
+                    ls=ls,
+                    color=CELL_COLOURS.get(cell),
+                    label=f"{cell} {phase}: mean over units",
+                )
                 if phase == "trained":
-                    axes[1].semilogy(results["distances"],
-                                     torch.tensor(stats["cell_path_best_unit"]).clamp(min=1e-300).tolist(), ls="--",
-                                     color=CELL_COLOURS.get(cell), label=f"{cell} trained: most persistent unit")
+                    axes[1].semilogy(
+                        results["distances"],
+                        torch.tensor(stats["cell_path_best_unit"]).clamp(min=1e-300).tolist(),
+                        ls="--",
+                        color=CELL_COLOURS.get(cell),
+                        label=f"{cell} trained: most persistent unit",
+                    )
         axes[0].set_xlabel("forget gate value f")
         axes[0].set_ylabel("fraction of (step, unit) pairs")
         axes[0].set_title("forget gates on adding-problem sequences")
@@ -224,7 +287,6 @@ def plot(results: dict, output_dir: Path) -> list[Path]:
         plt.close(fig)
         paths.append(path)
     return paths
-
 
 
 EXPERIMENT = Experiment(
