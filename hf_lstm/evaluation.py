@@ -6,7 +6,9 @@
   the fair comparison.
 - **stateful full stream** (`stateful_perplexity`): a recurrent model reads the whole split as one stream,
   its state carried from window to window, as in the RNN language-modelling literature (Zaremba et al. 2014;
-  Merity et al. 2017). Every token is predicted, with all of the split before it as context.
+  Merity et al. 2017). Every token is predicted, with all of the split before it as context. With
+  `batch_size > 1` the split is read as that many parallel streams (`hf_lstm.data.StreamBatcher`), as
+  `hf-lstm bench` does to measure what int8 quantisation costs in perplexity.
 
 Both return the mean negative log-likelihood per scored token (nats), its exponential, and the count.
 """
@@ -18,11 +20,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .data import IGNORE_INDEX, fixed_windows
-
-
-def _is_recurrent(model) -> bool:
-    return getattr(getattr(model, "config", None), "model_type", None) == "hf_lstm"
+from .configuration_hf_lstm import is_hf_lstm
+from .data import IGNORE_INDEX, StreamBatcher, fixed_windows
 
 
 def _result(total_nll: float, tokens: int) -> dict:
@@ -52,31 +51,54 @@ def fixed_window_perplexity(model, ids: torch.LongTensor, window: int = 128, bat
 
 
 @torch.no_grad()
-def stateful_perplexity(model, ids: torch.LongTensor, bptt: int = 256, start_token_id: int | None = None) -> dict:
-    """Perplexity of a recurrent model reading the whole split as one stream (batch 1), its state carried
-    across windows of `bptt` tokens: every token is scored with the entire split before it as context.
-    With `start_token_id` (the eos id) placed before the split, its first token is scored too."""
-    if not _is_recurrent(model):
-        raise ValueError("the stateful full-stream protocol needs a recurrent (hf_lstm) model; use fixed windows")
+def stateful_perplexity(model, ids: torch.LongTensor, bptt: int = 256, start_token_id: int | None = None,
+                        batch_size: int = 1) -> dict:
+    """Perplexity of a recurrent model reading the split as a stream, its state carried across windows of
+    `bptt` tokens.
+
+    With `batch_size=1` (the default, the protocol of this project's reports) the whole split is one stream:
+    every token is scored with the entire split before it as context. With `batch_size=b` the split is cut
+    into `b` contiguous streams read side by side (`hf_lstm.data.StreamBatcher`, as training reads it; the
+    trailing tokens that do not fill a row are dropped), each from a fresh state: faster, and the protocol of
+    the batched evaluations in the RNN literature (e.g. PyTorch's word_language_model, batch 10).
+
+    Args:
+        model: an hf_lstm causal LM.
+        ids (`torch.LongTensor` of shape `(num_tokens,)`): the split as one stream of token ids.
+        bptt (`int`, *optional*, defaults to 256): tokens per window (the last window may be shorter).
+        start_token_id (`int`, *optional*): an id (the eos id) placed before the split, so that its first
+            token is scored too.
+        batch_size (`int`, *optional*, defaults to 1): streams read side by side.
+
+    Returns:
+        `dict`: `loss` (mean negative log-likelihood per scored token, nats), `perplexity` and `tokens` (the
+        number scored: `num_tokens - 1` at batch 1, `batch_size * (num_tokens // batch_size - 1)` otherwise).
+    """
+    if not is_hf_lstm(model):
+        raise ValueError("the stateful full-stream protocol needs a recurrent (hf_lstm) model; "
+                         "use fixed windows")
     if start_token_id is not None:
         ids = torch.cat([torch.tensor([start_token_id], dtype=torch.long), ids])
-    if ids.dim() != 1 or ids.numel() < 2:
-        raise ValueError(f"need a 1-D stream of at least 2 token ids to evaluate, got shape {tuple(ids.shape)}")
+    if ids.dim() != 1 or ids.numel() < 2 * batch_size:
+        raise ValueError(f"need a 1-D stream of at least 2 token ids per stream ({batch_size} stream(s)) to "
+                         f"evaluate, got shape {tuple(ids.shape)}")
+    # a window never needs to be longer than a row: one window then covers the whole row
+    batcher = StreamBatcher(ids, batch_size=batch_size, bptt=min(bptt, ids.numel() // batch_size - 1))
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     cache, total = None, 0.0
-    for start in range(0, ids.numel() - 1, bptt):
-        chunk = ids[start : start + bptt + 1].unsqueeze(0).to(device)
-        out = model(input_ids=chunk[:, :-1], cache=cache, use_cache=True)
+    for inputs, targets in batcher:
+        out = model(input_ids=inputs.to(device), cache=cache, use_cache=True)
         cache = out.cache
-        total += F.cross_entropy(out.logits[0].float(), chunk[0, 1:], reduction="sum").item()
+        total += F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten().to(device),
+                                 reduction="sum").item()
     model.train(was_training)
-    return _result(total, ids.numel() - 1)
+    return _result(total, batcher.num_targets)
 
 
 def _no_cache(model) -> dict:
-    return {} if _is_recurrent(model) else {"use_cache": False}
+    return {} if is_hf_lstm(model) else {"use_cache": False}
 
 
 def evaluate_splits(model, splits: dict[str, torch.LongTensor], window: int = 128, batch_size: int = 16,
@@ -85,10 +107,11 @@ def evaluate_splits(model, splits: dict[str, torch.LongTensor], window: int = 12
 
     `stateful` defaults to "if the model is recurrent"; Transformers get the fixed-window protocol only.
     """
-    stateful = _is_recurrent(model) if stateful is None else stateful
+    stateful = is_hf_lstm(model) if stateful is None else stateful
     metrics = {}
     for split, ids in splits.items():
-        fixed = fixed_window_perplexity(model, ids, window=window, batch_size=batch_size, start_token_id=start_token_id)
+        fixed = fixed_window_perplexity(model, ids, window=window, batch_size=batch_size,
+                                        start_token_id=start_token_id)
         metrics[f"{split}_perplexity_fixed_window"] = fixed["perplexity"]
         metrics[f"{split}_loss_fixed_window"] = fixed["loss"]
         metrics[f"{split}_tokens_scored"] = fixed["tokens"]

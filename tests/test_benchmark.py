@@ -1,4 +1,5 @@
-"""`hf-lstm bench` at a toy size: every figure of issue 5 is printed and written, with its target and verdict.
+"""`hf-lstm bench` at a toy size: every measurement is printed and written, with its target and verdict; and
+the counts the benchmark takes from `hf_lstm.flops`.
 
 These tests check the shape of the report, never a timing: timings belong in docs/PERFORMANCE.md.
 """
@@ -11,7 +12,7 @@ import torch
 
 from conftest import tiny_config
 import hf_lstm
-from hf_lstm import benchmark
+from hf_lstm import benchmark, flops
 from hf_lstm.quantization import quantize_dynamic_int8
 
 TARGETED = {
@@ -24,9 +25,10 @@ TARGETED = {
     "reference.slowdown": "<= 3",
 }
 REPORTED = [
-    "decode.floor_tokens_per_s", "decode.naive_tokens_per_s", "decode.generate_vs_naive", "train.matmul_peak_gflops",
-    "train.gpt2_mfu", "quant.decode_speedup", "quant.ptb_perplexity_float", "quant.ptb_perplexity_int8",
-    "quant.ptb_perplexity_change", "batch.tokens_per_s_1", "batch.tokens_per_s_2",
+    "decode.floor_tokens_per_s", "decode.naive_tokens_per_s", "decode.generate_vs_naive",
+    "train.matmul_peak_gflops", "train.gpt2_mfu", "quant.decode_speedup", "quant.ptb_perplexity_float",
+    "quant.ptb_perplexity_int8", "quant.ptb_perplexity_change", "batch.tokens_per_s_1",
+    "batch.tokens_per_s_2",
 ]
 
 
@@ -73,6 +75,48 @@ def test_unknown_section_is_an_error():
         benchmark.main(["--tiny", "--sections", "decode,warp-drive"])
 
 
+def test_every_section_is_registered_by_its_name():
+    names = ["decode", "context", "prefill", "train", "reference", "quant", "batch"]
+    assert list(benchmark.SECTIONS) == names
+    assert benchmark.parse_args([]).sections == list(benchmark.SECTIONS)
+
+
+@pytest.mark.parametrize("option", ["--vocab-size", "--decode-tokens", "--ptb-train-steps", "--batch-sizes"])
+def test_options_have_one_spelling_the_underscore_one(option):
+    underscored = option.replace("-", "_").replace("__", "--")
+    assert benchmark.parse_args([underscored, "3"]) is not None
+    with pytest.raises(SystemExit):
+        benchmark.parse_args([option, "3"])
+
+
+def test_matmul_weights_are_what_one_decoding_step_multiplies_by():
+    model = hf_lstm.LSTMForCausalLM(tiny_config(embedding_size=8))
+    expected = [w for layer in model.model.layers for w in (layer.rnn.weight_ih_l0, layer.rnn.weight_hh_l0)]
+    expected += [model.output_projection.weight, model.lm_head.weight]
+    weights = flops.matmul_weights(model)
+    assert len(weights) == len(expected) and all(torch.equal(w, e) for w, e in zip(weights, expected))
+    assert flops.matmul_parameters(model) == sum(w.numel() for w in expected)
+    assert flops.flops_per_token(model, context_length=128) == 6 * flops.matmul_parameters(model)
+
+
+def test_a_gpt2_counts_its_block_products_and_output_layer_and_pays_for_attention():
+    gpt = benchmark.gpt2_matched(hf_lstm.LSTMForCausalLM(tiny_config(hidden_size=32)), block_size=16)
+    blocks = sum(p.numel() for name, p in gpt.named_parameters()
+                 if name.endswith(".weight") and any(k in name for k in ("c_attn", "c_proj", "c_fc")))
+    assert flops.matmul_parameters(gpt) == blocks + gpt.lm_head.weight.numel()
+    layers, width = gpt.config.n_layer, gpt.config.n_embd
+    attention = 6 * layers * 16 * width  # 2 x 2 x L x T x d forward (causal half), x3 for a training step
+    assert flops.flops_per_token(gpt, context_length=16) == 6 * flops.matmul_parameters(gpt) + attention
+
+
+def test_matmul_peak_takes_as_many_products_as_asked_and_leaves_the_global_seed_alone():
+    torch.manual_seed(1)
+    expected = torch.rand(3)
+    torch.manual_seed(1)
+    assert flops.measure_matmul_peak(32, repeats=2) > 0
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_bare_floor_is_a_positive_time_per_token():
     weights = [torch.randn(8, 4), torch.randn(12, 8)]
     assert benchmark.bare_floor(weights, tokens=3) > 0
@@ -102,7 +146,8 @@ def test_int8_model_tracks_the_float_model_and_leaves_it_untouched(cell_type):
 
 
 def test_int8_perplexity_change_on_a_saved_trained_folder(tmp_path):
-    # --ptb_model: 7b measured on a folder (its own tokenizer reads PTB), as on the README's main job.
+    # --ptb_model: the int8 perplexity change measured on a trained folder (its own tokenizer reads PTB), as
+    # on the README's runs/ptb-lstm.
     from hf_lstm import LSTMConfig, LSTMForCausalLM
     from hf_lstm.data import load_corpus, train_tokenizer
 
