@@ -246,7 +246,10 @@ def test_the_special_cases_written_out_by_hand():
     w_hh = torch.zeros(4 * hidden, hidden)
     big = 1e4
     # gate order i, f, g, o in the fused layout; candidate pre-activation 0.7, output pre-activation 0.9
-    pre = lambda i, f: torch.tensor([[i] * hidden + [f] * hidden + [0.7] * hidden + [0.9] * hidden])
+
+    def pre(i, f):
+        return torch.tensor([[i] * hidden + [f] * hidden + [0.7] * hidden + [0.9] * hidden])
+
     _, c, _ = lstm_cell(pre(-big, big), h_prev, c_prev, w_hh, torch.zeros(4 * hidden))
     assert torch.equal(c, c_prev)  # f = 1, i = 0: carried unchanged
     h, c, _ = lstm_cell(pre(-big, 0.0), h_prev, c_prev, w_hh, torch.zeros(4 * hidden))

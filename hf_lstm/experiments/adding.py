@@ -55,10 +55,23 @@ PAPER_RESULTS = {  # Hochreiter & Schmidhuber 1997, table 7: LSTM on the adding 
 def adding_batch(batch_size: int, seq_len: int, generator: torch.Generator, length: int | None = None):
     """One minibatch of the adding problem for nominal length T = `seq_len` (T >= 22).
 
-    Returns (x, y): x of shape (batch, L, 2) holding (value, marker) pairs and y of shape (batch,) holding the
-    target 0.5 + (X1 + X2) / 4. L is `length` if given, else drawn uniformly from [T, T + T // 10] (one length
-    for the whole minibatch). Positions follow the paper: the first marker among the first 10 steps, the
-    second among the first T/2 - 1 steps still unmarked (so at most step T/2, 1-based).
+    Positions follow the paper: the first marker among the first 10 steps, the second among the first T/2 - 1
+    steps still unmarked (so at most step T/2, 1-based).
+
+    Args:
+        batch_size (`int`):
+            Sequences in the minibatch.
+        seq_len (`int`):
+            The nominal length T, at least 22.
+        generator (`torch.Generator`):
+            The source of every random draw.
+        length (`int`, *optional*):
+            The sequences' length L; drawn uniformly from [T, T + T // 10] (one length for the whole
+            minibatch) when `None`.
+
+    Returns:
+        `tuple[torch.Tensor, torch.Tensor]`: x of shape (batch, L, 2) holding (value, marker) pairs, and y of
+        shape (batch,) holding the target 0.5 + (X1 + X2) / 4.
     """
     if seq_len < 22:
         raise ValueError(
@@ -83,7 +96,9 @@ def adding_batch(batch_size: int, seq_len: int, generator: torch.Generator, leng
 
 
 def fixed_set(num_sequences: int, seq_len: int, seed: int, batch_size: int = 64):
-    """A reproducible list of (x, y) minibatches (validation or test set) drawn with its own seed."""
+    """A reproducible validation or test set: `num_sequences` sequences of nominal length `seq_len` as a list
+    of (x, y) minibatches of at most `batch_size`, drawn by `adding_batch` from a generator seeded with
+    `seed`."""
     generator = torch.Generator().manual_seed(seed)
     batches, left = [], num_sequences
     while left > 0:
@@ -95,7 +110,17 @@ def fixed_set(num_sequences: int, seq_len: int, seed: int, batch_size: int = 64)
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches) -> dict:
-    """Success rate (absolute error < 0.04), mean absolute error and mean squared error over `batches`."""
+    """Score a model on a list of (x, y) minibatches.
+
+    Args:
+        model (`torch.nn.Module`):
+            A model mapping x (batch, L, 2) to predictions (batch,); left in training mode afterwards.
+        batches (`list[tuple[torch.Tensor, torch.Tensor]]`):
+            The minibatches, e.g. from `fixed_set`.
+
+    Returns:
+        `dict`: `success_rate` (absolute error below 0.04), `wrong`, `sequences`, `mean_abs_error` and `mse`.
+    """
     model.eval()
     errors = torch.cat([(model(x) - y).abs() for x, y in batches])
     model.train()
@@ -117,6 +142,22 @@ def constant_baseline(batches) -> dict:
     }
 
 
+def validation_entry(
+    model: torch.nn.Module, validation, steps: int, batch_size: int, budget: Budget, losses: list[float]
+) -> dict:
+    """One point of a training run's validation history: where training stands (steps, sequences, seconds),
+    the mean training loss since the last point (`losses`) and the validation scores."""
+    scores = evaluate(model, validation)
+    return {
+        "step": steps,
+        "training_sequences": steps * batch_size,
+        "seconds": round(budget.elapsed(), 2),
+        "train_mse": sum(losses) / len(losses),
+        "val_success_rate": scores["success_rate"],
+        "val_mean_abs_error": scores["mean_abs_error"],
+    }
+
+
 def train_adding(
     cell_type: str,
     seq_len: int,
@@ -135,10 +176,24 @@ def train_adding(
     log=print,
 ):
     """Train one model on the adding problem with nominal length `seq_len` until the validation success rate
-    reaches `target_success` or `budget_minutes` of wall-clock pass. Returns (model, record) where record has
-    the training sequences seen, the seconds spent, whether it stopped because it solved the validation set,
-    and the validation history. `max_positions` sizes a Transformer's position table (default: the longest
-    training sequence); recurrent cells ignore it."""
+    reaches `target_success` or `budget_minutes` of wall-clock pass.
+
+    Args:
+        cell_type (`str`):
+            A recurrent cell (`"rnn"`, `"gru"`, `"lstm"`, `"peephole"`) or `"transformer"`.
+        seq_len (`int`), budget_minutes (`float`), seed (`int`, *optional*, defaults to 0):
+            The nominal length T, the wall-clock budget and the seed of initialisation and data.
+        max_positions (`int`, *optional*):
+            A Transformer's position table (default: the longest training sequence); recurrent cells ignore
+            it.
+        others (*optional*):
+            As the experiment's arguments of the same names (`hf-lstm experiment adding --help`); `clip` is
+            the gradient-norm threshold, `validation_sequences` the validation set's size, `log` the printer.
+
+    Returns:
+        `tuple[SequenceRegressor, dict]`: the model and its record: training sequences seen, steps, seconds
+        spent, `stopped_because` ("validation solved" or "budget spent"), parameters and validation history.
+    """
     torch.manual_seed(seed)
     model = SequenceRegressor(
         cell_type,
@@ -162,26 +217,16 @@ def train_adding(
         steps += 1
         running.append(loss.item())
         if steps % eval_every == 0:
-            val = evaluate(model, validation)
-            history.append(
-                {
-                    "step": steps,
-                    "training_sequences": steps * batch_size,
-                    "seconds": round(budget.elapsed(), 2),
-                    "train_mse": sum(running) / len(running),
-                    "val_success_rate": val["success_rate"],
-                    "val_mean_abs_error": val["mean_abs_error"],
-                }
-            )
+            history.append(validation_entry(model, validation, steps, batch_size, budget, running))
             running = []
-            if len(history) % 10 == 0 or val["success_rate"] >= target_success:
+            solved = history[-1]["val_success_rate"] >= target_success
+            if len(history) % 10 == 0 or solved:
                 log(
                     f"  {cell_type:>11} T={seq_len}: {steps * batch_size:>9,} sequences, "
-                    f"{budget.elapsed():6.0f} s, "
-                    f"val success {val['success_rate']:.3f}, |err| {val['mean_abs_error']:.4f}"
+                    f"{budget.elapsed():6.0f} s, val success {history[-1]['val_success_rate']:.3f}, "
+                    f"|err| {history[-1]['val_mean_abs_error']:.4f}"
                 )
-            if val["success_rate"] >= target_success:
-                solved = True
+            if solved:
                 break
     record = {
         "training_sequences": steps * batch_size,

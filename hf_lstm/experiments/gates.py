@@ -53,12 +53,8 @@ def special_case_checks(hidden: int = 8, batch: int = 4, steps: int = 1000, seed
     otherwise, and report what happened.
 
     Args:
-        hidden (`int`, *optional*, defaults to 8), batch (`int`, *optional*, defaults to 4):
-            The cell's width and the number of sequences.
-        steps (`int`, *optional*, defaults to 1000):
-            How many steps the carried cell state is checked over.
-        seed (`int`, *optional*, defaults to 0):
-            Seed of the random weights and inputs.
+        hidden, batch, steps, seed (`int`, *optional*, defaults to 8, 4, 1000, 0):
+            The cell's width, the sequences, the steps the carried state is checked over, the seed.
 
     Returns:
         `dict`: per case, `holds` (`bool`) and the numbers behind it:
@@ -72,7 +68,10 @@ def special_case_checks(hidden: int = 8, batch: int = 4, steps: int = 1000, seed
 
     gen = torch.Generator().manual_seed(seed)
     w_hh = torch.empty(4 * hidden, hidden).uniform_(-1, 1, generator=gen)
-    rand = lambda *shape: torch.randn(*shape, generator=gen)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen)
+
     out = {}
 
     # f = 1, i = 0: the cell state rides the "highway" untouched, step after step.

@@ -191,8 +191,19 @@ def _gpt2_parameters(width: int, vocab_size: int, positions: int, layers: int = 
 def accuracy_at(
     model, corpus: SentenceCorpus, distance: int, num_sentences: int, batch_size: int = 128
 ) -> dict:
-    """Next-token accuracy on LANGUAGE for `num_sentences` fresh sentences with exactly `distance` fillers:
-    `accuracy` (argmax over the vocabulary) and `choice_accuracy` (argmax among the 8 languages only)."""
+    """Next-token accuracy on LANGUAGE for fresh sentences with exactly `distance` fillers.
+
+    Args:
+        model:
+            A causal LM over `corpus.vocab`; left in training mode afterwards.
+        corpus (`SentenceCorpus`):
+            Where the test sentences come from (it advances the corpus's random source).
+        distance (`int`), num_sentences (`int`), batch_size (`int`, *optional*, defaults to 128):
+            Filler words per sentence, sentences in all, sentences per forward pass.
+
+    Returns:
+        `dict`: `accuracy` (argmax over the vocabulary) and `choice_accuracy` (argmax among the 8 languages).
+    """
     model.eval()
     right = choice_right = 0
     languages = torch.tensor(corpus.language_ids)

@@ -93,7 +93,17 @@ def base_parser(
     name: str, description: str, default_cells: tuple[str, ...], default_budget: float
 ) -> argparse.ArgumentParser:
     """The arguments every experiment takes: --output_dir, --cell_types, --seed, --budget_minutes, --threads,
-    --no_plots."""
+    --no_plots.
+
+    Args:
+        name (`str`), description (`str`):
+            The experiment's name (the parser's prog is `hf-lstm experiment NAME`) and its `--help` text.
+        default_cells (`tuple[str, ...]`), default_budget (`float`):
+            The defaults of `--cell_types` and `--budget_minutes`.
+
+    Returns:
+        `argparse.ArgumentParser`: the parser, for the experiment to add its own arguments to.
+    """
     parser = argparse.ArgumentParser(prog=f"hf-lstm experiment {name}", description=description)
     parser.add_argument("--output_dir", required=True, help="where results.json and the PNG plots go")
     parser.add_argument(
@@ -133,7 +143,18 @@ def add_memory_bias_argument(parser: argparse.ArgumentParser, default: float | N
 
 
 def parse_cell_types(text: str, allowed: tuple[str, ...]) -> list[str]:
-    """Split '--cell_types rnn,lstm' into a list and check every name against `allowed`."""
+    """Split '--cell_types rnn,lstm' into a list and check every name against `allowed`.
+
+    Args:
+        text (`str`):
+            The comma-separated names.
+        allowed (`tuple[str, ...]`):
+            The names the experiment accepts.
+
+    Returns:
+        `list[str]`: the names in the order given; exits with a message naming the allowed ones if any is not
+        allowed or none is given.
+    """
     cells = [c.strip() for c in text.split(",") if c.strip()]
     bad = [c for c in cells if c not in allowed]
     if not cells or bad:
@@ -243,6 +264,20 @@ class SequenceRegressor(nn.Module):
     For the recurrent cells the body is `hf_lstm.LSTMModel` (one layer, `inputs_embeds` of size `input_size`);
     for "transformer" it is a small `transformers.GPT2Model` behind a linear input projection. The read-out is
     `nn.Linear(hidden, 1)` on the last position's hidden state.
+
+    Args:
+        cell_type (`str`):
+            A recurrent cell (`"rnn"`, `"gru"`, `"lstm"`, `"peephole"`) or `"transformer"`.
+        input_size (`int`), hidden_size (`int`):
+            The input vectors' size and the recurrent width.
+        max_positions (`int`, *optional*, defaults to 1024):
+            The GPT-2's position table.
+        transformer_layers (`int`, *optional*, defaults to 2):
+            The GPT-2's depth.
+        transformer_width (`int`, *optional*, defaults to 32):
+            The GPT-2's width.
+        memory_bias (`float`, *optional*):
+            For a recurrent cell: the initial bias of its memory gate (`set_memory_bias`).
     """
 
     def __init__(

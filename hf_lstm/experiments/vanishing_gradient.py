@@ -43,9 +43,18 @@ NAME = "vanishing-gradient"
 def gradient_by_distance(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
     """||dL/dx_{T-d}|| for d = 0 .. T-1, where L is the squared last-step error of each sequence.
 
-    Runs in float64 on a copy-free cast of the model (the model is cast back afterwards). Returns the mean
-    over sequences ("mean"), the mean of log10 norms ("mean_log10", robust to a few large sequences) and the
-    fraction of sequences whose gradient is exactly zero at that distance ("zero_fraction").
+    Runs in float64 on a copy-free cast of the model (the model is cast back afterwards).
+
+    Args:
+        model (`torch.nn.Module`):
+            A `SequenceRegressor`.
+        x (`torch.Tensor` of shape `(batch, T, 2)`), y (`torch.Tensor` of shape `(batch,)`):
+            Adding-problem inputs and targets.
+
+    Returns:
+        `dict`: lists indexed by d: the mean over sequences (`mean`), the mean of log10 norms (`mean_log10`,
+        robust to a few large sequences) and the fraction of sequences whose gradient is exactly zero
+        (`zero_fraction`).
     """
     model.double()
     try:
@@ -77,9 +86,8 @@ def forget_gate_statistics(model: SequenceRegressor, x: torch.Tensor) -> dict:
     f = gates[0]["forget"].double()  # (batch, T, H)
     flat = f.flatten()
     reversed_f = f.flip(1)
-    log_products = torch.cat([torch.zeros_like(reversed_f[:, :1]), torch.log(reversed_f).cumsum(1)], dim=1)[
-        :, :-1
-    ]
+    cumulative = torch.log(reversed_f).cumsum(1)
+    log_products = torch.cat([torch.zeros_like(reversed_f[:, :1]), cumulative], dim=1)[:, :-1]
     products = log_products.exp()  # (batch, T, H): column d = product of the last d forget gates
     per_unit = products.mean(0)  # (T, H)
     best = int(per_unit[-1].argmax())
