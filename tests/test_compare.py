@@ -1,14 +1,16 @@
 """hf-lstm compare: parameter matching (exact counts, within 10%, no training) and one end-to-end run at a
 tiny budget that checks the shape of results.json, REPORT.md, the plots and the copied model cards."""
 
+import dataclasses
 import json
+from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import write_corpus
 from hf_lstm import compare
-
+from hf_lstm.builders import parse_config_overrides
+from hf_lstm.settings import TrainingSettings
 
 
 @pytest.mark.parametrize("target,vocab", [(4_000_000, 10_001), (10_000_000, 10_001), (50_000, 40)])
@@ -61,13 +63,52 @@ def tiny_comparison(tmp_path_factory):
     """All three families on a small local corpus, about 3 seconds of training each."""
     root = write_corpus(tmp_path_factory.mktemp("compare"))
     out, cards, published = root / "run", root / "model_cards", root / "docs" / "COMPARE-tiny.md"
-    argv = ["--train_file", str(root / "train.txt"), "--validation_file", str(root / "validation.txt"),
-            "--test_file", str(root / "test.txt"), "--tokenizer_type", "word", "--models", "hf_lstm,gpt2,llama",
-            "--target_params", "50k", "--budget_minutes", "0.05", "--timing_seconds", "0.3", "--curve_points", "2",
-            "--per_device_train_batch_size", "4", "--bptt", "16", "--block_size", "32", "--eval_window", "32",
-            "--contexts", "16,64", "--new_tokens", "8", "--repeats", "1", "--sample_max_new_tokens", "0",
-            "--num_threads", "1", "--output_dir", str(out), "--model_cards_dir", str(cards),
-            "--publish_report", str(published), "--run_name", "tiny"]
+    argv = [
+        "--train_file",
+        str(root / "train.txt"),
+        "--validation_file",
+        str(root / "validation.txt"),
+        "--test_file",
+        str(root / "test.txt"),
+        "--tokenizer_type",
+        "word",
+        "--models",
+        "hf_lstm,gpt2,llama",
+        "--target_params",
+        "50k",
+        "--budget_minutes",
+        "0.05",
+        "--timing_seconds",
+        "0.3",
+        "--curve_points",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--bptt",
+        "16",
+        "--block_size",
+        "32",
+        "--eval_window",
+        "32",
+        "--contexts",
+        "16,64",
+        "--new_tokens",
+        "8",
+        "--repeats",
+        "1",
+        "--sample_max_new_tokens",
+        "0",
+        "--num_threads",
+        "1",
+        "--output_dir",
+        str(out),
+        "--model_cards_dir",
+        str(cards),
+        "--publish_report",
+        str(published),
+        "--run_name",
+        "tiny",
+    ]
     assert compare.main(argv) == 0
     return out, cards, published
 
@@ -81,9 +122,17 @@ def test_results_json_has_one_record_per_model_with_the_promised_fields(tiny_com
         assert isinstance(r["num_parameters"], int) and isinstance(r["num_non_embedding_parameters"], int)
         assert abs(r["parameter_match_error"]) <= 0.10
         assert r["train_tokens_per_second"] > 0 and 0 < r["model_flops_utilization"] < 5
-        assert 1 < r["eval_perplexity"] < 1000 and r["eval_perplexity"] == r["validation_perplexity_fixed_window"]
+        assert (
+            1 < r["eval_perplexity"] < 1000
+            and r["eval_perplexity"] == r["validation_perplexity_fixed_window"]
+        )
         assert set(r["generate_tokens_per_second"]) == {"16", "64"}
-        assert {(g["batch_size"], g["context"]) for g in r["generation"]} == {(1, 16), (1, 64), (8, 16), (8, 64)}
+        assert {(g["batch_size"], g["context"]) for g in r["generation"]} == {
+            (1, 16),
+            (1, 64),
+            (8, 16),
+            (8, 64),
+        }
         assert r["train_log"] and r["train_seconds"] <= 0.05 * 60 + 2
         assert r["eval_curve"] and all(p["seconds"] <= r["train_seconds"] for p in r["eval_curve"])
         assert not list((out / "models" / r["name"]).glob("step_*"))  # evaluated, then removed
@@ -121,23 +170,88 @@ def test_report_plots_and_model_cards_are_written(tiny_comparison):
 
 
 def test_the_budget_plan_is_the_same_rule_for_every_model():
-    """Wall-clock: the schedule spans the steps the warm-up predicts x1.1 and the clock stops the run; tokens:
-    exactly the budget's steps, no clock. Curves come from checkpoints, not from evaluations inside the clock."""
+    """Wall-clock: the schedule spans the steps the warm-up predicts x1.1 and the clock stops the run;
+    tokens: exactly the budget's steps, no clock. Curves come from checkpoints, not from evaluations inside
+    the clock."""
     timing = {"step_seconds": 0.5, "tokens_per_step": 2048}
     args = compare.parse_args(["--budget_minutes", "5", "--curve_points", "6"])
     plan = compare.plan_budget(args, timing)
-    assert plan["expected_steps"] == int(300 / 0.5)
-    assert "--eval_steps" not in plan["argv"] and plan["argv"][plan["argv"].index("--checkpointing_steps") + 1] == "100"
-    assert plan["schedule_steps"] == pytest.approx(1.1 * plan["expected_steps"], abs=1)
-    assert plan["argv"][plan["argv"].index("--max_train_minutes") + 1] == "5.0"
-    assert plan["warmup_steps"] == round(0.05 * plan["schedule_steps"])
+    assert plan.expected_steps == int(300 / 0.5)
+    fields = plan.settings_fields()
+    assert "eval_steps" not in fields and fields["checkpointing_steps"] == "100"
+    assert plan.schedule_steps == pytest.approx(1.1 * plan.expected_steps, abs=1)
+    assert fields["max_train_steps"] == plan.schedule_steps and fields["max_train_minutes"] == 5.0
+    assert plan.warmup_steps == round(0.05 * plan.schedule_steps) == fields["num_warmup_steps"]
     args = compare.parse_args(["--budget", "tokens", "--budget_tokens", "1M"])
     plan = compare.plan_budget(args, timing)
-    assert plan["schedule_steps"] == -(-1_000_000 // 2048) and "--max_train_minutes" not in plan["argv"]
+    assert plan.schedule_steps == -(-1_000_000 // 2048) and "max_train_minutes" not in plan.settings_fields()
+
+
+def _settings_of(family, argv=(), plan=None, tmp_path=Path("unused")):
+    options = compare.parse_args(["--train_file", "train.txt", "--per_device_train_batch_size", "8", *argv])
+    shape = compare.match_parameters(family, 50_000, 40, block_size=32, eval_window=32, max_positions=64)
+    return compare.family_settings(options, shape, tmp_path / "tokenizer", tmp_path / family, plan), shape
+
+
+@pytest.mark.parametrize("family", compare.FAMILIES)
+def test_each_family_runs_with_its_recipe_its_shape_and_the_shared_data_and_batch(family):
+    settings, shape = _settings_of(family, ["--bptt", "16", "--block_size", "32", "--eval_window", "32"])
+    recipe = compare.RECIPES[family]
+    assert settings.model_type == family and settings.train_file == "train.txt"
+    assert settings.batching == recipe["batching"] == ("stream" if family == "hf_lstm" else "blocks")
+    assert settings.learning_rate == recipe["learning_rate"] and settings.optimizer == "adamw"
+    assert settings.weight_decay == recipe.get("weight_decay", 0.0) and settings.max_grad_norm == 1.0
+    assert settings.per_device_train_batch_size == 8 and settings.lr_scheduler_type == "cosine"
+    assert settings.context_length == (16 if family == "hf_lstm" else 32)
+    assert parse_config_overrides(settings.config_overrides) == shape.overrides
+    assert settings.tokenizer_name.endswith("tokenizer") and settings.max_train_steps is None
+
+
+def test_extra_train_arguments_override_the_recipe_and_the_plan_comes_last():
+    """`--optimizer sgd` without a rate keeps the recipe's rate but takes SGD's clipping, as `hf-lstm train`
+    derives it; a value equal to train's default still overrides the recipe (weight decay 0.0)."""
+    timing = {"step_seconds": 0.5, "tokens_per_step": 2048}
+    argv = [
+        "--hf_lstm_train_args",
+        "--optimizer sgd --max_train_steps 7",
+        "--transformer_train_args",
+        "--weight_decay 0.0 --learning_rate 5e-4",
+    ]
+    plan = compare.plan_budget(compare.parse_args(["--budget_minutes", "1"]), timing)
+    lstm, _ = _settings_of("hf_lstm", argv, plan)
+    assert (lstm.optimizer, lstm.learning_rate, lstm.max_grad_norm) == ("sgd", 6e-3, 0.25)
+    assert lstm.max_train_steps == plan.schedule_steps == 132 and lstm.max_train_minutes == 1.0
+    gpt2, _ = _settings_of("gpt2", argv)
+    assert (gpt2.weight_decay, gpt2.learning_rate, gpt2.optimizer) == (0.0, 5e-4, "adamw")
+
+
+@pytest.mark.parametrize("family", compare.FAMILIES)
+def test_the_recorded_command_line_makes_the_same_settings(family):
+    timing = {"step_seconds": 0.25, "tokens_per_step": 512}
+    plan = compare.plan_budget(compare.parse_args(["--budget_minutes", "0.5"]), timing)
+    settings, _ = _settings_of(family, ["--validation_split_percentage", "10", "--trust_remote_code"], plan)
+    assert settings.trust_remote_code and settings.validation_split_percentage == 10
+    assert TrainingSettings.from_argv(settings.to_argv()) == settings
+
+
+def test_data_and_tokenizer_options_are_those_of_hf_lstm_train():
+    """Declared once: the same names, defaults, choices and help texts as `hf-lstm train`'s."""
+    ours = {a.dest: a for a in compare.build_parser()._actions}
+    theirs = {a.dest: a for a in TrainingSettings.parser()._actions}
+    names = [f.name for f in dataclasses.fields(TrainingSettings) if f.metadata["group"] == "data"]
+    names += ["tokenizer_name", "tokenizer_type", "tokenizer_vocab_size", "trust_remote_code"]
+    for name in names:
+        for attribute in ("default", "choices", "help", "type", "nargs"):
+            assert getattr(ours[name], attribute) == getattr(theirs[name], attribute), (name, attribute)
 
 
 def test_bad_arguments_are_refused_before_any_work(capsys):
-    for argv in (["--models", "hf_lstm,bert"], ["--budget", "tokens"], ["--generate_batch_sizes", "8"]):
+    for argv in (
+        ["--models", "hf_lstm,bert"],
+        ["--budget", "tokens"],
+        ["--generate_batch_sizes", "8"],
+        ["--transformer_train_args", "--no_such_option 1"],
+    ):
         with pytest.raises(SystemExit):
             compare.parse_args(argv)
     assert "bert" in capsys.readouterr().err
