@@ -32,7 +32,12 @@ from .runs import DATA_OPTIONS, TOKENIZER_OPTIONS, prepare_tokenizer, settings_g
 
 def add_training_options(group, names: tuple[str, ...]) -> None:
     """Declare these `hf-lstm train` options as `TrainingSettings` declares them: same name, type, default,
-    choices and help text, so the two commands cannot drift apart."""
+    choices and help text, so the two commands cannot drift apart.
+
+    Args:
+        group (`argparse._ArgumentGroup` or `argparse.ArgumentParser`): where the options go.
+        names (`tuple[str, ...]`): `TrainingSettings` field names; they are declared in the fields' order.
+    """
     hints = typing.get_type_hints(TrainingSettings)
     for f in dataclasses.fields(TrainingSettings):
         if f.name not in names:

@@ -85,9 +85,8 @@ def _smooth(values: list[float], weight: float) -> list[float]:
     return out
 
 
-def _finish(fig, axes, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
+def _finish(plt, fig, axes, path: Path) -> None:
+    """Grid and legend on every panel, then save the figure to `path` and close it."""
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -123,7 +122,7 @@ def _plot_training(plt, records: list[dict], path: Path) -> None:
     )
     axes[1, 1].set(xlabel="training tokens", ylabel="validation perplexity (fixed windows)", yscale="log")
     fig.suptitle("Training: loss and validation perplexity against wall-clock and tokens")
-    _finish(fig, axes.flat, path)
+    _finish(plt, fig, axes.flat, path)
 
 
 def _plot_generation(plt, records: list[dict], path: Path) -> None:
@@ -145,7 +144,7 @@ def _plot_generation(plt, records: list[dict], path: Path) -> None:
             ylabel="decoded tokens/s (whole batch)",
             title=f"greedy generate(), batch {batch}",
         )
-    _finish(fig, axes[0], path)
+    _finish(plt, fig, axes[0], path)
 
 
 def _plot_memory(plt, records: list[dict], path: Path) -> None:
@@ -180,7 +179,7 @@ def _plot_memory(plt, records: list[dict], path: Path) -> None:
         ylabel="MB",
         title=f"peak resident memory above the loaded model, batch {largest}",
     )
-    _finish(fig, axes, path)
+    _finish(plt, fig, axes, path)
 
 
 def draw_plots(records: list[dict], output_dir: Path) -> list[str]:
@@ -438,6 +437,8 @@ def _result_section(options: argparse.Namespace, records: list[dict], summary: d
 
 
 def _speed_cell(record: dict, batch: int, context: int) -> str:
+    """One cell of a generation speed table: tokens/s ("*" beyond the trained positions), "n/a" where the
+    model could not run, "-" where it was not measured."""
     g = generation_at(record, batch, context)
     if g is None:
         return "-"
