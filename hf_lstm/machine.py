@@ -36,28 +36,33 @@ def load_average() -> tuple[float, float, float] | None:
     return os.getloadavg() if hasattr(os, "getloadavg") else None
 
 
+def gpu_name() -> str | None:
+    """The first CUDA device's name, or `None` where torch sees no GPU."""
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
 def machine_facts() -> dict:
     """What a report records about the machine and the software that measured.
 
     Returns:
-        `dict`: `cpu` (model name), `cores` (logical cores), `os` (e.g. `"Linux"`), `torch` (version),
-        `torch_threads` (`torch.get_num_threads()` now), `python` (version) and `mkldnn` (whether oneDNN is
-        available to torch).
+        `dict`: `cpu` (model name), `cores` (logical cores), `os` (e.g. `"Linux"`), `gpu` (the first CUDA
+        device's name, or `None`), `torch` (version), `torch_threads` (`torch.get_num_threads()` now), `python`
+        (version) and `mkldnn` (whether oneDNN is available to torch).
     """
-    return {"cpu": cpu_name(), "cores": os.cpu_count(), "os": platform.system(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "mkldnn": torch.backends.mkldnn.is_available()}
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "os": platform.system(), "gpu": gpu_name(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "mkldnn": torch.backends.mkldnn.is_available()}
 
 
 def machine_summary(facts: dict | None = None) -> str:
-    """The machine in one line: CPU model, logical cores and OS. The measurements of this project run on the
-    CPU, so the line says that no GPU was used.
+    """The machine in one line: CPU model, logical cores, OS, and the GPU if torch sees one.
 
     Args:
         facts (`dict`, *optional*): the output of `machine_facts()`; taken now if not given.
 
     Returns:
-        `str`: e.g. `"AMD EPYC, 2 logical cores, Linux, no GPU used"`.
+        `str`: e.g. `"AMD EPYC, 2 logical cores, Linux, no GPU"` or `"..., Linux, GPU NVIDIA H200"`.
     """
     facts = machine_facts() if facts is None else facts
-    return f"{facts['cpu']}, {facts['cores']} logical cores, {facts['os']}, no GPU used"
+    gpu = f"GPU {facts['gpu']}" if facts.get("gpu") else "no GPU"
+    return f"{facts['cpu']}, {facts['cores']} logical cores, {facts['os']}, {gpu}"

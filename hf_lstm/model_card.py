@@ -6,23 +6,18 @@ training arguments, the hardware and the measured speed.
 
 from __future__ import annotations
 
-import platform
 import shlex
 from pathlib import Path
 
 import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .machine import machine_summary
+
 PROTOCOLS = {
     "fixed_window": "fixed windows: every token scored once, each window of {window} read from a fresh state",
     "stateful": "stateful full stream: the whole split read as one stream, state carried, batch 1",
 }
-
-
-def _hardware() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads), no GPU"
 
 
 def build_model_card(name: str, results: dict, dataset: str, dataset_config: str | None = None,
@@ -103,7 +98,8 @@ Perplexity is the exponential of the mean next-token cross-entropy over every sc
 - steps: {results['train_steps']:,}; tokens: {results['train_tokens']:,}; wall-clock: {results['train_seconds']:.0f} s
 - speed: {results['train_tokens_per_second']:.0f} tokens/s, model FLOP utilisation {results['model_flops_utilization']:.0%}
   (matrix-product FLOPs against a fp32 matmul peak of {results['matmul_peak_flops'] / 1e9:.0f} GFLOP/s measured in the run)
-- hardware: {_hardware()}, {results['num_processes']} process(es); torch {torch.__version__}
+- hardware: {machine_summary()}, {torch.get_num_threads()} torch threads, {results['num_processes']} process(es);
+  torch {torch.__version__}
 
 ```
 hf-lstm train \\

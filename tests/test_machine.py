@@ -19,7 +19,8 @@ def test_machine_facts_name_the_cpu_cores_os_and_software():
 
 def test_machine_summary_is_one_line_made_of_the_facts():
     facts = {**machine.machine_facts(), "cpu": "Some CPU", "cores": 3, "os": "Plan9"}
-    assert machine.machine_summary(facts) == "Some CPU, 3 logical cores, Plan9, no GPU used"
+    assert machine.machine_summary({**facts, "gpu": None}) == "Some CPU, 3 logical cores, Plan9, no GPU"
+    assert machine.machine_summary({**facts, "gpu": "NVIDIA H200"}).endswith("Plan9, GPU NVIDIA H200")
     line = machine.machine_summary()
     assert "\n" not in line and line.startswith(machine.cpu_name())
     assert f"{os.cpu_count()} logical cores" in line
