@@ -10,7 +10,7 @@ from hf_lstm import machine
 
 def test_machine_facts_name_the_cpu_cores_os_and_software():
     facts = machine.machine_facts()
-    assert set(facts) == {"cpu", "cores", "os", "torch", "torch_threads", "python", "mkldnn"}
+    assert set(facts) == {"cpu", "cores", "os", "gpu", "torch", "torch_threads", "python", "mkldnn"}
     assert facts["cpu"] and isinstance(facts["cpu"], str)
     assert facts["cores"] == os.cpu_count() and facts["os"] == platform.system()
     assert facts["torch"] == torch.__version__ and facts["torch_threads"] == torch.get_num_threads()
