@@ -581,7 +581,7 @@ class LSTMPreTrainedModel(PreTrainedModel):
         For GRU cells: `W_z, W_r, W_h` and `b_z, b_r, b_h`, plus `b_hn`, the recurrent bias inside the reset
         product: h~_t = tanh(x_t W_h[H:] + b_h + r_t * (h_{t-1} W_h[:H] + b_hn)), h_t = (1 - z_t) h~_t + z_t h_{t-1}.
         For RNN cells: `W` and `b`, with h_t = tanh(z_t W + b).
-        The source text's example: input size 4 and hidden size 3 give every W of shape (7, 3).
+        For example, input size 4 and hidden size 3 give z_t of size 7 and every W of shape (7, 3).
         """
         stack = self._recurrent_stack()
         if not 0 <= layer < len(stack.layers):

@@ -57,7 +57,7 @@ def test_auto_implementation_uses_the_fused_kernel_for_sequences_and_the_step_fo
     assert len(calls) == 1  # single-token decoding never calls torch's RNN kernel
 
 
-def test_source_text_example_shapes():
+def test_gate_weights_of_input_size_4_and_hidden_size_3_have_shape_7_by_3():
     # x_t of size 4 and H = 3 give z_t of size 7 and every W_* of shape (7, 3).
     model = LSTMModel(LSTMConfig(vocab_size=10, embedding_size=4, hidden_size=3, num_hidden_layers=2))
     view = model.gate_weights(0)
