@@ -597,7 +597,7 @@ def test_a_hub_that_accepts_connections_but_never_answers_times_out(monkeypatch)
     try:
         monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
         monkeypatch.setattr(datasets.config, "HF_ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
-        monkeypatch.setattr(data, "HUB_PROBE_TIMEOUT", 1.0)
+        monkeypatch.setattr(data.corpora, "HUB_PROBE_TIMEOUT", 1.0)
         start = time.perf_counter()
         with pytest.raises(ValueError, match=r"Hub \(http://127\.0\.0\.1:\d+\) is unreachable"):
             load_corpus("owner/some-dataset")
@@ -630,7 +630,7 @@ def test_markdown_play_becomes_paragraph_rows_without_markup():
         A little more than kin, and less than kind.  
         \\--and so on.
         """)  # noqa: W291 (the two trailing spaces are Markdown line breaks)
-    assert data._markdown_play_to_rows(markdown) == [
+    assert data.corpora._markdown_play_to_rows(markdown) == [
         "Hamlet",
         "ACT I",
         "SCENE I. Elsinore. A platform before the castle.",

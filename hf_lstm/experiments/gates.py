@@ -11,11 +11,12 @@ with `output_gates=True` and every gate is drawn as a heatmap (units x tokens). 
 f_t, i_t, o_t and C_t; the GRU shows its update and reset gates, candidate and h_t; the vanilla RNN, having no
 gates, shows h_t only.
 
-The experiment also checks, on the project's own `lstm_cell`, the special cases of the cell update that Olah's
-"Understanding LSTM Networks" (2015) describes: with f = 1 and i = 0 the cell state is carried unchanged; with
-i = 0 nothing new is written (C_t = f_t * C_{t-1}); with f = 1 the update is purely additive
-(C_t = C_{t-1} + i_t * C~_t); and h_t = o_t * tanh(C_t) stays in (-1, 1) however large C_t grows. The
-results go to results.json under "special_cases".
+The experiment also checks, on the project's own `lstm_cell`, the special cases of the cell update that the
+article this project started from describes ("LSTM: Why It Was Born, How It Fixes RNN, and Why It Changed
+Sequence Learning" (Towards AI)): with f = 1 and i = 0 the cell state is carried unchanged; with i = 0 nothing
+new is written (C_t = f_t * C_{t-1}); with f = 1 the update is purely additive (C_t = C_{t-1} + i_t * C~_t);
+and h_t = o_t * tanh(C_t) stays in (-1, 1) however large C_t grows. The results go to results.json under
+"special_cases".
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ SATURATE = 1e4  # a pre-activation this large makes sigmoid exactly 0 or 1 (and 
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The special cases of the cell update (Olah 2015), checked on hf_lstm's own one-step LSTM function
+# The special cases of the cell update (see the module docstring), checked on hf_lstm's own one-step LSTM
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -48,8 +49,8 @@ def _gate_bias(hidden: int, i=0.0, f=0.0, g=0.0, o=0.0) -> torch.Tensor:
 
 
 def special_case_checks(hidden: int = 8, batch: int = 4, steps: int = 1000, seed: int = 0) -> dict:
-    """Drive `hf_lstm.modeling_hf_lstm.lstm_cell` into the special cases of the cell update (Olah's
-    "Understanding LSTM Networks") by saturating gate biases, with random recurrent weights and random inputs
+    """Drive `hf_lstm.modeling_hf_lstm.lstm_cell` into the special cases of the cell update (the module
+    docstring lists them) by saturating gate biases, with random recurrent weights and random inputs
     otherwise, and report what happened.
 
     Args:

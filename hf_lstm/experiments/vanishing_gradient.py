@@ -11,9 +11,10 @@ float64 so that tiny gradients are measured, not rounded to zero.
 
 It is done twice: at initialisation, and after training on the adding problem (T = 100 by default; either
 trained here for `--budget_minutes` per cell type, or loaded from the adding experiment's `--save_models`).
-For the LSTM and the peephole LSTM it also records the forget gates: the product f_{T-d+1} ... f_T is
-exactly dC_T / dC_{T-d} along the cell state's direct path (the "f_t near 1" case of Olah's "Understanding
-LSTM Networks"), so the forget gates explain the LSTM's curve.
+For the LSTM and the peephole LSTM it also records the forget gates: the product f_{T-d+1} ... f_T is exactly
+dC_T / dC_{T-d} along the cell state's direct path (the "f_t near 1" case of the article this project started
+from, "LSTM: Why It Was Born, How It Fixes RNN, and Why It Changed Sequence Learning" (Towards AI)), so the
+forget gates explain the LSTM's curve.
 """
 
 from __future__ import annotations
