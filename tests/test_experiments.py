@@ -1,8 +1,8 @@
 """The science experiments: each runs end to end from the CLI at a tiny budget and writes results of the right
 shape; the adding problem is Hochreiter & Schmidhuber's (1997); the special cases of the cell update that the
 article this project started from describes ("LSTM: Why It Was Born, How It Fixes RNN, and Why It Changed
-Sequence Learning" (Towards AI)) hold on the project's own cell. Also the one dispatcher (`hf-lstm` and `hf-
-lstm experiment`), the runner every experiment plugs into, and the embedding-initialisation diagnostic."""
+Sequence Learning" (Towards AI)) hold on the project's own cell. Also the one dispatcher (`hf-lstm` and
+`hf-lstm experiment`), the runner every experiment plugs into, and the embedding-initialisation diagnostic."""
 
 import json
 import math
