@@ -32,8 +32,15 @@ class TokenIds:
         return cls(len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id, bos)
 
 
-def build_tokenizer(texts, *, tokenizer_name: str | None = None, kind: str | None = None,
-                    vocab_size: int | None = None, dataset_name: str | None = None, trust_remote_code: bool = False):
+def build_tokenizer(
+    texts,
+    *,
+    tokenizer_name: str | None = None,
+    kind: str | None = None,
+    vocab_size: int | None = None,
+    dataset_name: str | None = None,
+    trust_remote_code: bool = False,
+):
     """`tokenizer_name` (a folder or Hub id), else a new tokenizer of `kind` trained on `texts` (by default a
     word tokenizer for the built-in PTB, byte-level BPE otherwise). Its pad token falls back to eos."""
     if tokenizer_name:
@@ -42,7 +49,9 @@ def build_tokenizer(texts, *, tokenizer_name: str | None = None, kind: str | Non
         kind = kind or data.default_tokenizer_kind(dataset_name)
         tokenizer = data.train_tokenizer(texts, kind=kind, vocab_size=vocab_size)
     if tokenizer.eos_token_id is None:
-        raise ValueError(f"the tokenizer {tokenizer_name} has no eos token; rows of the corpus are ended with it")
+        raise ValueError(
+            f"the tokenizer {tokenizer_name} has no eos token; rows of the corpus are ended with it"
+        )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -50,76 +59,109 @@ def build_tokenizer(texts, *, tokenizer_name: str | None = None, kind: str | Non
 
 def check_model_folder(path: str) -> None:
     """Fail fast, before any data work, on a local model folder that cannot load: a missing or non-JSON
-    config.json, no safetensors weights (pickle-based `.bin` files are refused: unpickling a stranger's file can
-    run code), or a truncated/corrupted `model.safetensors`. Hub ids (not local paths) pass through."""
+    config.json, no safetensors weights (pickle-based `.bin` files are refused: unpickling a stranger's file
+    can run code), or a truncated/corrupted `model.safetensors`. Hub ids (not local paths) pass through."""
     from safetensors import safe_open
 
     folder = Path(path)
     if not folder.exists():
         if folder.is_absolute() or path.startswith((".", "~")) or path.count("/") > 1:
-            raise FileNotFoundError(f"--model_name_or_path {path}: no such folder; give a folder written by "
-                                    "save_pretrained (or `hf-lstm train --output_dir`), or a Hub id")
+            raise FileNotFoundError(
+                f"--model_name_or_path {path}: no such folder; give a folder written by "
+                "save_pretrained (or `hf-lstm train --output_dir`), or a Hub id"
+            )
         return  # a Hub id: transformers resolves it (and fails clearly when offline)
     if not folder.is_dir():
-        raise ValueError(f"--model_name_or_path {path} is a file; give the folder that holds config.json and "
-                         "model.safetensors")
+        raise ValueError(
+            f"--model_name_or_path {path} is a file; give the folder that holds config.json and "
+            "model.safetensors"
+        )
     config_file = folder / "config.json"
     if not config_file.is_file():
-        raise ValueError(f"--model_name_or_path {path} has no config.json; give a folder written by save_pretrained")
+        raise ValueError(
+            f"--model_name_or_path {path} has no config.json; give a folder written by save_pretrained"
+        )
     try:
         json.loads(config_file.read_text())
     except (UnicodeDecodeError, ValueError) as error:
-        raise ValueError(f"{config_file} is not valid JSON ({error}); restore it from where the model came from, "
-                         "or re-save the model with save_pretrained") from None
+        raise ValueError(
+            f"{config_file} is not valid JSON ({error}); restore it from where the model came from, "
+            "or re-save the model with save_pretrained"
+        ) from None
     shards = sorted(folder.glob("model*.safetensors"))
     if not shards:
-        pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt"))
+        pickled = sorted(
+            p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+        )
         raise ValueError(
             f"--model_name_or_path {path} has no model.safetensors"
-            + (f" (only {', '.join(pickled)}, which hf-lstm refuses to unpickle: such files can run code)"
-               if pickled else "")
+            + (
+                f" (only {', '.join(pickled)}, which hf-lstm refuses to unpickle: such files can run code)"
+                if pickled
+                else ""
+            )
             + "; weights are read only from safetensors: save the model with save_pretrained (which writes "
-              "safetensors), or convert the weights"
+            "safetensors), or convert the weights"
         )
     for shard in shards:
         try:
             with safe_open(str(shard), framework="pt") as handle:
                 handle.keys()
-        except Exception as error:  # safetensors raises its own SafetensorError for truncated or garbled files
-            raise ValueError(f"{shard} is truncated or corrupted ({error}); copy or download it again") from None
+        except (
+            Exception
+        ) as error:  # safetensors raises its own SafetensorError for truncated or garbled files
+            raise ValueError(
+                f"{shard} is truncated or corrupted ({error}); copy or download it again"
+            ) from None
 
 
 def load_model(path: str, vocab_size: int, trust_remote_code: bool = False):
     """A saved causal LM (safetensors only), checked against a tokenizer of `vocab_size` tokens."""
     check_model_folder(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, use_safetensors=True, trust_remote_code=trust_remote_code
+        )
     except (OSError, ValueError) as error:
         raise ValueError(f"--model_name_or_path {path} does not load: {error}") from None
     except Exception as error:  # safetensors' own error type for damaged files
-        raise ValueError(f"--model_name_or_path {path}: the weights are damaged or do not fit the config "
-                         f"({type(error).__name__}: {error})") from None
+        raise ValueError(
+            f"--model_name_or_path {path}: the weights are damaged or do not fit the config "
+            f"({type(error).__name__}: {error})"
+        ) from None
     if vocab_size > model.config.vocab_size:
         raise ValueError(
-            f"the tokenizer has {vocab_size} tokens but the model {path} only {model.config.vocab_size}: use the "
-            f"model's own tokenizer (--tokenizer_name {path}) or resize the model"
+            f"the tokenizer has {vocab_size} tokens but the model {path} only {model.config.vocab_size}: "
+            f"use the model's own tokenizer (--tokenizer_name {path}) or resize the model"
         )
     return model
 
 
-def build_model(model_type: str = "hf_lstm", *, vocab: TokenIds, config_overrides: str | dict | None = None,
-                config_name: str | None = None, min_positions: int = 0, trust_remote_code: bool = False):
-    """A new causal LM: `model_type`'s default configuration (or `config_name`'s), changed by `config_overrides`
-    (`"hidden_size=650,cell_type=gru"` or a dict), sized for `vocab`. A Transformer gets at least `min_positions`
-    positions. Built on the current default device (`with torch.device("meta"):` counts without memory)."""
+def build_model(
+    model_type: str = "hf_lstm",
+    *,
+    vocab: TokenIds,
+    config_overrides: str | dict | None = None,
+    config_name: str | None = None,
+    min_positions: int = 0,
+    trust_remote_code: bool = False,
+):
+    """A new causal LM: `model_type`'s default configuration (or `config_name`'s), changed by
+    `config_overrides` (`"hidden_size=650,cell_type=gru"` or a dict), sized for `vocab`. A Transformer gets at
+    least `min_positions` positions. Built on the current default device (`with torch.device("meta"):` counts
+    without memory)."""
     if config_name:
         config = AutoConfig.from_pretrained(config_name, trust_remote_code=trust_remote_code)
     else:
         try:
             config = AutoConfig.for_model(model_type)
         except ValueError as error:
-            raise ValueError(f"--model_type {model_type!r} is not a model type transformers knows: {error}") from None
-    overrides = parse_config_overrides(config_overrides) if isinstance(config_overrides, str) else config_overrides
+            raise ValueError(
+                f"--model_type {model_type!r} is not a model type transformers knows: {error}"
+            ) from None
+    overrides = (
+        parse_config_overrides(config_overrides) if isinstance(config_overrides, str) else config_overrides
+    )
     overrides = overrides or {}
     unknown = sorted(k for k in overrides if not hasattr(config, k))
     if unknown:
@@ -147,7 +189,9 @@ def parse_config_overrides(text: str) -> dict:
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--config_overrides: {item!r} is not of the form key=value (e.g. hidden_size=650)")
+            raise ValueError(
+                f"--config_overrides: {item!r} is not of the form key=value (e.g. hidden_size=650)"
+            )
         value: object = raw.strip()
         lowered = raw.strip().lower()
         if lowered in ("true", "false"):
@@ -165,8 +209,9 @@ def parse_config_overrides(text: str) -> dict:
     return overrides
 
 
-def build_optimizer(model, kind: str = "adamw", learning_rate: float = 1e-3,
-                    weight_decay: float = 0.0) -> torch.optim.Optimizer:
+def build_optimizer(
+    model, kind: str = "adamw", learning_rate: float = 1e-3, weight_decay: float = 0.0
+) -> torch.optim.Optimizer:
     """AdamW (decoupled weight decay, none on biases and norms; betas 0.9, 0.99) or SGD."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
@@ -178,14 +223,23 @@ def build_optimizer(model, kind: str = "adamw", learning_rate: float = 1e-3,
     return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.99))
 
 
-def build_scheduler(optimizer, kind: str, total_steps: int, steps_per_epoch: int, warmup_steps: int = 0,
-                    decay: float = 0.5, decay_start_epoch: int = 5):
+def build_scheduler(
+    optimizer,
+    kind: str,
+    total_steps: int,
+    steps_per_epoch: int,
+    warmup_steps: int = 0,
+    decay: float = 0.5,
+    decay_start_epoch: int = 5,
+):
     """transformers' schedule `kind` (linear, cosine, ...), or `epoch_decay`: the rate times `decay` per epoch
     from the 1-based epoch `decay_start_epoch` on (Zaremba et al. 2014), after a linear warm-up."""
     if kind == "epoch_decay":
+
         def factor(step: int) -> float:
             epoch = step // max(steps_per_epoch, 1) + 1  # 1-based epoch of this step
             warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
             return warm * decay ** max(0, epoch - decay_start_epoch + 1)
+
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     return get_scheduler(kind, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)

@@ -9,7 +9,8 @@ A checkpoint is a folder `OUTPUT_DIR/step_N` (or `epoch_N`) holding
                              order after a resume are the ones the uninterrupted run would have drawn)
     stream_state_{rank}.safetensors
                              the recurrent state carried across batches (stream batching), per process
-    trainer_state.json       step, epoch, position in the epoch, scheduler, losses so far, and what was trained
+    trainer_state.json       step, epoch, position in the epoch, scheduler, losses so far, and what was
+                             trained
 
 It is written to `.tmp-step_N` first and renamed into place only when complete: `os.rename` of a folder is
 atomic, so a run killed at any moment leaves either the whole checkpoint or none. Nothing here unpickles:
@@ -34,7 +35,8 @@ STATE_FILE = "trainer_state.json"
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be resumed from (missing, incomplete, corrupted, or from a different model)."""
+    """A checkpoint that cannot be resumed from (missing, incomplete, corrupted, or from a different
+    model)."""
 
 
 class CheckpointWriteError(OSError):
@@ -45,13 +47,19 @@ class CheckpointWriteError(OSError):
 # -- writing ---------------------------------------------------------------------------------------------
 
 
+def failure_reason(error: Exception) -> str:
+    """The operating system's words for a failed write ("No space left on device"), whoever raised it."""
+    return getattr(error, "strerror", None) or str(error).split(": ")[-1] or type(error).__name__
+
+
 def temporary_path(output_dir: Path, name: str) -> Path:
     """Where checkpoint `name` is written before `publish` renames it into place."""
     return Path(output_dir) / f".tmp-{name}"
 
 
 def write_model_and_optimizer(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Weights and optimizer state (identical on every process under data parallelism: the main process writes)."""
+    """Weights and optimizer state (identical on every process under data parallelism: the main process
+    writes)."""
     folder.mkdir(parents=True, exist_ok=True)
     save_model(model, str(folder / "model.safetensors"))
     tensors, scalars = _flatten_optimizer_state(optimizer.state_dict())
@@ -70,18 +78,25 @@ def write_process_state(folder: Path, rank: int, stream_state: list[tuple[torch.
     tensors["numpy_keys"] = torch.from_numpy(np_state[1].astype(np.int64))
     save_file(tensors, str(folder / f"rng_state_{rank}.safetensors"))
     py_version, py_internal, py_gauss = random.getstate()
-    _write_json(folder / f"rng_state_{rank}.json", {
-        "python": [py_version, list(py_internal), py_gauss],
-        "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
-    })
+    _write_json(
+        folder / f"rng_state_{rank}.json",
+        {
+            "python": [py_version, list(py_internal), py_gauss],
+            "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        },
+    )
     if stream_state is not None:
-        flat = {f"layer{k}.{j}": t.detach().contiguous().cpu() for k, state in enumerate(stream_state)
-                for j, t in enumerate(state)}
+        flat = {
+            f"layer{k}.{j}": t.detach().contiguous().cpu()
+            for k, state in enumerate(stream_state)
+            for j, t in enumerate(state)
+        }
         save_file(flat, str(folder / f"stream_state_{rank}.safetensors"))
 
 
 def write_trainer_state(folder: Path, state: dict) -> None:
-    """Step, epoch, scheduler, losses and fingerprint: written last, its presence marks a complete checkpoint."""
+    """Step, epoch, scheduler, losses and fingerprint: written last, its presence marks a complete
+    checkpoint."""
     _write_json(folder / STATE_FILE, state)
 
 
@@ -122,7 +137,7 @@ def remove_leftovers(output_dir: Path) -> None:
         for leftover in Path(output_dir).glob(pattern):
             shutil.rmtree(leftover, ignore_errors=True)
     for leftover in Path(output_dir).glob(".old-*"):
-        final = leftover.with_name(leftover.name[len(".old-"):])
+        final = leftover.with_name(leftover.name[len(".old-") :])
         if not final.exists() and (leftover / STATE_FILE).is_file():
             os.rename(leftover, final)
         else:
@@ -130,7 +145,8 @@ def remove_leftovers(output_dir: Path) -> None:
 
 
 def discard(output_dir: Path, name: str) -> None:
-    """Remove the temporary folder of a checkpoint whose writing failed (what was written of it is useless)."""
+    """Remove the temporary folder of a checkpoint whose writing failed (what was written of it is
+    useless)."""
     shutil.rmtree(temporary_path(output_dir, name), ignore_errors=True)
 
 
@@ -145,13 +161,15 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
             try:
                 step = int(json.loads((path / STATE_FILE).read_text())["completed_steps"])
             except (OSError, ValueError, KeyError, TypeError):
-                continue  # not written by us (ours are renamed into place complete): not a checkpoint to resume
+                # not written by us (ours are renamed into place complete): not a checkpoint to resume
+                continue
             found.append((step, path.name, path))
     return [path for _, _, path in sorted(found)]
 
 
 def resolve(resume_from: str, output_dir: Path) -> Path | None:
-    """The checkpoint folder for `--resume_from_checkpoint PATH|latest` (None: `latest` with nothing saved yet)."""
+    """The checkpoint folder for `--resume_from_checkpoint PATH|latest` (None: `latest` with nothing saved
+    yet)."""
     if resume_from == "latest":
         checkpoints = list_checkpoints(output_dir)
         return checkpoints[-1] if checkpoints else None
@@ -170,12 +188,15 @@ def resolve(resume_from: str, output_dir: Path) -> Path | None:
 
 
 def read_trainer_state(folder: Path) -> dict:
-    """The checkpoint's `trainer_state.json`; a `CheckpointError` naming the file if it is not readable JSON."""
+    """The checkpoint's `trainer_state.json`; a `CheckpointError` naming the file if it is not readable
+    JSON."""
     path = Path(folder) / STATE_FILE
     try:
         state = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise CheckpointError(f"{path} is unreadable or not JSON ({error}); resume from another checkpoint") from None
+        raise CheckpointError(
+            f"{path} is unreadable or not JSON ({error}); resume from another checkpoint"
+        ) from None
     if not isinstance(state, dict) or "completed_steps" not in state:
         raise CheckpointError(f"{path} is not a training state written by `hf-lstm train`")
     return state
@@ -186,17 +207,22 @@ def load_model_and_optimizer(folder: Path, model: torch.nn.Module, optimizer: to
     try:
         missing, unexpected = load_model(model, str(folder / "model.safetensors"), strict=False)
     except Exception as error:  # shape mismatches, truncated files
-        raise CheckpointError(f"{folder}/model.safetensors does not fit this model or is damaged: {error}") from None
+        raise CheckpointError(
+            f"{folder}/model.safetensors does not fit this model or is damaged: {error}"
+        ) from None
     if missing or unexpected:
         raise CheckpointError(
-            f"{folder} is from a different model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+            f"{folder} is from a different model: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
         )
     try:
         tensors = load_file(str(folder / "optimizer.safetensors"))
         scalars = json.loads((folder / "optimizer.json").read_text())
         optimizer.load_state_dict(_unflatten_optimizer_state(tensors, scalars))
     except Exception as error:  # truncated or edited files, a different optimizer
-        raise CheckpointError(f"the optimizer state in {folder} is damaged or from another optimizer: {error}") from None
+        raise CheckpointError(
+            f"the optimizer state in {folder} is damaged or from another optimizer: {error}"
+        ) from None
 
 
 def load_process_state(folder: Path, rank: int) -> list[tuple[torch.Tensor, ...]] | None:
@@ -207,8 +233,8 @@ def load_process_state(folder: Path, rank: int) -> list[tuple[torch.Tensor, ...]
         raise
     except Exception as error:  # missing rank files (a different number of processes), damaged files
         raise CheckpointError(
-            f"the random-generator or stream state of process {rank} in {folder} is missing or damaged ({error}); "
-            "resume with the number of processes that wrote it, or from another checkpoint"
+            f"the random-generator or stream state of process {rank} in {folder} is missing or damaged "
+            f"({error}); resume with the number of processes that wrote it, or from another checkpoint"
         ) from None
 
 
@@ -217,7 +243,9 @@ def _load_process_state(folder: Path, rank: int) -> list[tuple[torch.Tensor, ...
     meta = json.loads((folder / f"rng_state_{rank}.json").read_text())
     torch.set_rng_state(tensors["torch"])
     if torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([tensors[k] for k in sorted(t for t in tensors if t.startswith("cuda_"))])
+        torch.cuda.set_rng_state_all(
+            [tensors[k] for k in sorted(t for t in tensors if t.startswith("cuda_"))]
+        )
     version, internal, gauss = meta["python"]
     random.setstate((version, tuple(internal), gauss))
     name, pos, has_gauss, cached = meta["numpy"]
@@ -227,8 +255,10 @@ def _load_process_state(folder: Path, rank: int) -> list[tuple[torch.Tensor, ...
         return None
     flat = load_file(str(stream_file))
     layers = sorted({int(k.split(".")[0][5:]) for k in flat})
-    return [tuple(flat[f"layer{k}.{j}"] for j in range(sum(1 for key in flat if key.startswith(f"layer{k}."))))
-            for k in layers]
+    return [
+        tuple(flat[f"layer{k}.{j}"] for j in range(sum(1 for key in flat if key.startswith(f"layer{k}."))))
+        for k in layers
+    ]
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
@@ -244,7 +274,10 @@ def _flatten_optimizer_state(state_dict: dict) -> tuple[dict[str, torch.Tensor],
             else:
                 plain[key] = value
         per_param[str(index)] = plain
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in state_dict["param_groups"]]
+    groups = [
+        {k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
+        for g in state_dict["param_groups"]
+    ]
     return tensors, {"param_groups": groups, "state": per_param}
 
 

@@ -25,8 +25,8 @@ class LSTMConfig(PretrainedConfig):
         embedding_size (`int`, *optional*):
             Size of the token embeddings. Defaults to `hidden_size`. When it differs from `hidden_size`, the
             causal LM maps the last layer's h_t to `embedding_size` with a learned linear projection (no bias)
-            before the output layer, so the output layer is always `(vocab_size, embedding_size)` and can share
-            its weight with the embedding (`tie_word_embeddings`) whatever the two sizes are.
+            before the output layer, so the output layer is always `(vocab_size, embedding_size)` and can
+            share its weight with the embedding (`tie_word_embeddings`) whatever the two sizes are.
         num_hidden_layers (`int`, defaults to 2):
             Number of stacked recurrent layers.
         cell_type (`str`, defaults to `"lstm"`):
@@ -63,8 +63,8 @@ class LSTMConfig(PretrainedConfig):
             (Zaremba et al. (2014) use 0.1). Left unset, each module starts as torch would start it: recurrent
             and linear weights U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) as in torch.nn.LSTM, and the token
             embeddings N(0, 1) as in torch.nn.Embedding. The embedding scale matters: with embeddings as small
-            as the recurrent weights, the input reaches the gates ~30x attenuated and AdamW sits at the unigram
-            loss for hundreds of steps (measured: docs/TRAINING.md, "Initialisation").
+            as the recurrent weights, the input reaches the gates ~30x attenuated and AdamW sits at the
+            unigram loss for hundreds of steps (measured: docs/TRAINING.md, "Initialisation").
         classifier_pooling (`str`, defaults to `"last"`):
             How [`LSTMForSequenceClassification`] summarises a sequence: `"last"` takes the final state of the
             last layer (with `bidirectional`, the forward state after the last real token concatenated with
@@ -78,7 +78,10 @@ class LSTMConfig(PretrainedConfig):
     """
 
     model_type = "hf_lstm"
-    keys_to_ignore_at_inference = ["cache", "past_key_values"]  # the state, under its name before and after transformers 5.24
+    keys_to_ignore_at_inference = [
+        "cache",
+        "past_key_values",
+    ]  # the state, under its name before and after transformers 5.24
 
     def __init__(
         self,
@@ -135,7 +138,8 @@ class LSTMConfig(PretrainedConfig):
 
     @property
     def uses_fused_kernel(self) -> bool:
-        """Whether sequences run through torch's fused RNN kernels (as opposed to the step-by-step reference)."""
+        """Whether sequences run through torch's fused RNN kernels (as opposed to the step-by-step
+        reference)."""
         return self.implementation != "reference" and self.cell_type != "peephole"
 
     def validate_lstm_config(self) -> None:
@@ -173,11 +177,13 @@ class LSTMConfig(PretrainedConfig):
             raise ValueError(f"forget_bias must be a number, got {self.forget_bias!r}")
         r = self.initializer_range
         if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0):
-            raise ValueError(f"initializer_range must be a positive number or None (1/sqrt(hidden_size)), got {r!r}")
+            raise ValueError(
+                f"initializer_range must be a positive number or None (1/sqrt(hidden_size)), got {r!r}"
+            )
         if self.cell_type == "peephole" and self.implementation == "fused":
             raise ValueError(
-                "implementation='fused' is not available for cell_type='peephole' (torch has no fused peephole "
-                "kernel); use implementation='auto' or 'reference'"
+                "implementation='fused' is not available for cell_type='peephole' (torch has no fused "
+                "peephole kernel); use implementation='auto' or 'reference'"
             )
         for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
             value = getattr(self, name)
@@ -185,9 +191,14 @@ class LSTMConfig(PretrainedConfig):
                 continue
             ids = value if isinstance(value, (list, tuple)) else [value]
             for token_id in ids:
-                if isinstance(token_id, bool) or not isinstance(token_id, int) or not 0 <= token_id < self.vocab_size:
+                if (
+                    isinstance(token_id, bool)
+                    or not isinstance(token_id, int)
+                    or not 0 <= token_id < self.vocab_size
+                ):
                     raise ValueError(
-                        f"{name} must be a token id in [0, vocab_size={self.vocab_size}) or None, got {value!r}"
+                        f"{name} must be a token id in [0, vocab_size={self.vocab_size}) or None, "
+                        f"got {value!r}"
                     )
 
 
@@ -197,8 +208,8 @@ __all__ = ["LSTMConfig", "CELL_TYPES", "IMPLEMENTATIONS"]
 
 
 def is_hf_lstm(thing) -> bool:
-    """Whether `thing` is, or belongs to, an hf_lstm model: a `model_type` string, a config dict (config.json),
-    a configuration, or a model (anything with a `.config`)."""
+    """Whether `thing` is, or belongs to, an hf_lstm model: a `model_type` string, a config dict
+    (config.json), a configuration, or a model (anything with a `.config`)."""
     if isinstance(thing, str):
         model_type = thing
     elif isinstance(thing, dict):

@@ -30,8 +30,9 @@ def _result(total_nll: float, tokens: int) -> dict:
 
 
 @torch.no_grad()
-def fixed_window_perplexity(model, ids: torch.LongTensor, window: int = 128, batch_size: int = 16,
-                            start_token_id: int | None = None) -> dict:
+def fixed_window_perplexity(
+    model, ids: torch.LongTensor, window: int = 128, batch_size: int = 16, start_token_id: int | None = None
+) -> dict:
     """Perplexity under the fixed-window protocol of `hf_lstm.data.fixed_windows`: windows of `window`
     targets, overlapping by one token, each read from a fresh state (or empty context), so every token is
     predicted exactly once. With `start_token_id` (the eos id) the first token of the split is scored too."""
@@ -44,15 +45,17 @@ def fixed_window_perplexity(model, ids: torch.LongTensor, window: int = 128, bat
         inputs = windows.inputs[k : k + batch_size].to(device)
         targets = windows.targets[k : k + batch_size].to(device)
         logits = model(input_ids=inputs, **_no_cache(model)).logits
-        total += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX,
-                                 reduction="sum").item()
+        total += F.cross_entropy(
+            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+        ).item()
     model.train(was_training)
     return _result(total, windows.num_scored_tokens)
 
 
 @torch.no_grad()
-def stateful_perplexity(model, ids: torch.LongTensor, bptt: int = 256, start_token_id: int | None = None,
-                        batch_size: int = 1) -> dict:
+def stateful_perplexity(
+    model, ids: torch.LongTensor, bptt: int = 256, start_token_id: int | None = None, batch_size: int = 1
+) -> dict:
     """Perplexity of a recurrent model reading the split as a stream, its state carried across windows of
     `bptt` tokens.
 
@@ -75,13 +78,16 @@ def stateful_perplexity(model, ids: torch.LongTensor, bptt: int = 256, start_tok
         number scored: `num_tokens - 1` at batch 1, `batch_size * (num_tokens // batch_size - 1)` otherwise).
     """
     if not is_hf_lstm(model):
-        raise ValueError("the stateful full-stream protocol needs a recurrent (hf_lstm) model; "
-                         "use fixed windows")
+        raise ValueError(
+            "the stateful full-stream protocol needs a recurrent (hf_lstm) model; use fixed windows"
+        )
     if start_token_id is not None:
         ids = torch.cat([torch.tensor([start_token_id], dtype=torch.long), ids])
     if ids.dim() != 1 or ids.numel() < 2 * batch_size:
-        raise ValueError(f"need a 1-D stream of at least 2 token ids per stream ({batch_size} stream(s)) to "
-                         f"evaluate, got shape {tuple(ids.shape)}")
+        raise ValueError(
+            f"need a 1-D stream of at least 2 token ids per stream ({batch_size} stream(s)) to "
+            f"evaluate, got shape {tuple(ids.shape)}"
+        )
     # a window never needs to be longer than a row: one window then covers the whole row
     batcher = StreamBatcher(ids, batch_size=batch_size, bptt=min(bptt, ids.numel() // batch_size - 1))
     was_training = model.training
@@ -91,8 +97,9 @@ def stateful_perplexity(model, ids: torch.LongTensor, bptt: int = 256, start_tok
     for inputs, targets in batcher:
         out = model(input_ids=inputs.to(device), cache=cache, use_cache=True)
         cache = out.cache
-        total += F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten().to(device),
-                                 reduction="sum").item()
+        total += F.cross_entropy(
+            out.logits.flatten(0, 1).float(), targets.flatten().to(device), reduction="sum"
+        ).item()
     model.train(was_training)
     return _result(total, batcher.num_targets)
 
@@ -101,8 +108,14 @@ def _no_cache(model) -> dict:
     return {} if is_hf_lstm(model) else {"use_cache": False}
 
 
-def evaluate_splits(model, splits: dict[str, torch.LongTensor], window: int = 128, batch_size: int = 16,
-                    stateful: bool | None = None, start_token_id: int | None = None) -> dict:
+def evaluate_splits(
+    model,
+    splits: dict[str, torch.LongTensor],
+    window: int = 128,
+    batch_size: int = 16,
+    stateful: bool | None = None,
+    start_token_id: int | None = None,
+) -> dict:
     """Both protocols on every given split, as flat metric names (`validation_perplexity_fixed_window`, ...).
 
     `stateful` defaults to "if the model is recurrent"; Transformers get the fixed-window protocol only.
@@ -110,8 +123,9 @@ def evaluate_splits(model, splits: dict[str, torch.LongTensor], window: int = 12
     stateful = is_hf_lstm(model) if stateful is None else stateful
     metrics = {}
     for split, ids in splits.items():
-        fixed = fixed_window_perplexity(model, ids, window=window, batch_size=batch_size,
-                                        start_token_id=start_token_id)
+        fixed = fixed_window_perplexity(
+            model, ids, window=window, batch_size=batch_size, start_token_id=start_token_id
+        )
         metrics[f"{split}_perplexity_fixed_window"] = fixed["perplexity"]
         metrics[f"{split}_loss_fixed_window"] = fixed["loss"]
         metrics[f"{split}_tokens_scored"] = fixed["tokens"]

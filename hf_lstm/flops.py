@@ -77,8 +77,9 @@ def flops_per_token(model: torch.nn.Module, context_length: int = 0, training: b
     return forward * (3.0 if training else 1.0)
 
 
-def measure_matmul_peak(size: int = 2048, seconds: float = 0.5, dtype: torch.dtype = torch.float32,
-                        repeats: int | None = None) -> float:
+def measure_matmul_peak(
+    size: int = 2048, seconds: float = 0.5, dtype: torch.dtype = torch.float32, repeats: int | None = None
+) -> float:
     """FLOP/s of a large square matrix product on this machine right now (best of repeated runs).
 
     One untimed product warms up first. The inputs come from a private generator, so the global random

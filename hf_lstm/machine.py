@@ -46,12 +46,19 @@ def machine_facts() -> dict:
 
     Returns:
         `dict`: `cpu` (model name), `cores` (logical cores), `os` (e.g. `"Linux"`), `gpu` (the first CUDA
-        device's name, or `None`), `torch` (version), `torch_threads` (`torch.get_num_threads()` now), `python`
-        (version) and `mkldnn` (whether oneDNN is available to torch).
+        device's name, or `None`), `torch` (version), `torch_threads` (`torch.get_num_threads()` now),
+        `python` (version) and `mkldnn` (whether oneDNN is available to torch).
     """
-    return {"cpu": cpu_name(), "cores": os.cpu_count(), "os": platform.system(), "gpu": gpu_name(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "mkldnn": torch.backends.mkldnn.is_available()}
+    return {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "os": platform.system(),
+        "gpu": gpu_name(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "mkldnn": torch.backends.mkldnn.is_available(),
+    }
 
 
 def machine_summary(facts: dict | None = None) -> str:

@@ -54,7 +54,9 @@ class Int8RecurrentLayer(LSTMRecurrentLayer):
     def __init__(self, layer: LSTMRecurrentLayer):
         nn.Module.__init__(self)
         if layer.num_directions != 1:
-            raise ValueError("int8 quantisation supports unidirectional layers only (a causal language model)")
+            raise ValueError(
+                "int8 quantisation supports unidirectional layers only (a causal language model)"
+            )
         self.cell_type = layer.cell_type
         self.hidden_size = layer.hidden_size
         self.input_size = layer.input_size
@@ -144,4 +146,3 @@ def quantize_dynamic_int8(model: LSTMForCausalLM | LSTMModel) -> LSTMForCausalLM
 
 def _bias(linear: nn.Linear) -> torch.Tensor | None:
     return linear.bias.detach() if linear.bias is not None else None
-

@@ -1,12 +1,15 @@
 """The settings of one training run: a dataclass the command line fills and code builds directly.
 
-`TrainingSettings` is to `hf-lstm train` what transformers' `TrainingArguments` is to `Trainer`: every field is
-one command-line option of the same name (the names of transformers' `run_clm_no_trainer.py` wherever the
-meaning is the same), with its help text and group as field metadata. Defaults that depend on other fields (the
-batching and learning rate depend on the model; the clipping on the optimizer) are filled when the settings are
-made, and every inconsistency is a `ValueError` that names the field and the fix, before any work starts.
+`TrainingSettings` is to `hf-lstm train` what transformers' `TrainingArguments` is to `Trainer`: every field
+is one command-line option of the same name (the names of transformers' `run_clm_no_trainer.py` wherever the
+meaning is the same), with its help text and group as field metadata. Defaults that depend on other fields
+(the batching and learning rate depend on the model; the clipping on the optimizer) are filled when the
+settings are made, and every inconsistency is a `ValueError` that names the field and the fix, before any
+work starts.
 
-    settings = TrainingSettings(train_file="train.txt", config_overrides="hidden_size=128", max_train_steps=200)
+    settings = TrainingSettings(
+        train_file="train.txt", config_overrides="hidden_size=128", max_train_steps=200
+    )
     settings = TrainingSettings.from_argv(["--train_file", "train.txt", "--max_train_steps", "200"])
     subprocess.run(["hf-lstm", "train", *settings.to_argv()])   # the same run in another process
 """
@@ -33,17 +36,24 @@ def option(default, help: str, group: str, choices: tuple | None = None):
 
 @dataclass
 class TrainingSettings:
-    """Everything one run of `hf-lstm train` reads. See `hf-lstm train --help` for the same list as options."""
+    """Everything one run of `hf-lstm train` reads. See `hf-lstm train --help` for the same list as
+    options."""
 
     # -- data ---------------------------------------------------------------------------------------------
     dataset_name: str | None = option(
-        "ptb", "Hub dataset name, a local file or folder, or a built-in corpus: " + ", ".join(BUILTIN_CORPORA), "data")
-    dataset_config_name: str | None = option(None, "The Hub dataset's configuration (e.g. wikitext-2-raw-v1).", "data")
+        "ptb",
+        "Hub dataset name, a local file or folder, or a built-in corpus: " + ", ".join(BUILTIN_CORPORA),
+        "data",
+    )
+    dataset_config_name: str | None = option(
+        None, "The Hub dataset's configuration (e.g. wikitext-2-raw-v1).", "data"
+    )
     train_file: str | None = option(None, "A .txt/.json/.jsonl/.csv file with the training text.", "data")
     validation_file: str | None = option(None, "A file with the validation text.", "data")
     test_file: str | None = option(None, "A file with the test text.", "data")
     validation_split_percentage: float = option(
-        5, "Percent of train held out for validation when the corpus has no validation split.", "data")
+        5, "Percent of train held out for validation when the corpus has no validation split.", "data"
+    )
     text_column: str | None = option(None, "Column holding the text, if not 'text'.", "data")
     preprocessing_num_workers: int | None = option(None, "Processes for tokenization.", "data")
 
@@ -51,68 +61,111 @@ class TrainingSettings:
     model_name_or_path: str | None = option(None, "Start from this saved model folder (or Hub id).", "model")
     config_name: str | None = option(None, "Configuration folder or Hub id, if not the model's own.", "model")
     model_type: str = option(
-        "hf_lstm", "hf_lstm, or any causal-LM type transformers knows (gpt2, llama, ...).", "model")
+        "hf_lstm", "hf_lstm, or any causal-LM type transformers knows (gpt2, llama, ...).", "model"
+    )
     config_overrides: str | None = option(
-        None, 'Comma-separated config changes for a new model, e.g. "hidden_size=650,num_hidden_layers=2,'
-        'cell_type=lstm".', "model")
+        None,
+        'Comma-separated config changes for a new model, e.g. "hidden_size=650,num_hidden_layers=2,'
+        'cell_type=lstm".',
+        "model",
+    )
     tokenizer_name: str | None = option(
-        None, "Use this tokenizer (folder or Hub id) instead of training one.", "model")
+        None, "Use this tokenizer (folder or Hub id) instead of training one.", "model"
+    )
     tokenizer_type: str | None = option(
-        None, "Kind of tokenizer to train: word (default for ptb), bpe (default otherwise) or char.", "model",
-        choices=TOKENIZER_KINDS)
-    tokenizer_vocab_size: int | None = option(None, "Vocabulary size of a trained bpe/word tokenizer.", "model")
+        None,
+        "Kind of tokenizer to train: word (default for ptb), bpe (default otherwise) or char.",
+        "model",
+        choices=TOKENIZER_KINDS,
+    )
+    tokenizer_vocab_size: int | None = option(
+        None, "Vocabulary size of a trained bpe/word tokenizer.", "model"
+    )
     trust_remote_code: bool = option(False, "Allow models, configs and datasets with remote code.", "model")
 
-    # -- training ---------------------------------------------------------------------------------------------
+    # -- training ------------------------------------------------------------------------------------------
     batching: str | None = option(
-        None, "stream: contiguous streams with state carried across windows (default for hf_lstm); blocks: "
-        "independent shuffled blocks of --block_size tokens (run_clm's group_texts; default for Transformers).",
-        "training", choices=("stream", "blocks"))
-    bptt: int = option(35, "Window length of stream batching (truncated backpropagation through time).", "training")
+        None,
+        "stream: contiguous streams with state carried across windows (default for hf_lstm); blocks: "
+        "independent shuffled blocks of --block_size tokens (run_clm's group_texts; default for "
+        "Transformers).",
+        "training",
+        choices=("stream", "blocks"),
+    )
+    bptt: int = option(
+        35, "Window length of stream batching (truncated backpropagation through time).", "training"
+    )
     block_size: int = option(128, "Block length of blocks batching.", "training")
     per_device_train_batch_size: int = option(20, "Sequences (streams or blocks) per process.", "training")
     per_device_eval_batch_size: int = option(16, "Evaluation windows per forward pass.", "training")
     optimizer: str = option(
-        "adamw", "adamw, or sgd: plain SGD with a large rate and tight clipping, as Zaremba et al. 2014 train "
-        "LSTM LMs.", "training", choices=("adamw", "sgd"))
+        "adamw",
+        "adamw, or sgd: plain SGD with a large rate and tight clipping, as Zaremba et al. 2014 train "
+        "LSTM LMs.",
+        "training",
+        choices=("adamw", "sgd"),
+    )
     learning_rate: float | None = option(
-        None, "Peak learning rate (default: 20 for sgd; for adamw 6e-3 for hf_lstm, 1e-3 for Transformers).",
-        "training")
+        None,
+        "Peak learning rate (default: 20 for sgd; for adamw 6e-3 for hf_lstm, 1e-3 for Transformers).",
+        "training",
+    )
     weight_decay: float = option(0.0, "Weight decay (decoupled for AdamW; none on biases).", "training")
     num_train_epochs: int = option(3, "Passes over the training split.", "training")
     max_train_steps: int | None = option(
-        None, "Stop after this many optimizer steps (overrides epochs).", "training")
-    max_train_minutes: float | None = option(None, "Stop after this much wall-clock training time.", "training")
+        None, "Stop after this many optimizer steps (overrides epochs).", "training"
+    )
+    max_train_minutes: float | None = option(
+        None, "Stop after this much wall-clock training time.", "training"
+    )
     gradient_accumulation_steps: int = option(1, "Micro-batches per optimizer step.", "training")
     lr_scheduler_type: str = option(
-        "cosine", "Learning-rate schedule; epoch_decay multiplies by --lr_decay each epoch from "
-        "--lr_decay_start_epoch.", "training", choices=SCHEDULERS)
+        "cosine",
+        "Learning-rate schedule; epoch_decay multiplies by --lr_decay each epoch from "
+        "--lr_decay_start_epoch.",
+        "training",
+        choices=SCHEDULERS,
+    )
     num_warmup_steps: int = option(0, "Linear warm-up steps.", "training")
     lr_decay: float = option(0.5, "Factor per epoch for epoch_decay.", "training")
-    lr_decay_start_epoch: int = option(5, "First epoch (1-based) with a decayed rate, for epoch_decay.", "training")
+    lr_decay_start_epoch: int = option(
+        5, "First epoch (1-based) with a decayed rate, for epoch_decay.", "training"
+    )
     max_grad_norm: float | None = option(
-        None, "Clip the gradient norm (0: no clipping; default 0.25 for sgd, 1.0 for adamw).", "training")
+        None, "Clip the gradient norm (0: no clipping; default 0.25 for sgd, 1.0 for adamw).", "training"
+    )
     seed: int = option(42, "Random seed (weights, dropout, data order).", "training")
     nonfinite_loss: str = option(
-        "stop", "On a NaN/inf loss: stop (keeping the last good checkpoint) or skip the batch.", "training",
-        choices=("stop", "skip"))
+        "stop",
+        "On a NaN/inf loss: stop (keeping the last good checkpoint) or skip the batch.",
+        "training",
+        choices=("stop", "skip"),
+    )
 
     # -- evaluation and output ----------------------------------------------------------------------------
     output_dir: str = option("runs/hf-lstm", "Where the model folder and checkpoints go.", "output")
     eval_window: int = option(128, "Window of the fixed-window perplexity protocol.", "output")
-    eval_steps: int | None = option(None, "Also measure validation perplexity every N steps (curves).", "output")
+    eval_steps: int | None = option(
+        None, "Also measure validation perplexity every N steps (curves).", "output"
+    )
     logging_steps: int = option(50, "Log training loss every N steps.", "output")
     checkpointing_steps: str | None = option(None, "Save a checkpoint every N steps, or 'epoch'.", "output")
     checkpoints_total_limit: int = option(2, "Keep only the newest N checkpoints.", "output")
     resume_from_checkpoint: str | None = option(
-        None, "A checkpoint folder, or 'latest' (the newest in --output_dir).", "output")
+        None, "A checkpoint folder, or 'latest' (the newest in --output_dir).", "output"
+    )
     with_tracking: bool = option(False, "Log metrics to the trackers of --report_to.", "output")
-    report_to: str = option("tensorboard", "Trackers for --with_tracking (tensorboard, wandb, all, ...).", "output")
+    report_to: str = option(
+        "tensorboard", "Trackers for --with_tracking (tensorboard, wandb, all, ...).", "output"
+    )
     push_to_hub: bool = option(False, "Upload the output folder to the Hub when done.", "output")
     hub_model_id: str | None = option(
-        None, "Repository id for --push_to_hub (default: the output folder's name).", "output")
+        None, "Repository id for --push_to_hub (default: the output folder's name).", "output"
+    )
     hub_token: str | None = option(None, "Token for --push_to_hub (default: the logged-in one).", "output")
-    sample_prompt: str = option("the", "Prompt of the sample generated from the saved folder at the end.", "output")
+    sample_prompt: str = option(
+        "the", "Prompt of the sample generated from the saved folder at the end.", "output"
+    )
     sample_max_new_tokens: int = option(40, "Length of that sample (0: no sample).", "output")
 
     def __post_init__(self):
@@ -120,14 +173,17 @@ class TrainingSettings:
         recurrent = self.trains_hf_lstm
         self.batching = self.batching or ("stream" if recurrent else "blocks")
         if self.batching == "stream" and not recurrent:
-            raise ValueError("--batching stream carries a recurrent state across batches; a Transformer has none: "
-                             "use --batching blocks")
+            raise ValueError(
+                "--batching stream carries a recurrent state across batches; a Transformer has none: "
+                "use --batching blocks"
+            )
         if self.max_grad_norm is None:
             self.max_grad_norm = 0.25 if self.optimizer == "sgd" else 1.0
         if self.learning_rate is None:
-            # SGD's rate is for the mean loss per token: 20 here is Zaremba et al.'s rate 1 on a loss summed over
-            # 20 time steps. AdamW at 6e-3 for hf_lstm is the README's PTB recipe and the compare sweep's best
-            # rate (docs/TRAINING.md, "Initialisation, and the optimizer it decided"); 1e-3 is the Transformers'.
+            # SGD's rate is for the mean loss per token: 20 here is Zaremba et al.'s rate 1 on a loss summed
+            # over 20 time steps. AdamW at 6e-3 for hf_lstm is the README's PTB recipe and the compare sweep's
+            # best rate (docs/TRAINING.md, "Initialisation, and the optimizer it decided"); 1e-3 is the
+            # Transformers'.
             self.learning_rate = 20.0 if self.optimizer == "sgd" else 6e-3 if recurrent else 1e-3
         self._check()
 
@@ -138,20 +194,33 @@ class TrainingSettings:
             if choices and value is not None and value not in choices:
                 raise ValueError(f"--{f.name} must be one of {', '.join(choices)}, got {value!r}")
         if not (math.isfinite(self.learning_rate) and 0 < self.learning_rate < 1e38):
-            raise ValueError(f"--learning_rate must be a positive number below 1e38, got {self.learning_rate}")
-        for name in ("bptt", "block_size", "per_device_train_batch_size", "per_device_eval_batch_size",
-                     "gradient_accumulation_steps", "num_train_epochs", "eval_window", "logging_steps"):
+            raise ValueError(
+                f"--learning_rate must be a positive number below 1e38, got {self.learning_rate}"
+            )
+        for name in (
+            "bptt",
+            "block_size",
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+            "gradient_accumulation_steps",
+            "num_train_epochs",
+            "eval_window",
+            "logging_steps",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
         steps = self.checkpointing_steps
         if steps is not None and steps != "epoch" and (not steps.isdigit() or int(steps) < 1):
             raise ValueError(f"--checkpointing_steps must be a positive integer or 'epoch', got {steps!r}")
         if not self.dataset_name and not self.train_file:
-            raise ValueError("give a corpus: --dataset_name (Hub name, local path, or ptb/shakespeare) or --train_file")
+            raise ValueError(
+                "give a corpus: --dataset_name (Hub name, local path, or ptb/shakespeare) or --train_file"
+            )
 
     @property
     def trains_hf_lstm(self) -> bool:
-        """Whether the run trains an hf_lstm model: a new one of `model_type` hf_lstm, or a saved hf_lstm folder."""
+        """Whether the run trains an hf_lstm model: a new one of `model_type` hf_lstm, or a saved hf_lstm
+        folder."""
         if self.model_name_or_path is None:
             return is_hf_lstm(self.model_type)
         try:
@@ -175,7 +244,8 @@ class TrainingSettings:
     def parser(cls) -> argparse.ArgumentParser:
         """`hf-lstm train`'s argument parser: one option per field, in the field's group."""
         parser = argparse.ArgumentParser(
-            prog="hf-lstm train", description="Train a causal language model (hf_lstm or a Transformer) with Accelerate.",
+            prog="hf-lstm train",
+            description="Train a causal language model (hf_lstm or a Transformer) with Accelerate.",
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
         groups = {}
@@ -185,8 +255,13 @@ class TrainingSettings:
                 group.add_argument(f"--{f.name}", action="store_true", help=f.metadata["help"])
                 continue
             kind = _ARGPARSE_TYPES[f.type]
-            group.add_argument(f"--{f.name}", type=kind, default=f.default, choices=f.metadata["choices"],
-                               help=f.metadata["help"])
+            group.add_argument(
+                f"--{f.name}",
+                type=kind,
+                default=f.default,
+                choices=f.metadata["choices"],
+                help=f.metadata["help"],
+            )
         return parser
 
     @classmethod
@@ -215,5 +290,11 @@ class TrainingSettings:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "hub_token"}
 
 
-_ARGPARSE_TYPES = {"str": str, "str | None": str, "int": int, "int | None": int, "float": float,
-                   "float | None": float}
+_ARGPARSE_TYPES = {
+    "str": str,
+    "str | None": str,
+    "int": int,
+    "int | None": int,
+    "float": float,
+    "float | None": float,
+}

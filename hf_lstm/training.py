@@ -1,20 +1,16 @@
 """Train a causal language model with Accelerate: an hf_lstm model, or any Transformer transformers knows.
 
-`train(settings)` reads top to bottom like a nanoGPT loop: set up (`_set_up`: data, tokenizer, model, optimizer,
-schedule, resume), the step (`_step`), the periodic work after a step (`_after_step`: log, evaluate,
-checkpoint, decide whether to stop), and the finish (`_finish`: evaluation in both protocols and the output
-folder, which is a Hub model repository: weights, config with `auto_map`, generation config, tokenizer, model
-card). It runs as `hf-lstm train ...`, `python scripts/train.py ...` or `accelerate launch scripts/train.py ...`;
-the options are the fields of `TrainingSettings`.
+`train(settings)` reads top to bottom like a nanoGPT loop: set up (`_set_up`: data, tokenizer, model,
+optimizer, schedule, resume), the step (`_step`), the periodic work after a step (`_after_step`: log,
+evaluate, checkpoint, decide whether to stop), and the finish (`_finish`: evaluation in both protocols and the
+output folder, which is a Hub model repository: weights, config with `auto_map`, generation config,
+tokenizer, model card). It runs as `hf-lstm train ...`, `python scripts/train.py ...` or
+`accelerate launch scripts/train.py ...`; the options are the fields of `TrainingSettings`.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import math
-import os
-import shutil
 import signal
 import sys
 import time
@@ -29,21 +25,21 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from . import checkpointing, data
-from .builders import (TokenIds, build_model, build_optimizer, build_scheduler, build_tokenizer,
-                       check_model_folder, load_model)
+from .builders import (
+    TokenIds,
+    build_model,
+    build_optimizer,
+    build_scheduler,
+    build_tokenizer,
+    check_model_folder,
+    load_model,
+)
 from .configuration_hf_lstm import is_hf_lstm
 from .evaluation import evaluate_splits, fixed_window_perplexity
 from .flops import flops_per_token, measure_matmul_peak
+from .model_folder import print_sample, print_summary, write_model_folder
 from .modeling_hf_lstm import LSTMCache
 from .settings import TrainingSettings
-
-# Published Penn Treebank word-level perplexities (validation, test), for the summary printed after training.
-PTB_REFERENCES = [
-    ("Zaremba et al. 2014, small (2x200, no dropout)", 120.7, 114.5),
-    ("Zaremba et al. 2014, medium (2x650, dropout)", 86.2, 82.7),
-    ("Zaremba et al. 2014, large (2x1500, dropout)", 82.2, 78.4),
-    ("Merity et al. 2017, AWD-LSTM (24M params)", 60.0, 57.3),
-]
 
 
 class Batches:
@@ -57,15 +53,17 @@ class Batches:
             self.length = len(self.batcher)
             return
         self.blocks = data.group_texts_dataset(ids, settings.block_size)
-        order = torch.randperm(len(self.blocks), generator=torch.Generator().manual_seed(settings.seed + epoch))
+        order = torch.randperm(
+            len(self.blocks), generator=torch.Generator().manual_seed(settings.seed + epoch)
+        )
         per_process = len(order) // world
         mine = order[rank * per_process : (rank + 1) * per_process]
         self.length = per_process // batch_size
         if self.length == 0:
             raise ValueError(
-                f"the training split has {len(self.blocks)} blocks of {settings.block_size} tokens, fewer than one "
-                f"batch of {batch_size} per process: lower --block_size or --per_device_train_batch_size, or use a "
-                "larger corpus"
+                f"the training split has {len(self.blocks)} blocks of {settings.block_size} tokens, fewer "
+                f"than one batch of {batch_size} per process: lower --block_size or "
+                "--per_device_train_batch_size, or use a larger corpus"
             )
         self.order = mine[: self.length * batch_size].view(self.length, -1)
 
@@ -117,9 +115,18 @@ class Run:
     num_epochs: int
     train_flops: float
     peak: float
-    state: dict = field(default_factory=lambda: {
-        "completed_steps": 0, "epoch": 0, "batch_in_epoch": 0, "tokens_seen": 0, "train_seconds": 0.0,
-        "log": [], "eval_curve": [], "skipped_batches": 0})
+    state: dict = field(
+        default_factory=lambda: {
+            "completed_steps": 0,
+            "epoch": 0,
+            "batch_in_epoch": 0,
+            "tokens_seen": 0,
+            "train_seconds": 0.0,
+            "log": [],
+            "eval_curve": [],
+            "skipped_batches": 0,
+        }
+    )
     cache: LSTMCache | None = None  # the recurrent state carried from batch to batch (stream batching)
     carried_on_resume: LSTMCache | None = None
     run_start: float = 0.0
@@ -140,13 +147,15 @@ def train(settings: TrainingSettings) -> dict:
     results = _finish(run) if run.main else {}
     run.accelerator.wait_for_everyone()
     if settings.with_tracking:
-        run.accelerator.log({f"eval/{k}": v for k, v in results.items() if isinstance(v, (int, float))},
-                            step=run.state["completed_steps"])
+        run.accelerator.log(
+            {f"eval/{k}": v for k, v in results.items() if isinstance(v, (int, float))},
+            step=run.state["completed_steps"],
+        )
         run.accelerator.end_training()
     return results
 
 
-# -- set-up ----------------------------------------------------------------------------------------------------
+# -- set-up ----------------------------------------------------------------------------------------------
 
 
 def _set_up(settings: TrainingSettings) -> Run:
@@ -157,8 +166,14 @@ def _set_up(settings: TrainingSettings) -> Run:
         checkpointing.remove_leftovers(output_dir)
     accelerator.wait_for_everyone()
     if settings.model_name_or_path:
-        check_model_folder(settings.model_name_or_path)  # before any data work: a damaged folder fails at once
-    resume_dir = checkpointing.resolve(settings.resume_from_checkpoint, output_dir) if settings.resume_from_checkpoint else None
+        check_model_folder(
+            settings.model_name_or_path
+        )  # before any data work: a damaged folder fails at once
+    resume_dir = (
+        checkpointing.resolve(settings.resume_from_checkpoint, output_dir)
+        if settings.resume_from_checkpoint
+        else None
+    )
     if settings.resume_from_checkpoint and resume_dir is None:
         accelerator.print(f"no checkpoint in {output_dir} yet: starting from scratch")
     set_seed(settings.seed)
@@ -169,27 +184,51 @@ def _set_up(settings: TrainingSettings) -> Run:
     batches = len(Batches(settings, streams["train"], rank, world, 0))
     steps_per_epoch = math.ceil(batches / settings.gradient_accumulation_steps)
     total_steps = settings.max_train_steps or steps_per_epoch * settings.num_train_epochs
-    scheduler = build_scheduler(optimizer, settings.lr_scheduler_type, total_steps, steps_per_epoch,
-                                settings.num_warmup_steps, settings.lr_decay, settings.lr_decay_start_epoch)
+    scheduler = build_scheduler(
+        optimizer,
+        settings.lr_scheduler_type,
+        total_steps,
+        steps_per_epoch,
+        settings.num_warmup_steps,
+        settings.lr_decay,
+        settings.lr_decay_start_epoch,
+    )
     state, carried = None, None
     if resume_dir is not None:
         state, carried = _resume(resume_dir, model, optimizer, scheduler, rank)
         accelerator.print(f"resumed from {resume_dir} at step {state['completed_steps']}")
-    if accelerator.is_main_process:  # only now that model and checkpoint are known good: a refused run overwrites nothing
+    if (
+        accelerator.is_main_process
+    ):  # only now that model and checkpoint are known good: a refused run overwrites nothing
         tokenizer.save_pretrained(output_dir)
     prepared, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(prepared)
-    run = Run(settings, accelerator, output_dir, tokenizer, streams, prepared, unwrapped, optimizer, scheduler,
-              total_steps, steps_per_epoch, math.ceil(total_steps / steps_per_epoch),
-              flops_per_token(unwrapped, context_length=settings.context_length, training=True),
-              measure_matmul_peak(seconds=0.3))
+    run = Run(
+        settings,
+        accelerator,
+        output_dir,
+        tokenizer,
+        streams,
+        prepared,
+        unwrapped,
+        optimizer,
+        scheduler,
+        total_steps,
+        steps_per_epoch,
+        math.ceil(total_steps / steps_per_epoch),
+        flops_per_token(unwrapped, context_length=settings.context_length, training=True),
+        measure_matmul_peak(seconds=0.3),
+    )
     if state is not None:
         run.state = state
     if carried is not None:
-        run.carried_on_resume = LSTMCache([tuple(t.to(accelerator.device) for t in layer) for layer in carried])
+        run.carried_on_resume = LSTMCache(
+            [tuple(t.to(accelerator.device) for t in layer) for layer in carried]
+        )
     if settings.with_tracking:
-        accelerator.init_trackers("hf_lstm", {k: v for k, v in settings.public().items()
-                                              if isinstance(v, (int, float, str, bool))})
+        accelerator.init_trackers(
+            "hf_lstm", {k: v for k, v in settings.public().items() if isinstance(v, (int, float, str, bool))}
+        )
     n_params = sum(p.numel() for p in unwrapped.parameters())
     accelerator.print(
         f"{type(unwrapped).__name__}: {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}, batching "
@@ -200,13 +239,19 @@ def _set_up(settings: TrainingSettings) -> Run:
 
 
 def _make_accelerator(settings: TrainingSettings) -> Accelerator:
-    # Without an accelerator, say so: Accelerate then sets up CPU data parallelism (gloo) under a multi-process
-    # launch instead of treating every process as a lone run.
-    has_accelerator = torch.cuda.is_available() or torch.backends.mps.is_available() or (
-        hasattr(torch, "xpu") and torch.xpu.is_available())
-    return Accelerator(gradient_accumulation_steps=settings.gradient_accumulation_steps,
-                       log_with=settings.report_to if settings.with_tracking else None,
-                       project_dir=settings.output_dir, cpu=not has_accelerator)
+    # Without an accelerator, say so: Accelerate then sets up CPU data parallelism (gloo) under a
+    # multi-process launch instead of treating every process as a lone run.
+    has_accelerator = (
+        torch.cuda.is_available()
+        or torch.backends.mps.is_available()
+        or (hasattr(torch, "xpu") and torch.xpu.is_available())
+    )
+    return Accelerator(
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        log_with=settings.report_to if settings.with_tracking else None,
+        project_dir=settings.output_dir,
+        cpu=not has_accelerator,
+    )
 
 
 def _load_data(settings: TrainingSettings, accelerator: Accelerator, output_dir: Path):
@@ -214,18 +259,26 @@ def _load_data(settings: TrainingSettings, accelerator: Accelerator, output_dir:
     training split) and every split as one stream of token ids."""
     with accelerator.main_process_first():
         corpus = data.load_corpus(
-            dataset_name=None if settings.train_file and settings.dataset_name == "ptb" else settings.dataset_name,
-            dataset_config_name=settings.dataset_config_name, train_file=settings.train_file,
-            validation_file=settings.validation_file, test_file=settings.test_file,
-            validation_split_percentage=settings.validation_split_percentage, text_column=settings.text_column,
+            dataset_name=None
+            if settings.train_file and settings.dataset_name == "ptb"
+            else settings.dataset_name,
+            dataset_config_name=settings.dataset_config_name,
+            train_file=settings.train_file,
+            validation_file=settings.validation_file,
+            test_file=settings.test_file,
+            validation_split_percentage=settings.validation_split_percentage,
+            text_column=settings.text_column,
             trust_remote_code=settings.trust_remote_code,
         )
     resumed_tokenizer = settings.resume_from_checkpoint and (output_dir / "tokenizer.json").is_file()
     with accelerator.main_process_first():
         tokenizer = build_tokenizer(
-            corpus["train"]["text"], tokenizer_name=settings.tokenizer_name or (output_dir if resumed_tokenizer else None),
-            kind=settings.tokenizer_type, vocab_size=settings.tokenizer_vocab_size,
-            dataset_name=settings.dataset_name, trust_remote_code=settings.trust_remote_code,
+            corpus["train"]["text"],
+            tokenizer_name=settings.tokenizer_name or (output_dir if resumed_tokenizer else None),
+            kind=settings.tokenizer_type,
+            vocab_size=settings.tokenizer_vocab_size,
+            dataset_name=settings.dataset_name,
+            trust_remote_code=settings.trust_remote_code,
         )
         streams = data.tokenize_corpus(corpus, tokenizer, num_proc=settings.preprocessing_num_workers)
     return tokenizer, streams
@@ -235,9 +288,14 @@ def _model_for(settings: TrainingSettings, tokenizer):
     if settings.model_name_or_path:
         model = load_model(settings.model_name_or_path, len(tokenizer), settings.trust_remote_code)
     else:
-        model = build_model(settings.model_type, vocab=TokenIds.of(tokenizer), config_overrides=settings.config_overrides,
-                            config_name=settings.config_name, trust_remote_code=settings.trust_remote_code,
-                            min_positions=max(settings.block_size, settings.eval_window))
+        model = build_model(
+            settings.model_type,
+            vocab=TokenIds.of(tokenizer),
+            config_overrides=settings.config_overrides,
+            config_name=settings.config_name,
+            trust_remote_code=settings.trust_remote_code,
+            min_positions=max(settings.block_size, settings.eval_window),
+        )
     if settings.batching == "stream" and not is_hf_lstm(model):
         raise ValueError("--batching stream needs a recurrent (hf_lstm) model; use --batching blocks")
     return model
@@ -259,13 +317,22 @@ def _resume(folder: Path, model, optimizer, scheduler, rank: int):
 
 def _fingerprint(model) -> str:
     config = model.config
-    fields = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "cell_type", "embedding_size", "n_embd",
-              "n_layer", "intermediate_size")
+    fields = (
+        "model_type",
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "cell_type",
+        "embedding_size",
+        "n_embd",
+        "n_layer",
+        "intermediate_size",
+    )
     described = ",".join(f"{k}={getattr(config, k)}" for k in fields if hasattr(config, k))
     return f"{type(model).__name__}({described}, params={sum(p.numel() for p in model.parameters())})"
 
 
-# -- the loop --------------------------------------------------------------------------------------------------
+# -- the loop --------------------------------------------------------------------------------------------
 
 
 def _train_loop(run: Run) -> str | None:
@@ -275,8 +342,13 @@ def _train_loop(run: Run) -> str | None:
     run.run_start = time.perf_counter() - state["train_seconds"]
     # resumed from the run's last step (a kill during the final evaluation): nothing is left to train
     first_epoch = run.num_epochs if state["completed_steps"] >= run.total_steps else state["epoch"]
-    progress = tqdm(total=run.total_steps, initial=state["completed_steps"], disable=not run.main, desc="train",
-                    dynamic_ncols=True)
+    progress = tqdm(
+        total=run.total_steps,
+        initial=state["completed_steps"],
+        disable=not run.main,
+        desc="train",
+        dynamic_ncols=True,
+    )
     with StopSignal() as stop_signal, progress:
         for epoch in range(first_epoch, run.num_epochs):
             stop_reason = _train_epoch(run, epoch, stop_signal, progress)
@@ -299,8 +371,10 @@ def _train_epoch(run: Run, epoch: int, stop_signal: StopSignal, progress) -> str
         inputs, targets = (t.to(run.accelerator.device) for t in batches[index])
         loss = _step(run, inputs, targets)
         if not math.isfinite(loss) and run.settings.nonfinite_loss == "stop":
-            return (f"non-finite loss ({loss}) at step {state['completed_steps'] + 1} (epoch {epoch + 1}, batch "
-                    f"{index}); the last checkpoint is kept")
+            return (
+                f"non-finite loss ({loss}) at step {state['completed_steps'] + 1} (epoch {epoch + 1}, batch "
+                f"{index}); the last checkpoint is kept"
+            )
         run.window_tokens += inputs.numel() * world
         state["tokens_seen"] += inputs.numel() * world
         state["batch_in_epoch"], state["epoch"] = index + 1, epoch
@@ -319,7 +393,8 @@ def _step(run: Run, inputs: torch.LongTensor, targets: torch.LongTensor) -> floa
     settings, accelerator = run.settings, run.accelerator
     with accelerator.accumulate(run.model):
         if settings.batching == "stream":
-            # a copy of the carried state, cut from the previous batch's graph: the forward updates it in place
+            # a copy of the carried state, cut from the previous batch's graph: the forward updates it in
+            # place
             past = run.cache.detach() if run.cache is not None else None
             out = run.model(input_ids=inputs, shift_labels=targets, cache=past, use_cache=True)
         else:
@@ -330,8 +405,9 @@ def _step(run: Run, inputs: torch.LongTensor, targets: torch.LongTensor) -> floa
             if settings.nonfinite_loss == "stop":
                 return loss.item()
             run.state["skipped_batches"] = run.state.get("skipped_batches", 0) + 1
-            accelerator.print(f"skipped a batch at step {run.state['completed_steps'] + 1}: non-finite loss "
-                              f"{loss.item()}")
+            accelerator.print(
+                f"skipped a batch at step {run.state['completed_steps'] + 1}: non-finite loss {loss.item()}"
+            )
         else:
             if settings.batching == "stream":
                 run.cache = out.cache  # truncated BPTT: its values go on, its history is cut at the next step
@@ -373,29 +449,48 @@ def _log(run: Run, loss: float, progress) -> None:
     mfu = run.train_flops * tokens_per_second / run.peak
     progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_second:.0f}", mfu=f"{mfu:.0%}")
     if run.settings.with_tracking:
-        record = {"loss": loss, "lr": run.scheduler.get_last_lr()[0], "tokens_seen": run.state["tokens_seen"],
-                  "tokens_per_second": tokens_per_second, "mfu": mfu, "seconds": time.perf_counter() - run.run_start}
+        record = {
+            "loss": loss,
+            "lr": run.scheduler.get_last_lr()[0],
+            "tokens_seen": run.state["tokens_seen"],
+            "tokens_per_second": tokens_per_second,
+            "mfu": mfu,
+            "seconds": time.perf_counter() - run.run_start,
+        }
         run.accelerator.log({"train/" + k: v for k, v in record.items()}, step=run.state["completed_steps"])
     run.window_start, run.window_tokens = time.perf_counter(), 0
 
 
 def _curve_point(run: Run) -> dict:
-    metrics = fixed_window_perplexity(run.unwrapped, run.streams["validation"], window=run.settings.eval_window,
-                                      batch_size=run.settings.per_device_eval_batch_size,
-                                      start_token_id=run.tokenizer.eos_token_id)
-    return {"step": run.state["completed_steps"], "tokens_seen": run.state["tokens_seen"],
-            "seconds": time.perf_counter() - run.run_start,
-            "validation_perplexity_fixed_window": metrics["perplexity"]}
+    metrics = fixed_window_perplexity(
+        run.unwrapped,
+        run.streams["validation"],
+        window=run.settings.eval_window,
+        batch_size=run.settings.per_device_eval_batch_size,
+        start_token_id=run.tokenizer.eos_token_id,
+    )
+    return {
+        "step": run.state["completed_steps"],
+        "tokens_seen": run.state["tokens_seen"],
+        "seconds": time.perf_counter() - run.run_start,
+        "validation_perplexity_fixed_window": metrics["perplexity"],
+    }
 
 
 def _should_stop(run: Run, stop_signal: StopSignal) -> str | None:
     """Every process must stop at the same step: the reasons are agreed on through one all-reduce."""
     settings, state = run.settings, run.state
-    flags = torch.tensor([
-        float(state["completed_steps"] >= run.total_steps),
-        float(settings.max_train_minutes is not None and state["train_seconds"] >= 60 * settings.max_train_minutes),
-        float(stop_signal.received is not None),
-    ], device=run.accelerator.device)
+    flags = torch.tensor(
+        [
+            float(state["completed_steps"] >= run.total_steps),
+            float(
+                settings.max_train_minutes is not None
+                and state["train_seconds"] >= 60 * settings.max_train_minutes
+            ),
+            float(stop_signal.received is not None),
+        ],
+        device=run.accelerator.device,
+    )
     if run.accelerator.num_processes > 1:
         flags = run.accelerator.reduce(flags, reduction="sum")
     if flags[2] > 0:
@@ -408,7 +503,8 @@ def _should_stop(run: Run, stop_signal: StopSignal) -> str | None:
 
 
 def _handle_early_stop(run: Run, stop_reason: str | None) -> None:
-    """A non-finite loss ends the run with an error naming the checkpoint kept; a signal saves and exits 143."""
+    """A non-finite loss ends the run with an error naming the checkpoint kept; a signal saves and exits
+    143."""
     if stop_reason and stop_reason.startswith("non-finite"):
         kept = checkpointing.list_checkpoints(run.output_dir)
         stop_reason += f" ({kept[-1].name})" if kept else " (none was saved yet)"
@@ -432,8 +528,8 @@ def _save_checkpoint(run: Run, name: str, with_cache: bool = True) -> None:
         kept = [p.name for p in checkpointing.list_checkpoints(output_dir)]
         raise FloatingPointError(
             f"the weights became non-finite by step {run.state['completed_steps']} ({', '.join(bad[:3])}"
-            f"{', ...' if len(bad) > 3 else ''}); checkpoint {name} was not written, the last good one is kept "
-            f"({kept[-1] if kept else 'none saved yet'}): lower --learning_rate or --max_grad_norm"
+            f"{', ...' if len(bad) > 3 else ''}); checkpoint {name} was not written, the last good one is "
+            f"kept ({kept[-1] if kept else 'none saved yet'}): lower --learning_rate or --max_grad_norm"
         )
     tmp = checkpointing.temporary_path(output_dir, name)
     cache = run.cache.states if with_cache and run.cache is not None else None
@@ -445,45 +541,69 @@ def _save_checkpoint(run: Run, name: str, with_cache: bool = True) -> None:
         checkpointing.write_process_state(tmp, accelerator.process_index, cache)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            saved = dict(run.state, scheduler=run.scheduler.state_dict(), model_fingerprint=_fingerprint(model),
-                         args=run.settings.public())
+            saved = dict(
+                run.state,
+                scheduler=run.scheduler.state_dict(),
+                model_fingerprint=_fingerprint(model),
+                args=run.settings.public(),
+            )
             checkpointing.write_trainer_state(tmp, saved)
             checkpointing.publish(output_dir, name, keep_last=run.settings.checkpoints_total_limit)
     except (OSError, SafetensorError) as error:  # safetensors reports ENOSPC as its own error type
         checkpointing.discard(output_dir, name)
         kept = [p.name for p in checkpointing.list_checkpoints(output_dir)]
         raise checkpointing.CheckpointWriteError(
-            f"could not write checkpoint {name} in {output_dir} ({_reason(error)}); its partial copy was "
-            f"removed and the earlier checkpoints are kept ({', '.join(kept) if kept else 'none saved yet'}): free "
+            f"could not write checkpoint {name} in {output_dir} ({checkpointing.failure_reason(error)}); "
+            "its partial copy was removed and the earlier checkpoints are kept "
+            f"({', '.join(kept) if kept else 'none saved yet'}): free "
             "space (or fix the folder) and resume with --resume_from_checkpoint latest"
         ) from None
     accelerator.wait_for_everyone()
 
 
-def _reason(error: Exception) -> str:
-    """The operating system's words for a failed write ("No space left on device"), whoever raised it."""
-    return getattr(error, "strerror", None) or str(error).split(": ")[-1] or type(error).__name__
-
-
-# -- the finish ------------------------------------------------------------------------------------------------
+# -- the finish ------------------------------------------------------------------------------------------
 
 
 def _finish(run: Run) -> dict:
-    """Evaluate, write the Hub folder (weights, config, generation config, tokenizer, card), print the summary."""
+    """Evaluate, write the Hub folder (weights, config, generation config, tokenizer, card), print the
+    summary."""
     settings = run.settings
     results = _evaluate(run)
     run.unwrapped.generation_config = GenerationConfig(
-        do_sample=True, top_k=50, max_new_tokens=50, pad_token_id=run.tokenizer.pad_token_id,
-        eos_token_id=run.tokenizer.eos_token_id, bos_token_id=run.unwrapped.config.bos_token_id,
+        do_sample=True,
+        top_k=50,
+        max_new_tokens=50,
+        pad_token_id=run.tokenizer.pad_token_id,
+        eos_token_id=run.tokenizer.eos_token_id,
+        bos_token_id=run.unwrapped.config.bos_token_id,
     )
-    _write_folder(run, results)
-    _print_summary(settings, results)
+    write_model_folder(
+        run.output_dir,
+        run.unwrapped,
+        run.tokenizer,
+        results,
+        run.state["log"],
+        card={
+            "name": run.output_dir.name,
+            "dataset": settings.train_file or settings.dataset_name,
+            "dataset_config": settings.dataset_config_name,
+            "command": settings.to_argv(),
+        },
+    )
+    ptb_words = (
+        settings.uses_builtin_ptb
+        and settings.tokenizer_type in (None, "word")
+        and not settings.tokenizer_name
+    )
+    print_summary(results, settings.eval_window, with_ptb_references=ptb_words)
     if settings.sample_max_new_tokens > 0:
-        _print_sample(settings, run.output_dir)
+        print_sample(run.output_dir, settings.sample_prompt, settings.sample_max_new_tokens, settings.seed)
     if settings.push_to_hub:
         from .hub import push_folder
 
-        url = push_folder(run.output_dir, settings.hub_model_id or run.output_dir.name, token=settings.hub_token)
+        url = push_folder(
+            run.output_dir, settings.hub_model_id or run.output_dir.name, token=settings.hub_token
+        )
         print(f"pushed to {url}")
     return results
 
@@ -493,8 +613,13 @@ def _evaluate(run: Run) -> dict:
     settings, state, model = run.settings, run.state, run.unwrapped
     eval_splits = {k: v for k, v in run.streams.items() if k in ("validation", "test")}
     eval_start = time.perf_counter()
-    metrics = evaluate_splits(model, eval_splits, window=settings.eval_window,
-                              batch_size=settings.per_device_eval_batch_size, start_token_id=run.tokenizer.eos_token_id)
+    metrics = evaluate_splits(
+        model,
+        eval_splits,
+        window=settings.eval_window,
+        batch_size=settings.per_device_eval_batch_size,
+        start_token_id=run.tokenizer.eos_token_id,
+    )
     seconds = max(state["train_seconds"], 1e-9)
     # A peak measured once at start is too low if the machine was busy just then (MFU above 100% is the tell):
     # measure again now and keep the better of the two.
@@ -517,69 +642,6 @@ def _evaluate(run: Run) -> dict:
     }
 
 
-def _write_folder(run: Run, results: dict) -> None:
-    """Written to a temporary folder, then each file moved into place atomically: a failure (disk full) never
-    leaves a half-written model.safetensors over the one a previous run saved."""
-    from .model_card import write_model_card
-
-    settings, output_dir = run.settings, run.output_dir
-    staging = checkpointing.temporary_path(output_dir, "final")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        run.unwrapped.save_pretrained(staging)
-        run.tokenizer.save_pretrained(staging)
-        (staging / "all_results.json").write_text(json.dumps(results, indent=2))
-        (staging / "train_log.json").write_text(json.dumps(run.state["log"]))
-        write_model_card(staging, results, name=output_dir.name, dataset=settings.train_file or settings.dataset_name,
-                         dataset_config=settings.dataset_config_name, command=settings.to_argv())
-        for path in sorted(staging.iterdir()):
-            os.replace(path, output_dir / path.name)
-    except (OSError, SafetensorError) as error:
-        raise checkpointing.CheckpointWriteError(
-            f"could not write the model folder {output_dir} ({_reason(error)}); files already there were "
-            "not overwritten. Free space and run again with --resume_from_checkpoint latest"
-        ) from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _print_summary(settings: TrainingSettings, results: dict) -> None:
-    lines = [
-        f"\ntrained {results['train_steps']} steps, {results['train_tokens']:,} tokens in "
-        f"{results['train_seconds']:.0f} s ({results['train_tokens_per_second']:.0f} tokens/s, MFU "
-        f"{results['model_flops_utilization']:.0%}), batching: {results['batching']}",
-        f"{'perplexity':<52}{'validation':>12}{'test':>10}",
-    ]
-
-    def row(label, valid, test):
-        fmt = lambda v: f"{v:.1f}" if isinstance(v, (int, float)) else "-"  # noqa: E731
-        lines.append(f"{label:<52}{fmt(valid):>12}{fmt(test):>10}")
-
-    row(f"this run, fixed windows of {settings.eval_window}", results.get("validation_perplexity_fixed_window"),
-        results.get("test_perplexity_fixed_window"))
-    if "validation_perplexity_stateful" in results:
-        row("this run, stateful full stream", results.get("validation_perplexity_stateful"),
-            results.get("test_perplexity_stateful"))
-    if settings.uses_builtin_ptb and settings.tokenizer_type in (None, "word") and not settings.tokenizer_name:
-        lines.append("published (stateful full stream, the same 10k-word vocabulary):")
-        for label, valid, test in PTB_REFERENCES:
-            row("  " + label, valid, test)
-    print("\n".join(lines))
-
-
-def _print_sample(settings: TrainingSettings, output_dir: Path) -> None:
-    from transformers import pipeline
-
-    generator = pipeline("text-generation", model=str(output_dir))
-    # the folder's sampling settings with this run's length, as one object (transformers 5.0 deprecates a
-    # generation_config and loose generation arguments together, and the pipeline always passes the former)
-    sampling = copy.deepcopy(generator.model.generation_config)
-    sampling.update(max_new_tokens=settings.sample_max_new_tokens, do_sample=True, top_k=40)
-    torch.manual_seed(settings.seed)
-    text = generator(settings.sample_prompt, generation_config=sampling)
-    print(f"\nsample from pipeline('text-generation', model={str(output_dir)!r}):\n  {text[0]['generated_text']}")
-
-
 def main(argv: list[str] | None = None) -> int:
     """`hf-lstm train`: parse, train, and turn expected failures into one clear line and a non-zero exit
     (1 for an error; 130 for Ctrl-C outside the training loop, where there is nothing to save yet)."""
@@ -590,8 +652,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hf-lstm train: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("hf-lstm train: interrupted outside the training loop (while loading or evaluating); checkpoints "
-              "already saved are kept", file=sys.stderr)
+        print(
+            "hf-lstm train: interrupted outside the training loop (while loading or evaluating); checkpoints "
+            "already saved are kept",
+            file=sys.stderr,
+        )
         return 130
     return 0
 

@@ -24,8 +24,15 @@ SENTENCES = [
 
 def tiny_config(cell_type="lstm", **overrides):
     """A small, fast configuration used across the tests."""
-    values = dict(vocab_size=40, hidden_size=12, num_hidden_layers=2, cell_type=cell_type, pad_token_id=0,
-                  eos_token_id=1, bos_token_id=1)
+    values = dict(
+        vocab_size=40,
+        hidden_size=12,
+        num_hidden_layers=2,
+        cell_type=cell_type,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=1,
+    )
     values.update(overrides)
     return hf_lstm.LSTMConfig(**values)
 
@@ -50,13 +57,18 @@ def word_tokenizer():
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(SENTENCES, trainers.WordLevelTrainer(special_tokens=["<pad>", "<eos>", "<unk>"]))
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>",
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="<eos>",
+        unk_token="<unk>",
         model_input_names=["input_ids", "attention_mask"],
     )
 
 
-CORPUS_WORDS = ("the cat sat on the mat . the dog ate the bone . a bird sang in the tree . "
-                "i grew up in france so i speak fluent french . ").split()
+CORPUS_WORDS = (
+    "the cat sat on the mat . the dog ate the bone . a bird sang in the tree . "
+    "i grew up in france so i speak fluent french . "
+).split()
 
 
 def write_corpus(folder):
@@ -77,8 +89,32 @@ def corpus(tmp_path_factory):
 def tiny_train_args(corpus, output_dir, *extra):
     """The arguments of a tiny `hf-lstm train` run (word tokenizer, 2x16 LSTM, batch 4, bptt 8, AdamW so the
     optimizer has state to checkpoint) on `corpus` into `output_dir`."""
-    return ["--train_file", str(corpus / "train.txt"), "--validation_file", str(corpus / "validation.txt"),
-            "--test_file", str(corpus / "test.txt"), "--tokenizer_type", "word", "--output_dir", str(output_dir),
-            "--config_overrides", "hidden_size=16,num_hidden_layers=2", "--per_device_train_batch_size", "4",
-            "--bptt", "8", "--block_size", "16", "--eval_window", "16", "--logging_steps", "1",
-            "--sample_max_new_tokens", "3", "--optimizer", "adamw", *extra]
+    return [
+        "--train_file",
+        str(corpus / "train.txt"),
+        "--validation_file",
+        str(corpus / "validation.txt"),
+        "--test_file",
+        str(corpus / "test.txt"),
+        "--tokenizer_type",
+        "word",
+        "--output_dir",
+        str(output_dir),
+        "--config_overrides",
+        "hidden_size=16,num_hidden_layers=2",
+        "--per_device_train_batch_size",
+        "4",
+        "--bptt",
+        "8",
+        "--block_size",
+        "16",
+        "--eval_window",
+        "16",
+        "--logging_steps",
+        "1",
+        "--sample_max_new_tokens",
+        "3",
+        "--optimizer",
+        "adamw",
+        *extra,
+    ]

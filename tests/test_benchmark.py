@@ -25,9 +25,16 @@ TARGETED = {
     "reference.slowdown": "<= 3",
 }
 REPORTED = [
-    "decode.floor_tokens_per_s", "decode.naive_tokens_per_s", "decode.generate_vs_naive",
-    "train.matmul_peak_gflops", "train.gpt2_mfu", "quant.decode_speedup", "quant.ptb_perplexity_float",
-    "quant.ptb_perplexity_int8", "quant.ptb_perplexity_change", "batch.tokens_per_s_1",
+    "decode.floor_tokens_per_s",
+    "decode.naive_tokens_per_s",
+    "decode.generate_vs_naive",
+    "train.matmul_peak_gflops",
+    "train.gpt2_mfu",
+    "quant.decode_speedup",
+    "quant.ptb_perplexity_float",
+    "quant.ptb_perplexity_int8",
+    "quant.ptb_perplexity_change",
+    "batch.tokens_per_s_1",
     "batch.tokens_per_s_2",
 ]
 
@@ -101,8 +108,11 @@ def test_matmul_weights_are_what_one_decoding_step_multiplies_by():
 
 def test_a_gpt2_counts_its_block_products_and_output_layer_and_pays_for_attention():
     gpt = benchmark.gpt2_matched(hf_lstm.LSTMForCausalLM(tiny_config(hidden_size=32)), block_size=16)
-    blocks = sum(p.numel() for name, p in gpt.named_parameters()
-                 if name.endswith(".weight") and any(k in name for k in ("c_attn", "c_proj", "c_fc")))
+    blocks = sum(
+        p.numel()
+        for name, p in gpt.named_parameters()
+        if name.endswith(".weight") and any(k in name for k in ("c_attn", "c_proj", "c_fc"))
+    )
     assert flops.matmul_parameters(gpt) == blocks + gpt.lm_head.weight.numel()
     layers, width = gpt.config.n_layer, gpt.config.n_embd
     attention = 6 * layers * 16 * width  # 2 x 2 x L x T x d forward (causal half), x3 for a training step
@@ -155,8 +165,12 @@ def test_int8_perplexity_change_on_a_saved_trained_folder(tmp_path):
     LSTMForCausalLM(LSTMConfig(vocab_size=len(tokenizer), hidden_size=16)).save_pretrained(tmp_path / "m")
     tokenizer.save_pretrained(tmp_path / "m")
     path = tmp_path / "bench.json"
-    assert benchmark.main(["--tiny", "--sections", "quant", "--ptb_model", str(tmp_path / "m"),
-                           "--json", str(path)]) == 0
+    assert (
+        benchmark.main(
+            ["--tiny", "--sections", "quant", "--ptb_model", str(tmp_path / "m"), "--json", str(path)]
+        )
+        == 0
+    )
     figures = {f["key"]: f for f in json.loads(path.read_text())["figures"]}
     assert str(tmp_path / "m") in figures["quant.ptb_perplexity_float"]["detail"]
     float_ppl, int8_ppl = (figures[f"quant.ptb_perplexity_{k}"]["value"] for k in ("float", "int8"))

@@ -17,9 +17,16 @@ def test_defaults_match_the_documented_ones():
 
 
 def test_for_model_builds_the_registered_config():
-    config = AutoConfig.for_model("hf_lstm", vocab_size=100, hidden_size=8, num_hidden_layers=3, cell_type="gru")
+    config = AutoConfig.for_model(
+        "hf_lstm", vocab_size=100, hidden_size=8, num_hidden_layers=3, cell_type="gru"
+    )
     assert isinstance(config, LSTMConfig)
-    assert (config.vocab_size, config.hidden_size, config.num_hidden_layers, config.cell_type) == (100, 8, 3, "gru")
+    assert (config.vocab_size, config.hidden_size, config.num_hidden_layers, config.cell_type) == (
+        100,
+        8,
+        3,
+        "gru",
+    )
     assert isinstance(AutoModelForCausalLM.from_config(config), LSTMForCausalLM)
 
 
@@ -62,7 +69,9 @@ def test_causal_lm_refuses_bidirectional_but_classifiers_accept_it():
 
 
 def test_round_trip_through_json(tmp_path):
-    config = LSTMConfig(vocab_size=30, hidden_size=6, embedding_size=4, cell_type="peephole", weight_dropout=0.3)
+    config = LSTMConfig(
+        vocab_size=30, hidden_size=6, embedding_size=4, cell_type="peephole", weight_dropout=0.3
+    )
     config.save_pretrained(tmp_path)
     loaded = AutoConfig.from_pretrained(tmp_path)
     assert isinstance(loaded, LSTMConfig)

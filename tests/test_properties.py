@@ -12,21 +12,31 @@ from hypothesis import strategies as st
 
 from hf_lstm import LSTMCache, LSTMConfig, LSTMForCausalLM
 
-FAST = settings(max_examples=12, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FAST = settings(
+    max_examples=12,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 MANY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 
 @st.composite
 def configs(draw, fused_only=False):
-    """A random small causal-LM configuration (every cell type, 1-3 layers, any embedding size, either path)."""
+    """A random small causal-LM configuration (every cell type, 1-3 layers, any embedding size, either
+    path)."""
     cell = draw(st.sampled_from(("lstm", "gru", "rnn") if fused_only else ("lstm", "gru", "rnn", "peephole")))
     vocab = draw(st.integers(3, 30))
     return LSTMConfig(
-        vocab_size=vocab, hidden_size=draw(st.integers(1, 10)), embedding_size=draw(st.integers(1, 10)),
-        num_hidden_layers=draw(st.integers(1, 3)), cell_type=cell, pad_token_id=0,
-        tie_word_embeddings=draw(st.booleans()), forget_bias=draw(st.floats(-2, 2)),
+        vocab_size=vocab,
+        hidden_size=draw(st.integers(1, 10)),
+        embedding_size=draw(st.integers(1, 10)),
+        num_hidden_layers=draw(st.integers(1, 3)),
+        cell_type=cell,
+        pad_token_id=0,
+        tie_word_embeddings=draw(st.booleans()),
+        forget_bias=draw(st.floats(-2, 2)),
         initializer_range=draw(st.floats(0.05, 1.5)),
     )
 
@@ -97,7 +107,9 @@ def check_padded_equals_alone(data):
 
 def check_fused_equals_reference(data):
     model, ids = model_and_ids(data, fused_only=True)
-    reference = LSTMForCausalLM(LSTMConfig.from_dict({**model.config.to_dict(), "implementation": "reference"})).eval()
+    reference = LSTMForCausalLM(
+        LSTMConfig.from_dict({**model.config.to_dict(), "implementation": "reference"})
+    ).eval()
     reference.load_state_dict(model.state_dict())
     mask = torch.ones_like(ids)
     mask[0, : data.draw(st.integers(0, ids.shape[1] - 1), label="pad")] = 0
@@ -112,9 +124,26 @@ def bad_inputs(draw, vocab: int, embedding: int, hidden: int, layers: int):
     """Keyword arguments of a forward call with exactly one thing wrong."""
     batch, length = draw(st.integers(1, 3)), draw(st.integers(1, 5))
     good = torch.randint(0, vocab, (batch, length))
-    kind = draw(st.sampled_from(("id_high", "id_negative", "float_ids", "rank", "empty", "both", "embeds_shape",
-                                 "mask_shape", "mask_values", "cache_shape", "cache_type", "unknown_kwarg",
-                                 "labels_shape", "bool_ids")))
+    kind = draw(
+        st.sampled_from(
+            (
+                "id_high",
+                "id_negative",
+                "float_ids",
+                "rank",
+                "empty",
+                "both",
+                "embeds_shape",
+                "mask_shape",
+                "mask_values",
+                "cache_shape",
+                "cache_type",
+                "unknown_kwarg",
+                "labels_shape",
+                "bool_ids",
+            )
+        )
+    )
     if kind == "id_high":
         return dict(input_ids=good.index_fill(1, torch.tensor([0]), vocab + draw(st.integers(0, 10**6))))
     if kind == "id_negative":
@@ -131,13 +160,19 @@ def bad_inputs(draw, vocab: int, embedding: int, hidden: int, layers: int):
     if kind == "both":
         return dict(input_ids=good, inputs_embeds=torch.zeros(batch, length, embedding))
     if kind == "embeds_shape":
-        shape = draw(st.sampled_from(((batch, length, embedding + 1), (batch, length), (batch, 0, embedding))))
+        shape = draw(
+            st.sampled_from(((batch, length, embedding + 1), (batch, length), (batch, 0, embedding)))
+        )
         return dict(inputs_embeds=torch.zeros(shape))
     if kind == "mask_shape":
-        shape = draw(st.sampled_from(((batch + 1, length), (batch, max(length - 1, 0)), (length,), (batch, length, 1))))
+        shape = draw(
+            st.sampled_from(((batch + 1, length), (batch, max(length - 1, 0)), (length,), (batch, length, 1)))
+        )
         return dict(input_ids=good, attention_mask=torch.ones(shape))
     if kind == "mask_values":
-        return dict(input_ids=good, attention_mask=torch.full((batch, length), draw(st.sampled_from((2, -1, 0.5)))))
+        return dict(
+            input_ids=good, attention_mask=torch.full((batch, length), draw(st.sampled_from((2, -1, 0.5))))
+        )
     if kind == "cache_shape":
         wrong = draw(st.sampled_from(("hidden", "batch", "layers")))
         h = hidden + (wrong == "hidden")
@@ -147,15 +182,19 @@ def bad_inputs(draw, vocab: int, embedding: int, hidden: int, layers: int):
     if kind == "cache_type":
         return dict(input_ids=good, cache=draw(st.sampled_from(((torch.zeros(1),), {"h": 1}, "cache"))))
     if kind == "unknown_kwarg":
-        return dict(input_ids=good, **{draw(st.sampled_from(("token_type_ids", "head_mask", "foo"))): torch.ones(1)})
+        return dict(
+            input_ids=good, **{draw(st.sampled_from(("token_type_ids", "head_mask", "foo"))): torch.ones(1)}
+        )
     return dict(input_ids=good, labels=torch.zeros(batch, length + 1, dtype=torch.long))
 
 
 def check_invalid_input_raises_only_value_error(data):
     config = data.draw(configs(), label="config")
     model = LSTMForCausalLM(config).eval()
-    kwargs = data.draw(bad_inputs(config.vocab_size, config.embedding_size, config.hidden_size,
-                                  config.num_hidden_layers), label="kwargs")
+    kwargs = data.draw(
+        bad_inputs(config.vocab_size, config.embedding_size, config.hidden_size, config.num_hidden_layers),
+        label="kwargs",
+    )
     with pytest.raises(ValueError):
         model(**kwargs)
 
@@ -163,11 +202,32 @@ def check_invalid_input_raises_only_value_error(data):
 @st.composite
 def bad_config_values(draw):
     """One configuration field set to a wrong value or a wrong type."""
-    field = draw(st.sampled_from(("vocab_size", "hidden_size", "embedding_size", "num_hidden_layers", "cell_type",
-                                  "implementation", "bidirectional", "hidden_dropout", "weight_dropout",
-                                  "forget_bias", "initializer_range", "pad_token_id")))
-    wrong = st.one_of(st.none(), st.text(max_size=5), st.floats(allow_nan=True), st.integers(-5, 0),
-                      st.lists(st.integers(), max_size=2), st.just(True))
+    field = draw(
+        st.sampled_from(
+            (
+                "vocab_size",
+                "hidden_size",
+                "embedding_size",
+                "num_hidden_layers",
+                "cell_type",
+                "implementation",
+                "bidirectional",
+                "hidden_dropout",
+                "weight_dropout",
+                "forget_bias",
+                "initializer_range",
+                "pad_token_id",
+            )
+        )
+    )
+    wrong = st.one_of(
+        st.none(),
+        st.text(max_size=5),
+        st.floats(allow_nan=True),
+        st.integers(-5, 0),
+        st.lists(st.integers(), max_size=2),
+        st.just(True),
+    )
     value = draw(wrong.filter(lambda v: _is_invalid(field, v)))
     return field, value
 
@@ -188,9 +248,14 @@ def check_invalid_config_raises_only_value_error(data):
         LSTMConfig(**{field: value})
 
 
-PROPERTIES = [check_chunked_equals_whole, check_token_by_token_equals_whole, check_padded_equals_alone,
-              check_fused_equals_reference, check_invalid_input_raises_only_value_error,
-              check_invalid_config_raises_only_value_error]
+PROPERTIES = [
+    check_chunked_equals_whole,
+    check_token_by_token_equals_whole,
+    check_padded_equals_alone,
+    check_fused_equals_reference,
+    check_invalid_input_raises_only_value_error,
+    check_invalid_config_raises_only_value_error,
+]
 
 
 @pytest.mark.parametrize("prop", PROPERTIES, ids=lambda f: f.__name__.removeprefix("check_"))

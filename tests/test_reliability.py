@@ -1,5 +1,6 @@
-"""Reliability and security: bad input gives one clear error and overwrites nothing; training survives SIGKILL,
-SIGTERM/SIGINT, non-finite losses and a full disk; long and odd inputs; only safetensors are ever read.
+"""Reliability and security: bad input gives one clear error and overwrites nothing; training survives
+SIGKILL, SIGTERM/SIGINT, non-finite losses and a full disk; long and odd inputs; only safetensors are ever
+read.
 
 Every row of docs/RELIABILITY.md names a test here (or in test_config / test_modeling / test_data /
 test_training). The runs are real: real processes, real signals, real files, a real full filesystem (tmpfs).
@@ -26,10 +27,11 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from conftest import tiny_config, tiny_train_args
 from hf_lstm import LSTMConfig, LSTMForCausalLM, checkpointing
-from hf_lstm.evaluation import fixed_window_perplexity, stateful_perplexity
 from hf_lstm.training import main
 
 REPO = Path(__file__).resolve().parents[1]
+
+
 def cli_args(corpus, output_dir, *extra, train_file=None):
     """A tiny run into `output_dir` (conftest's), without the sample, optionally on another train file."""
     other_train = ["--train_file", str(train_file)] if train_file else []
@@ -40,8 +42,11 @@ def snapshot(folder: Path) -> dict:
     """Every file under `folder` with the sha256 of its bytes (to show that nothing was overwritten)."""
     if not folder.exists():
         return {}
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -65,17 +70,25 @@ def run_cli(args, log: Path | None = None):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "hf_lstm.cli", "train", *args]
     if log is None:
-        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
+        return subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
     with open(log, "a") as stdout:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(command, cwd=REPO, env=env, stdout=stdout, stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=stdout, stderr=subprocess.STDOUT, text=True
+        )
 
 
 def assert_checkpoint_is_whole(folder: Path) -> None:
     """Every file a resume reads is present and parses (safetensors headers and data, JSON)."""
     state = json.loads((folder / "trainer_state.json").read_text())
     assert state["completed_steps"] >= 1
-    for name in ("model.safetensors", "optimizer.safetensors", "rng_state_0.safetensors", "stream_state_0.safetensors"):
+    for name in (
+        "model.safetensors",
+        "optimizer.safetensors",
+        "rng_state_0.safetensors",
+        "stream_state_0.safetensors",
+    ):
         assert load_file(str(folder / name))
     for name in ("optimizer.json", "rng_state_0.json"):
         json.loads((folder / name).read_text())
@@ -84,16 +97,20 @@ def assert_checkpoint_is_whole(folder: Path) -> None:
 # -- 1. bad input through the CLI: one line, exit code 1, nothing overwritten ------------------------------
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ("cell_type=transformer", "cell_type must be one of 'lstm', 'gru', 'rnn', 'peephole'"),
-    ("hidden_size=big", "hidden_size must be a positive integer, got 'big'"),
-    ("hidden_dropout=1.5", "hidden_dropout must be a probability in [0, 1)"),
-    ("num_hidden_layers=0", "num_hidden_layers must be a positive integer"),
-    ("no_such_field=3", "LSTMConfig has no field(s) no_such_field"),
-    ("hidden_size", "is not of the form key=value"),
-])
-def test_cli_refuses_a_bad_config_in_one_line_and_overwrites_nothing(corpus, finished_run, capsys, overrides,
-                                                                     message):
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ("cell_type=transformer", "cell_type must be one of 'lstm', 'gru', 'rnn', 'peephole'"),
+        ("hidden_size=big", "hidden_size must be a positive integer, got 'big'"),
+        ("hidden_dropout=1.5", "hidden_dropout must be a probability in [0, 1)"),
+        ("num_hidden_layers=0", "num_hidden_layers must be a positive integer"),
+        ("no_such_field=3", "LSTMConfig has no field(s) no_such_field"),
+        ("hidden_size", "is not of the form key=value"),
+    ],
+)
+def test_cli_refuses_a_bad_config_in_one_line_and_overwrites_nothing(
+    corpus, finished_run, capsys, overrides, message
+):
     before = snapshot(finished_run)
     args = cli_args(corpus, finished_run, "--max_train_steps", "2")
     args[args.index("--config_overrides") + 1] = overrides
@@ -114,12 +131,15 @@ def test_a_saved_config_json_with_invalid_values_is_refused_on_load(tmp_path):
         LSTMConfig.from_pretrained(tmp_path)
 
 
-@pytest.mark.parametrize("case, message", [
-    ("empty", "is empty"),
-    ("missing", "Data file not found"),
-    ("no_text_column", "text"),
-    ("shorter_than_a_window", "fewer"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("empty", "is empty"),
+        ("missing", "Data file not found"),
+        ("no_text_column", "text"),
+        ("shorter_than_a_window", "fewer"),
+    ],
+)
 def test_cli_refuses_unusable_data_in_one_line(corpus, tmp_path, capsys, case, message):
     train_file = tmp_path / "train.txt"
     if case == "empty":
@@ -138,10 +158,25 @@ def test_cli_refuses_unusable_data_in_one_line(corpus, tmp_path, capsys, case, m
 
 def test_a_tokenizer_larger_than_the_models_vocabulary_is_refused(corpus, finished_run, tmp_path, capsys):
     small = tmp_path / "small-model"
-    LSTMForCausalLM(tiny_config(vocab_size=5, pad_token_id=0, eos_token_id=1, bos_token_id=1)).save_pretrained(small)
+    LSTMForCausalLM(
+        tiny_config(vocab_size=5, pad_token_id=0, eos_token_id=1, bos_token_id=1)
+    ).save_pretrained(small)
     before = snapshot(finished_run)
-    assert main(cli_args(corpus, finished_run, "--model_name_or_path", str(small), "--tokenizer_name",
-                         str(finished_run), "--max_train_steps", "2")) == 1
+    assert (
+        main(
+            cli_args(
+                corpus,
+                finished_run,
+                "--model_name_or_path",
+                str(small),
+                "--tokenizer_name",
+                str(finished_run),
+                "--max_train_steps",
+                "2",
+            )
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "the tokenizer has 25 tokens but the model" in err and "--tokenizer_name" in err
     assert snapshot(finished_run) == before
@@ -149,7 +184,9 @@ def test_a_tokenizer_larger_than_the_models_vocabulary_is_refused(corpus, finish
 
 def test_the_model_names_the_tokenizer_when_a_token_id_is_out_of_range():
     model = LSTMForCausalLM(tiny_config(vocab_size=10)).eval()
-    with pytest.raises(ValueError, match=r"token id 12, outside \[0, vocab_size=10\).*tokenizer matches the model"):
+    with pytest.raises(
+        ValueError, match=r"token id 12, outside \[0, vocab_size=10\).*tokenizer matches the model"
+    ):
         model(input_ids=torch.tensor([[1, 12]]))
 
 
@@ -169,14 +206,19 @@ def damage(folder: Path, how: str) -> None:
         weights.unlink()
 
 
-@pytest.mark.parametrize("how, message", [
-    ("truncated_weights", "is truncated or corrupted"),
-    ("garbled_header", "is truncated or corrupted"),
-    ("empty_weights", "is truncated or corrupted"),
-    ("config_not_json", "config.json is not valid JSON"),
-    ("no_weights", "has no model.safetensors"),
-])
-def test_cli_refuses_a_damaged_model_folder_before_any_work(corpus, finished_run, tmp_path, capsys, how, message):
+@pytest.mark.parametrize(
+    "how, message",
+    [
+        ("truncated_weights", "is truncated or corrupted"),
+        ("garbled_header", "is truncated or corrupted"),
+        ("empty_weights", "is truncated or corrupted"),
+        ("config_not_json", "config.json is not valid JSON"),
+        ("no_weights", "has no model.safetensors"),
+    ],
+)
+def test_cli_refuses_a_damaged_model_folder_before_any_work(
+    corpus, finished_run, tmp_path, capsys, how, message
+):
     model_dir = tmp_path / "model"
     shutil.copytree(finished_run, model_dir, ignore=shutil.ignore_patterns("step_*"))
     damage(model_dir, how)
@@ -198,18 +240,26 @@ def test_from_pretrained_on_damaged_folders_raises_instead_of_loading(finished_r
             AutoModelForCausalLM.from_pretrained(folder)
 
 
-def test_resume_from_a_damaged_checkpoint_is_a_clear_error_that_keeps_it(corpus, finished_run, tmp_path, capsys):
+def test_resume_from_a_damaged_checkpoint_is_a_clear_error_that_keeps_it(
+    corpus, finished_run, tmp_path, capsys
+):
     out = tmp_path / "resume"
     shutil.copytree(finished_run, out)
     weights = out / "step_4" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     damaged = snapshot(out)
-    assert main(cli_args(corpus, out, "--max_train_steps", "6", "--resume_from_checkpoint", str(out / "step_4"))) == 1
+    assert (
+        main(cli_args(corpus, out, "--max_train_steps", "6", "--resume_from_checkpoint", str(out / "step_4")))
+        == 1
+    )
     err = capsys.readouterr().err
     assert "step_4/model.safetensors does not fit this model or is damaged" in err
     assert snapshot(out) == damaged
     (out / "step_2" / "trainer_state.json").write_text("{")
-    assert main(cli_args(corpus, out, "--max_train_steps", "6", "--resume_from_checkpoint", str(out / "step_2"))) == 1
+    assert (
+        main(cli_args(corpus, out, "--max_train_steps", "6", "--resume_from_checkpoint", str(out / "step_2")))
+        == 1
+    )
     assert "trainer_state.json is unreadable or not JSON" in capsys.readouterr().err
 
 
@@ -221,7 +271,9 @@ def test_resume_from_a_folder_that_is_not_a_checkpoint(corpus, finished_run, tmp
 def test_an_absurd_learning_rate_is_refused_by_the_parser(corpus, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(cli_args(corpus, tmp_path, "--learning_rate", "1e39"))
-    assert exit_info.value.code == 2 and "--learning_rate must be a positive number" in capsys.readouterr().err
+    assert (
+        exit_info.value.code == 2 and "--learning_rate must be a positive number" in capsys.readouterr().err
+    )
 
 
 # -- 2. faults during training ------------------------------------------------------------------------------
@@ -254,11 +306,15 @@ def kill_at_random_moments(corpus, out, kills: int, rng: random.Random, extra=()
 def test_sigkill_at_a_random_moment_leaves_only_whole_checkpoints_and_resume_finishes(corpus, tmp_path):
     out = tmp_path / "killed"
     # 400 steps (a checkpoint after each) so that the kill lands before the end even on a fast machine
-    args = kill_at_random_moments(corpus, out, kills=1, rng=random.Random(1), extra=("--max_train_steps", "400"))
+    args = kill_at_random_moments(
+        corpus, out, kills=1, rng=random.Random(1), extra=("--max_train_steps", "400")
+    )
     resumed = run_cli(args + ["--resume_from_checkpoint", "latest"])
     output = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, output[-2000:]
-    assert "resumed from" in output and json.loads((out / "all_results.json").read_text())["train_steps"] == 400
+    assert (
+        "resumed from" in output and json.loads((out / "all_results.json").read_text())["train_steps"] == 400
+    )
 
 
 @pytest.mark.slow
@@ -273,7 +329,8 @@ def test_many_sigkills_at_random_moments_then_resume_give_the_uninterrupted_loss
     output = resumed.communicate(timeout=900)[0]
     assert resumed.returncode == 0, output[-2000:]
     assert json.loads((out / "train_log.json").read_text()) == json.loads(
-        (tmp_path / "straight" / "train_log.json").read_text())
+        (tmp_path / "straight" / "train_log.json").read_text()
+    )
 
 
 @pytest.mark.slow
@@ -295,8 +352,14 @@ def test_a_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpo
     # A learning rate of 1e37 is a real divergence: after one AdamW step the tied weights are ~1e37, so the
     # second step's logits overflow float32 and its loss is inf.
     out = tmp_path / "diverged"
-    assert main(cli_args(corpus, out, "--max_train_steps", "6", "--checkpointing_steps", "1",
-                         "--learning_rate", "1e37")) == 1
+    assert (
+        main(
+            cli_args(
+                corpus, out, "--max_train_steps", "6", "--checkpointing_steps", "1", "--learning_rate", "1e37"
+            )
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "non-finite loss (inf) at step 2" in err and "the last checkpoint is kept (step_1)" in err
     assert [p.name for p in checkpointing.list_checkpoints(out)] == ["step_1"]
@@ -308,9 +371,29 @@ def test_a_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpo
 @pytest.mark.slow
 def test_nonfinite_loss_skip_skips_those_batches_without_touching_the_weights(corpus, tmp_path, capsys):
     out = tmp_path / "skipping"
-    assert main(cli_args(corpus, out, "--max_train_steps", "4", "--checkpointing_steps", "1",
-                         "--checkpoints_total_limit", "4", "--learning_rate", "1e37", "--nonfinite_loss", "skip",
-                         "--eval_window", "8", "--per_device_eval_batch_size", "64")) == 0
+    assert (
+        main(
+            cli_args(
+                corpus,
+                out,
+                "--max_train_steps",
+                "4",
+                "--checkpointing_steps",
+                "1",
+                "--checkpoints_total_limit",
+                "4",
+                "--learning_rate",
+                "1e37",
+                "--nonfinite_loss",
+                "skip",
+                "--eval_window",
+                "8",
+                "--per_device_eval_batch_size",
+                "64",
+            )
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "skipped batch 1 of epoch 1 (step 2): non-finite loss" in printed
     after_first = load_file(str(out / "step_1" / "model.safetensors"))
@@ -325,21 +408,37 @@ def mount_tmpfs(folder: Path, size: str) -> bool:
     folder.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
         return False
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
+    )
     return done.returncode == 0
 
 
 def test_a_full_disk_while_saving_fails_cleanly_and_keeps_the_previous_checkpoint(corpus, tmp_path, capsys):
     out = tmp_path / "small-disk"
     if not mount_tmpfs(out, "160k"):
-        pytest.skip("cannot mount a tmpfs here (needs root): the full-disk test needs a real small filesystem")
+        pytest.skip(
+            "cannot mount a tmpfs here (needs root): the full-disk test needs a real small filesystem"
+        )
     try:
-        # one checkpoint is ~90 kB on disk (4 kB pages), the tokenizer ~8 kB: step_2 fits, step_4 cannot (it is
-        # written beside step_2, which is only pruned once step_4 is complete).
-        code = main(cli_args(corpus, out, "--max_train_steps", "40", "--checkpointing_steps", "2",
-                             "--checkpoints_total_limit", "1"))
+        # one checkpoint is ~90 kB on disk (4 kB pages), the tokenizer ~8 kB: step_2 fits, step_4 cannot (it
+        # is written beside step_2, which is only pruned once step_4 is complete).
+        code = main(
+            cli_args(
+                corpus,
+                out,
+                "--max_train_steps",
+                "40",
+                "--checkpointing_steps",
+                "2",
+                "--checkpoints_total_limit",
+                "1",
+            )
+        )
         err = error_line(capsys)
-        assert code == 1 and "could not write checkpoint step_4" in err and "No space left on device" in err, err
+        assert (
+            code == 1 and "could not write checkpoint step_4" in err and "No space left on device" in err
+        ), err
         assert "the earlier checkpoints are kept (step_2)" in err
         assert not list(out.glob(".tmp-*"))
         [kept] = checkpointing.list_checkpoints(out)
@@ -359,7 +458,6 @@ def test_a_run_killed_between_the_two_renames_of_a_resave_loses_nothing(tmp_path
     checkpointing.remove_leftovers(tmp_path)
     assert [p.name for p in checkpointing.list_checkpoints(tmp_path)] == ["step_8"]
     assert not list(tmp_path.glob(".*"))
-
 
 
 def test_a_run_killed_while_pruning_an_old_checkpoint_leaves_nothing_half_deleted(tmp_path, monkeypatch):
@@ -390,6 +488,7 @@ def test_a_run_killed_while_pruning_an_old_checkpoint_leaves_nothing_half_delete
     checkpointing.remove_leftovers(tmp_path)
     assert not list(tmp_path.glob(".*"))
 
+
 # -- 3. long and odd inputs ---------------------------------------------------------------------------------
 
 
@@ -411,9 +510,15 @@ MEMORY_PROBE = textwrap.dedent("""
 
 
 def evaluate_in_a_fresh_process(n_tokens: int) -> tuple[int, int, float, int]:
-    """Scored tokens (both protocols), stateful perplexity and peak-memory growth (MiB) for an n-token stream."""
-    done = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(n_tokens)], capture_output=True, text=True,
-                          timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    """Scored tokens (both protocols), stateful perplexity and peak-memory growth (MiB) for an n-token
+    stream."""
+    done = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, str(n_tokens)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     full, fixed, ppl, grown = done.stdout.split()
     return int(full), int(fixed), float(ppl), int(grown)
@@ -438,8 +543,12 @@ def test_an_empty_prompt_is_a_clear_error_and_a_prompt_of_only_padding_works():
     with pytest.raises(ValueError, match="input_ids is empty"):
         model.generate(input_ids=torch.zeros(1, 0, dtype=torch.long), max_new_tokens=2)
     alone = model.generate(input_ids=torch.tensor([[5, 6, 7]]), max_new_tokens=4, do_sample=False)
-    batch = model.generate(input_ids=torch.tensor([[0, 0, 0], [5, 6, 7]]),
-                           attention_mask=torch.tensor([[0, 0, 0], [1, 1, 1]]), max_new_tokens=4, do_sample=False)
+    batch = model.generate(
+        input_ids=torch.tensor([[0, 0, 0], [5, 6, 7]]),
+        attention_mask=torch.tensor([[0, 0, 0], [1, 1, 1]]),
+        max_new_tokens=4,
+        do_sample=False,
+    )
     assert batch.shape == (2, 7) and torch.equal(batch[1], alone[0])
     only_pad = model(input_ids=torch.zeros(1, 3, dtype=torch.long), attention_mask=torch.zeros(1, 3))
     assert torch.isfinite(only_pad.logits).all()
@@ -448,8 +557,12 @@ def test_an_empty_prompt_is_a_clear_error_and_a_prompt_of_only_padding_works():
 def test_a_pipeline_with_an_empty_prompt_generates_or_refuses_clearly(word_tokenizer):
     from transformers import pipeline
 
-    config = tiny_config(vocab_size=len(word_tokenizer), pad_token_id=word_tokenizer.pad_token_id,
-                         eos_token_id=word_tokenizer.eos_token_id, bos_token_id=word_tokenizer.eos_token_id)
+    config = tiny_config(
+        vocab_size=len(word_tokenizer),
+        pad_token_id=word_tokenizer.pad_token_id,
+        eos_token_id=word_tokenizer.eos_token_id,
+        bos_token_id=word_tokenizer.eos_token_id,
+    )
     generator = pipeline("text-generation", model=LSTMForCausalLM(config).eval(), tokenizer=word_tokenizer)
     try:
         text = generator("", max_new_tokens=3, do_sample=False)[0]["generated_text"]
@@ -491,7 +604,7 @@ def test_half_precision_weights_on_cpu_work_and_stay_close_to_float32(dtype, imp
 
 def write_malicious_pickle(path: Path, marker: Path) -> None:
     """A `.bin` 'checkpoint' whose unpickling creates `marker`: proof of code execution if anyone loads it."""
-    payload = (b"cposix\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR.")
+    payload = b"cposix\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR."
     path.write_bytes(payload)
 
 
@@ -509,20 +622,28 @@ def test_a_pickle_weight_file_is_never_unpickled(corpus, finished_run, tmp_path,
 def test_the_package_never_calls_torch_load_without_weights_only():
     for path in sorted((REPO / "hf_lstm").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "load" and \
-                    getattr(node.func.value, "id", None) == "torch":
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "attr", None) == "load"
+                and getattr(node.func.value, "id", None) == "torch"
+            ):
                 flags = {k.arg: getattr(k.value, "value", None) for k in node.keywords}
-                assert flags.get("weights_only") is True, f"{path.name}:{node.lineno} torch.load without weights_only=True"
-            assert not (isinstance(node, ast.Import) and any(a.name in ("pickle", "dill") for a in node.names)), path
+                assert flags.get("weights_only") is True, (
+                    f"{path.name}:{node.lineno} torch.load without weights_only=True"
+                )
+            assert not (
+                isinstance(node, ast.Import) and any(a.name in ("pickle", "dill") for a in node.names)
+            ), path
 
 
 IMPORT_AUDIT = textwrap.dedent("""
     import importlib, os, sys
     folder = sys.argv[1]
     sys.modules["hf_lstm"] = None            # the package must not be needed
-    import torch, transformers               # the allowed imports (and the names the files take from them),
-    from transformers import GenerationMixin, PreTrainedModel, PretrainedConfig, initialization  # loaded before
-    from transformers.utils import ModelOutput                                     # the audit starts
+    # the allowed imports (and the names the files take from them), loaded before the audit starts
+    import torch, transformers
+    from transformers import GenerationMixin, PreTrainedModel, PretrainedConfig, initialization
+    from transformers.utils import ModelOutput
     allowed = tuple(os.path.realpath(p) for p in [*sys.path, folder] if p)
     events = []
     def audit(event, args):
@@ -530,7 +651,9 @@ IMPORT_AUDIT = textwrap.dedent("""
             path = args[0]
             if isinstance(path, (str, bytes)) and not os.path.realpath(os.fsdecode(path)).startswith(allowed):
                 events.append(("open", os.fsdecode(path)))
-        elif event.startswith(("socket.", "subprocess.", "os.system", "os.exec", "os.spawn", "urllib.", "http.")):
+        elif event.startswith(
+            ("socket.", "subprocess.", "os.system", "os.exec", "os.spawn", "urllib.", "http.")
+        ):
             events.append((event, str(args)[:80]))
     sys.path.insert(0, os.path.dirname(folder))
     sys.addaudithook(audit)
@@ -545,7 +668,13 @@ def test_the_carried_files_do_no_io_at_import_under_an_audit_hook(tmp_path):
     folder = tmp_path / "hubrepo"
     LSTMForCausalLM(tiny_config()).save_pretrained(folder)
     (folder / "__init__.py").write_text("")
-    done = subprocess.run([sys.executable, "-c", IMPORT_AUDIT, str(folder)], capture_output=True, text=True,
-                          timeout=300, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORT_AUDIT, str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout

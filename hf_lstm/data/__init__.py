@@ -1,6 +1,7 @@
 """Corpora, tokenizers and batches for language modelling with hf_lstm.
 
-The training loop needs three things from its data, and this package provides each (`corpora`, `tokenization`, `batching`):
+The training loop needs three things from its data, and this package provides each (`corpora`,
+`tokenization`, `batching`):
 
 1. A corpus: `load_corpus` turns a Hub dataset name, a local file or folder, or one of the built-in
    corpora (`"ptb"`, `"shakespeare"`) into a `datasets.DatasetDict` with "train", "validation"
@@ -16,7 +17,14 @@ The training loop needs three things from its data, and this package provides ea
 docs/DATA.md tells the same story with the numbers measured on the built-in corpora.
 """
 
-from .batching import IGNORE_INDEX, BlockDataset, FixedWindows, StreamBatcher, fixed_windows, group_texts_dataset
+from .batching import (
+    IGNORE_INDEX,
+    BlockDataset,
+    FixedWindows,
+    StreamBatcher,
+    fixed_windows,
+    group_texts_dataset,
+)
 from .corpora import (
     BUILTIN_CORPORA,
     SHAKESPEARE_TEST_PLAYS,
@@ -37,8 +45,24 @@ from .tokenization import (
 )
 
 __all__ = [
-    "BUILTIN_CORPORA", "SHAKESPEARE_TEST_PLAYS", "SHAKESPEARE_VALIDATION_PLAYS", "load_corpus",
-    "DEFAULT_BPE_VOCAB_SIZE", "EOS_TOKEN", "PAD_TOKEN", "TOKENIZER_KINDS", "UNK_TOKEN", "UNLIMITED_LENGTH",
-    "WORD_UNK_TOKEN", "default_tokenizer_kind", "tokenize_corpus", "train_tokenizer",
-    "IGNORE_INDEX", "BlockDataset", "FixedWindows", "StreamBatcher", "fixed_windows", "group_texts_dataset",
+    "BUILTIN_CORPORA",
+    "SHAKESPEARE_TEST_PLAYS",
+    "SHAKESPEARE_VALIDATION_PLAYS",
+    "load_corpus",
+    "DEFAULT_BPE_VOCAB_SIZE",
+    "EOS_TOKEN",
+    "PAD_TOKEN",
+    "TOKENIZER_KINDS",
+    "UNK_TOKEN",
+    "UNLIMITED_LENGTH",
+    "WORD_UNK_TOKEN",
+    "default_tokenizer_kind",
+    "tokenize_corpus",
+    "train_tokenizer",
+    "IGNORE_INDEX",
+    "BlockDataset",
+    "FixedWindows",
+    "StreamBatcher",
+    "fixed_windows",
+    "group_texts_dataset",
 ]

@@ -2,7 +2,6 @@
 (`StreamBatcher`), independent blocks (`group_texts_dataset`), and the fixed-window evaluation protocol
 (`fixed_windows`)."""
 
-
 from __future__ import annotations
 
 import logging
@@ -22,11 +21,14 @@ IGNORE_INDEX = -100
 
 def _check_stream(ids: torch.Tensor, name: str = "ids") -> torch.LongTensor:
     if not isinstance(ids, torch.Tensor):
-        raise ValueError(f"{name} must be a torch tensor of token ids (from tokenize_corpus), "
-                         f"got {type(ids).__name__}.")
+        raise ValueError(
+            f"{name} must be a torch tensor of token ids (from tokenize_corpus), got {type(ids).__name__}."
+        )
     if ids.dim() != 1 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
-        raise ValueError(f"{name} must be a 1-D tensor of integer token ids (one split from "
-                         f"tokenize_corpus), got shape {tuple(ids.shape)} and dtype {ids.dtype}.")
+        raise ValueError(
+            f"{name} must be a 1-D tensor of integer token ids (one split from "
+            f"tokenize_corpus), got shape {tuple(ids.shape)} and dtype {ids.dtype}."
+        )
     return ids.long()
 
 
@@ -54,7 +56,8 @@ class StreamBatcher:
     right initial state for the next (detach it between windows).
 
     `len(batcher)` is the number of windows, the same on every process, so all processes step together.
-    Windows are indexed (`batcher[n]`), so a run resumed after window `n - 1` continues exactly at `batcher[n]`.
+    Windows are indexed (`batcher[n]`), so a run resumed after window `n - 1` continues exactly at
+    `batcher[n]`.
 
     ```python
     batcher = StreamBatcher(streams["train"], batch_size=20, bptt=35)
@@ -63,13 +66,20 @@ class StreamBatcher:
     ```
     """
 
-    def __init__(self, ids: torch.LongTensor, batch_size: int, bptt: int, process_index: int = 0,
-                 num_processes: int = 1):
+    def __init__(
+        self,
+        ids: torch.LongTensor,
+        batch_size: int,
+        bptt: int,
+        process_index: int = 0,
+        num_processes: int = 1,
+    ):
         ids = _check_stream(ids)
         _check_positive(batch_size=batch_size, bptt=bptt, num_processes=num_processes)
         if not isinstance(process_index, int) or not 0 <= process_index < num_processes:
-            raise ValueError(f"process_index must be in [0, num_processes={num_processes}), "
-                             f"got {process_index!r}.")
+            raise ValueError(
+                f"process_index must be in [0, num_processes={num_processes}), got {process_index!r}."
+            )
         rows = batch_size * num_processes
         needed = rows * (bptt + 1)
         if ids.numel() < needed:
@@ -85,7 +95,7 @@ class StreamBatcher:
         self.stream_length = ids.numel() // rows
         """Tokens per row (every row of every process has this many)."""
         all_rows = ids[: rows * self.stream_length].view(rows, self.stream_length)
-        self.streams = all_rows[process_index * batch_size:(process_index + 1) * batch_size]
+        self.streams = all_rows[process_index * batch_size : (process_index + 1) * batch_size]
         """This process's rows, shape `(batch_size, stream_length)`."""
 
     def __len__(self) -> int:
@@ -108,17 +118,19 @@ class StreamBatcher:
             raise IndexError(f"Window {window} out of range: this batcher has {len(self)} windows.")
         start = window * self.bptt
         length = min(self.bptt, self.stream_length - 1 - start)
-        inputs = self.streams[:, start:start + length].contiguous()
-        targets = self.streams[:, start + 1:start + 1 + length].contiguous()
+        inputs = self.streams[:, start : start + length].contiguous()
+        targets = self.streams[:, start + 1 : start + 1 + length].contiguous()
         return inputs, targets
 
     def __iter__(self) -> Iterator[tuple[torch.LongTensor, torch.LongTensor]]:
         return (self[window] for window in range(len(self)))
 
     def __repr__(self) -> str:
-        return (f"StreamBatcher(batch_size={self.batch_size}, bptt={self.bptt}, process_index="
-                f"{self.process_index}, num_processes={self.num_processes}, stream_length="
-                f"{self.stream_length}, windows={len(self)})")
+        return (
+            f"StreamBatcher(batch_size={self.batch_size}, bptt={self.bptt}, process_index="
+            f"{self.process_index}, num_processes={self.num_processes}, stream_length="
+            f"{self.stream_length}, windows={len(self)})"
+        )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -139,8 +151,10 @@ class BlockDataset(torch.utils.data.Dataset):
         _check_positive(block_size=block_size)
         n_blocks = ids.numel() // block_size
         if n_blocks == 0:
-            raise ValueError(f"The token stream has {ids.numel():,} tokens, fewer than one block of "
-                             f"block_size={block_size}; use a smaller --block_size (or more text).")
+            raise ValueError(
+                f"The token stream has {ids.numel():,} tokens, fewer than one block of "
+                f"block_size={block_size}; use a smaller --block_size (or more text)."
+            )
         self.block_size = block_size
         self.blocks = ids[: n_blocks * block_size].view(n_blocks, block_size)
 
@@ -187,8 +201,9 @@ class FixedWindows:
         return self.inputs.shape[0]
 
 
-def fixed_windows(ids: torch.LongTensor, window: int, start_token_id: int | None = None,
-                  pad_token_id: int = 0) -> FixedWindows:
+def fixed_windows(
+    ids: torch.LongTensor, window: int, start_token_id: int | None = None, pad_token_id: int = 0
+) -> FixedWindows:
     """Cut a split into the windows of the fixed-window evaluation protocol.
 
     The protocol, identical for any model (recurrent or Transformer):
@@ -225,8 +240,10 @@ def fixed_windows(ids: torch.LongTensor, window: int, start_token_id: int | None
         ids = torch.cat([torch.tensor([start_token_id], dtype=torch.long), ids])
     num_scored = ids.numel() - 1
     if num_scored < 1:
-        raise ValueError("The token stream has fewer than 2 tokens, so there is nothing to predict; "
-                         "evaluate on a longer split (or pass start_token_id).")
+        raise ValueError(
+            "The token stream has fewer than 2 tokens, so there is nothing to predict; "
+            "evaluate on a longer split (or pass start_token_id)."
+        )
     num_windows = math.ceil(num_scored / window)
     padded_length = num_windows * window + 1
     inputs_stream = torch.full((padded_length,), pad_token_id, dtype=torch.long)

