@@ -1,0 +1,251 @@
+"""What every benchmark section measures with: the `Measurement` and `Report` records, interleaved timing,
+the models compared (the reference LSTM, a parameter-matched GPT-2, a naive nn.LSTM loop) and the decode
+loops timed."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Measurement:
+    """One printed measurement: its value, the target it answers, and whether the target is met.
+
+    `target` is the threshold as printed (`">= 0.70"`), `"report"` for a number that is reported without a
+    threshold, or empty for context; `met` is `None` when nothing is judged.
+    """
+
+    key: str
+    label: str
+    value: float | None
+    unit: str
+    target: str = ""
+    met: bool | None = None
+    detail: str = ""
+
+    def row(self) -> str:
+        """The measurement as one line of the printed table."""
+        value = self.value
+        if value is None:
+            shown = "-"
+        elif abs(value) >= 100:
+            shown = f"{value:,.0f}"
+        else:
+            shown = f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
+        met = {True: "MET", False: "MISSED", None: ""}[self.met]
+        line = f"{self.label:<62} {shown:>10} {self.unit:<8} {self.target:<9} {met:<7}"
+        return line + (f"  {self.detail}" if self.detail else "")
+
+
+@dataclass
+class Report:
+    """Everything one run measured, with the command and machine that produced it."""
+
+    command: str
+    machine: dict
+    model: dict
+    measurements: list[Measurement] = field(default_factory=list)
+
+    def add(self, *measurements: Measurement) -> None:
+        """Record measurements and print them as they arrive (a long run shows progress)."""
+        for measurement in measurements:
+            self.measurements.append(measurement)
+            print(measurement.row(), flush=True)
+
+    def to_json(self) -> dict:
+        """The report as JSON-ready data (the measurements under `"figures"`, the key the file always had)."""
+        return {
+            "command": self.command,
+            "machine": self.machine,
+            "model": self.model,
+            "figures": [asdict(m) for m in self.measurements],
+        }
+
+
+# ---------------------------------------- Timing helpers -------------------------------------------------
+
+
+def interleaved(runs: dict, repeats: int, warmup: bool = True) -> dict[str, float]:
+    """Run each callable of `runs` once per round, in alternation, for `repeats` rounds; each callable returns
+    the seconds it wants counted (so set-up can be left out). Returns the median per name. With `warmup`, one
+    untimed round first (first calls pay for allocation, oneDNN primitive creation and lazy imports)."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    if warmup:
+        for fn in runs.values():
+            fn()
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            times[name].append(fn())
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def timed(fn) -> float:
+    """Seconds taken by `fn()`."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+class StepClock:
+    """A stopping criterion that never stops and notes the time of every decoding step (and, every
+    `rss_every` steps, the process's resident memory), so a `generate()` call can be timed per token without
+    its prefill and watched for memory growth."""
+
+    def __init__(self, rss_every: int = 0):
+        self.times: list[float] = []
+        self.rss: list[int] = []
+        self.rss_every = rss_every
+
+    def __call__(self, input_ids, scores, **kwargs):
+        self.times.append(time.perf_counter())
+        if self.rss_every and len(self.times) % self.rss_every == 1:
+            self.rss.append(resident_bytes())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    def seconds_per_step(self) -> float:
+        """Mean wall time between consecutive steps (the first, which follows the prefill, is left out)."""
+        if len(self.times) < 2:
+            raise ValueError("time at least two steps")
+        return (self.times[-1] - self.times[0]) / (len(self.times) - 1)
+
+
+def resident_bytes() -> int:
+    """The current resident set size of this process, in bytes (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
+# ---------------------------------------- The models -----------------------------------------------------
+
+
+def reference_model(args, **overrides):
+    """The benchmarked `LSTMForCausalLM` (float32, eval mode, seeded)."""
+    from ..configuration_hf_lstm import LSTMConfig
+    from ..modeling_hf_lstm import LSTMForCausalLM
+
+    torch.manual_seed(0)
+    config = LSTMConfig(
+        vocab_size=args.vocab_size,
+        hidden_size=args.hidden_size,
+        embedding_size=args.embedding_size,
+        num_hidden_layers=args.num_layers,
+        cell_type=args.cell_type,
+        tie_word_embeddings=True,
+        **overrides,
+    )
+    return LSTMForCausalLM(config).eval()
+
+
+def gpt2_matched(model, block_size: int):
+    """A new `GPT2LMHeadModel` (seed 0) with `block_size` positions and about as many parameters as `model`,
+    in the shape `hf-lstm compare` gives it (`hf_lstm.compare.match_parameters`: GPT-2's recipe, tied, no
+    dropout) for `model`'s vocabulary and total parameter count."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from ..compare import count_parameters, match_parameters
+
+    vocab_size = model.config.vocab_size
+    shape = match_parameters(
+        "gpt2",
+        count_parameters(model)[0],
+        vocab_size,
+        tolerance=float("inf"),
+        block_size=block_size,
+        eval_window=block_size,
+    )
+    special = {k: getattr(model.config, k, None) for k in ("pad_token_id", "bos_token_id", "eos_token_id")}
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, **special, **shape.overrides))
+
+
+class NaiveLSTM(nn.Module):
+    """What a user writes with plain PyTorch, the baseline decode is compared with: embedding, a multi-layer
+    `torch.nn.LSTM` and a linear output layer with the benchmarked model's weights, one token per call."""
+
+    def __init__(self, model):
+        super().__init__()
+        config = model.config
+        self.embed = model.model.embed_tokens
+        self.rnn = nn.LSTM(
+            config.embedding_size, config.hidden_size, num_layers=config.num_hidden_layers, batch_first=True
+        )
+        with torch.no_grad():
+            for k, layer in enumerate(model.model.layers):
+                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                    getattr(self.rnn, f"{name}_l{k}").copy_(getattr(layer.rnn, f"{name}_l0"))
+        self.proj = model.output_projection
+        self.head = model.lm_head
+
+    def greedy(self, input_ids: torch.Tensor, new_tokens: int) -> float:
+        """Greedy-decode `new_tokens` after `input_ids`; returns seconds per decoded token (no prefill)."""
+        with torch.no_grad():
+            out, state = self.rnn(self.embed(input_ids))
+            token = self._logits(out[:, -1:]).argmax(-1)
+            start = time.perf_counter()
+            for _ in range(new_tokens):
+                out, state = self.rnn(self.embed(token), state)
+                token = self._logits(out).argmax(-1)
+            return (time.perf_counter() - start) / new_tokens
+
+    def _logits(self, h):
+        return self.head(self.proj(h) if self.proj is not None else h)
+
+
+def bare_floor(weights: list[torch.Tensor], tokens: int) -> float:
+    """Seconds per token of the bare matrix-vector products over `weights` (one `torch.mv` each): the
+    memory-bandwidth floor of batch-1 decoding, with no gates, no Python model code, no sampling."""
+    vectors = [torch.randn(w.shape[1]) for w in weights]
+    with torch.no_grad():
+        start = time.perf_counter()
+        for _ in range(tokens):
+            for w, v in zip(weights, vectors):
+                torch.mv(w, v)
+        return (time.perf_counter() - start) / tokens
+
+
+def step_loop(model, input_ids: torch.Tensor, new_tokens: int) -> float:
+    """The model's own bare greedy loop: forward with the cache, argmax, repeat. Seconds per decoded token
+    (prefill excluded)."""
+    with torch.no_grad():
+        out = model(input_ids, use_cache=True, logits_to_keep=1)
+        cache, token = out.cache, out.logits[:, -1].argmax(-1, keepdim=True)
+        start = time.perf_counter()
+        for _ in range(new_tokens):
+            out = model(token, cache=cache, use_cache=True, logits_to_keep=1)
+            token = out.logits[:, -1].argmax(-1, keepdim=True)
+        return (time.perf_counter() - start) / new_tokens
+
+
+def generate_per_token(
+    model, input_ids: torch.Tensor, new_tokens: int, rss_every: int = 0
+) -> tuple[float, StepClock]:
+    """Greedy `model.generate()` of exactly `new_tokens` tokens; returns (seconds per decoded token in steady
+    state, the clock). The clock is a stopping criterion, so it is part of what is timed."""
+    from transformers import StoppingCriteriaList
+
+    clock = StepClock(rss_every)
+    model.generate(
+        input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=0,
+        stopping_criteria=StoppingCriteriaList([clock]),
+    )
+    return clock.seconds_per_step(), clock
+
+
+def prompt(model, length: int, batch: int = 1) -> torch.Tensor:
+    """A reproducible random prompt of token ids."""
+    generator = torch.Generator().manual_seed(length * 7919 + batch)
+    return torch.randint(0, model.config.vocab_size, (batch, length), generator=generator)
