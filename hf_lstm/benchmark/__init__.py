@@ -31,18 +31,19 @@ from .measuring import (
     Measurement,
     NaiveLSTM,
     Report,
-    StepClock,
     bare_floor,
     generate_per_token,
     gpt2_matched,
-    interleaved,
     reference_model,
     step_loop,
-    timed,
 )
 from .sections import SECTIONS
+from ..timing import StepClock, interleaved, timed
 
 __all__ = [
+    "StepClock",
+    "interleaved",
+    "timed",
     "main",
     "parse_args",
     "SECTIONS",
@@ -56,5 +57,4 @@ __all__ = [
     "interleaved",
     "reference_model",
     "step_loop",
-    "timed",
 ]

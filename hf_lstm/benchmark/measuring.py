@@ -4,13 +4,13 @@ loops timed."""
 
 from __future__ import annotations
 
-import os
-import statistics
 import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
+
+from ..timing import StepClock
 
 
 @dataclass
@@ -66,62 +66,6 @@ class Report:
             "model": self.model,
             "figures": [asdict(m) for m in self.measurements],
         }
-
-
-# ---------------------------------------- Timing helpers -------------------------------------------------
-
-
-def interleaved(runs: dict, repeats: int, warmup: bool = True) -> dict[str, float]:
-    """Run each callable of `runs` once per round, in alternation, for `repeats` rounds; each callable returns
-    the seconds it wants counted (so set-up can be left out). Returns the median per name. With `warmup`, one
-    untimed round first (first calls pay for allocation, oneDNN primitive creation and lazy imports)."""
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    if warmup:
-        for fn in runs.values():
-            fn()
-    for _ in range(repeats):
-        for name, fn in runs.items():
-            times[name].append(fn())
-    return {name: statistics.median(ts) for name, ts in times.items()}
-
-
-def timed(fn) -> float:
-    """Seconds taken by `fn()`."""
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-class StepClock:
-    """A stopping criterion that never stops and notes the time of every decoding step (and, every
-    `rss_every` steps, the process's resident memory), so a `generate()` call can be timed per token without
-    its prefill and watched for memory growth."""
-
-    def __init__(self, rss_every: int = 0):
-        self.times: list[float] = []
-        self.rss: list[int] = []
-        self.rss_every = rss_every
-
-    def __call__(self, input_ids, scores, **kwargs):
-        self.times.append(time.perf_counter())
-        if self.rss_every and len(self.times) % self.rss_every == 1:
-            self.rss.append(resident_bytes())
-        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-
-    def seconds_per_step(self) -> float:
-        """Mean wall time between consecutive steps (the first, which follows the prefill, is left out)."""
-        if len(self.times) < 2:
-            raise ValueError("time at least two steps")
-        return (self.times[-1] - self.times[0]) / (len(self.times) - 1)
-
-
-def resident_bytes() -> int:
-    """The current resident set size of this process, in bytes (Linux /proc; 0 elsewhere)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
-        return 0
 
 
 # ---------------------------------------- The models -----------------------------------------------------

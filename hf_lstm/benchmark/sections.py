@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..flops import flops_per_token, matmul_parameters, matmul_weights, measure_matmul_peak
+from ..timing import interleaved, timed
 from .measuring import (
     Measurement,
     NaiveLSTM,
@@ -16,11 +17,9 @@ from .measuring import (
     bare_floor,
     generate_per_token,
     gpt2_matched,
-    interleaved,
     prompt,
     reference_model,
     step_loop,
-    timed,
 )
 
 

@@ -95,7 +95,7 @@ def generate_once(model, ids: torch.LongTensor, new_tokens: int) -> dict:
     """
     from transformers import StoppingCriteriaList
 
-    from ..benchmark import StepClock  # imported here: hf_lstm.benchmark imports from this package
+    from ..timing import StepClock
 
     clock = StepClock()
     tracked = reset_peak_memory()
