@@ -116,7 +116,7 @@ wall-clock: {results["train_seconds"]:.0f} s
 model FLOP utilisation {results["model_flops_utilization"]:.0%}
   (matrix-product FLOPs against a fp32 matmul peak of {results["matmul_peak_flops"] / 1e9:.0f} GFLOP/s \
 measured in the run)
-- hardware: {machine_summary()}, {torch.get_num_threads()} torch threads, \
+- hardware: CPU {machine_summary()}, {torch.get_num_threads()} torch threads, \
 {results["num_processes"]} process(es);
   torch {torch.__version__}
 
