@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -251,18 +252,34 @@ class TrainingSettings:
         groups = {}
         for f in dataclasses.fields(cls):
             group = groups.setdefault(f.metadata["group"], parser.add_argument_group(f.metadata["group"]))
-            if f.type == "bool":
-                group.add_argument(f"--{f.name}", action="store_true", help=f.metadata["help"])
+            cls.add_arguments(group, (f.name,))
+        return parser
+
+    @classmethod
+    def add_arguments(cls, parser, names: tuple[str, ...]) -> None:
+        """Declare these fields as command-line options, as `hf-lstm train` declares them (name, type,
+        default, choices, help), so another command that takes some of them (`hf-lstm compare`) cannot
+        drift apart.
+
+        Args:
+            parser (`argparse.ArgumentParser` or an argument group): where the options go.
+            names (`tuple[str, ...]`): field names; they are declared in the fields' order.
+        """
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name not in names:
                 continue
-            kind = _ARGPARSE_TYPES[f.type]
-            group.add_argument(
+            kind = next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None))
+            if kind is bool:
+                parser.add_argument(f"--{f.name}", action="store_true", help=f.metadata["help"])
+                continue
+            parser.add_argument(
                 f"--{f.name}",
                 type=kind,
                 default=f.default,
                 choices=f.metadata["choices"],
                 help=f.metadata["help"],
             )
-        return parser
 
     @classmethod
     def from_argv(cls, argv: list[str] | None = None) -> TrainingSettings:
@@ -288,13 +305,3 @@ class TrainingSettings:
     def public(self) -> dict:
         """The settings as a dict, without the Hub token (for model cards, checkpoints and trackers)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "hub_token"}
-
-
-_ARGPARSE_TYPES = {
-    "str": str,
-    "str | None": str,
-    "int": int,
-    "int | None": int,
-    "float": float,
-    "float | None": float,
-}

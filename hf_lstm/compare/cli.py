@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
-import typing
 from pathlib import Path
 
 import torch
@@ -30,31 +28,6 @@ from .report import (
 from .runs import DATA_OPTIONS, TOKENIZER_OPTIONS, prepare_tokenizer, settings_given, train_one
 
 
-def add_training_options(group, names: tuple[str, ...]) -> None:
-    """Declare these `hf-lstm train` options as `TrainingSettings` declares them: same name, type, default,
-    choices and help text, so the two commands cannot drift apart.
-
-    Args:
-        group (`argparse._ArgumentGroup` or `argparse.ArgumentParser`): where the options go.
-        names (`tuple[str, ...]`): `TrainingSettings` field names; they are declared in the fields' order.
-    """
-    hints = typing.get_type_hints(TrainingSettings)
-    for f in dataclasses.fields(TrainingSettings):
-        if f.name not in names:
-            continue
-        kind = next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None))
-        if kind is bool:
-            group.add_argument(f"--{f.name}", action="store_true", help=f.metadata["help"])
-        else:
-            group.add_argument(
-                f"--{f.name}",
-                type=kind,
-                default=f.default,
-                choices=f.metadata["choices"],
-                help=f.metadata["help"],
-            )
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The `hf-lstm compare` arguments: the training script's data and tokenizer arguments, plus the
     comparison's own (models, size, budget, generation contexts)."""
@@ -64,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train hf_lstm and parameter-matched small Transformers on the same data with the same "
         "budget, then measure quality, speed and memory side by side.",
     )
-    add_training_options(
+    TrainingSettings.add_arguments(
         parser.add_argument_group(
             "data (as in hf-lstm train)", "One tokenizer is trained (or loaded) once and used by every model."
         ),
