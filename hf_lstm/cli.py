@@ -48,30 +48,28 @@ class Menu:
         noun (`str`):
             What is chosen, e.g. `"command"`; used in the error message and the usage's heading.
         synopsis (`str`):
-            The usage line after `prog`.
-        hint (`str`):
-            The usage's last line, pointing to the chosen thing's own `--help`.
+            The usage line after `prog`; its first word is the placeholder for the chosen name, e.g. `"NAME"`.
         choices (`dict[str, tuple[str, str]]`):
             Each name with what runs it (for `start`) and its one-line help.
         start (`Callable[[str, list[str]], int | None]`):
             Runs the chosen name with the remaining arguments; returns its exit status.
-        width (`int`):
-            The column the help starts at in the usage.
     """
 
     prog: str
     noun: str
     synopsis: str
-    hint: str
     choices: dict[str, tuple[str, str]]
     start: Callable[[str, list[str]], int | None]
-    width: int = 12
 
     def usage(self) -> str:
-        """The usage text: synopsis, one line per choice with its help, and the hint."""
+        """The usage text: synopsis, one line per choice with its help (in a column two spaces after the
+        longest name), and a last line pointing to the chosen thing's own `--help`."""
         lines = [f"usage: {self.prog} {self.synopsis}", "", f"{self.noun}s:"]
-        lines += [f"  {name:<{self.width}}{help_}" for name, (_, help_) in self.choices.items()]
-        return "\n".join([*lines, "", self.hint])
+        width = max(map(len, self.choices)) + 2
+        lines += [f"  {name:<{width}}{help_}" for name, (_, help_) in self.choices.items()]
+        article = "an" if self.noun[0] in "aeiou" else "a"
+        hint = f"Run `{self.prog} {self.synopsis.split()[0]} --help` for {article} {self.noun}'s arguments."
+        return "\n".join([*lines, "", hint])
 
 
 def dispatch(menu: Menu, argv: list[str]) -> int:
@@ -129,21 +127,14 @@ def experiment_main(argv: list[str] | None = None) -> int:
         prog="hf-lstm experiment",
         noun="experiment",
         synopsis="NAME --output_dir DIR [--cell_types ...] [--seed ...] [--budget_minutes ...]",
-        hint="Run `hf-lstm experiment NAME --help` for an experiment's arguments.",
         choices=EXPERIMENTS,
         start=_start_experiment,
-        width=20,
     )
     return dispatch(menu, list(sys.argv[2:] if argv is None else argv))
 
 
 MENU = Menu(
-    prog="hf-lstm",
-    noun="command",
-    synopsis="COMMAND [ARGS...]",
-    hint="Run `hf-lstm COMMAND --help` for a command's arguments.",
-    choices=COMMANDS,
-    start=_start_command,
+    prog="hf-lstm", noun="command", synopsis="COMMAND [ARGS...]", choices=COMMANDS, start=_start_command
 )
 
 

@@ -16,9 +16,9 @@ def model(request):
     return LSTMForCausalLM(tiny_config(request.param, initializer_range=0.6)).eval()
 
 
-def greedy(model, ids, **kwargs):
+def greedy(model, ids, max_new_tokens=12, **kwargs):
     return model.generate(
-        ids, max_new_tokens=12, do_sample=False, pad_token_id=0, eos_token_id=None, **kwargs
+        ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0, eos_token_id=None, **kwargs
     )
 
 
@@ -79,50 +79,22 @@ def test_inputs_embeds_generate_the_same_tokens_as_input_ids(model):
 
 def test_continuing_from_a_returned_cache_equals_one_long_generation(model):
     ids = torch.randint(2, 40, (1, 5))
-    first = model.generate(
-        ids,
-        max_new_tokens=6,
-        do_sample=False,
-        pad_token_id=0,
-        eos_token_id=None,
-        return_dict_in_generate=True,
-    )
+    first = greedy(model, ids, max_new_tokens=6, return_dict_in_generate=True)
     cache = cache_of(first)
     assert isinstance(cache, LSTMCache)
     # the last generated token has not been read by the state yet: generate feeds it first
     assert cache.get_seq_length() == first.sequences.shape[1] - 1
-    more = model.generate(
-        first.sequences,
-        **{CACHE_NAME: cache},
-        max_new_tokens=6,
-        do_sample=False,
-        pad_token_id=0,
-        eos_token_id=None,
-    )
+    more = greedy(model, first.sequences, max_new_tokens=6, **{CACHE_NAME: cache})
     assert torch.equal(more, greedy(model, ids))
 
 
 def test_continuing_a_returned_cache_with_new_prompt_tokens_reads_each_token_once(model):
     """A chat-like turn: the earlier sequence, then new user tokens, on top of the returned state."""
     ids = torch.randint(2, 40, (1, 5))
-    first = model.generate(
-        ids,
-        max_new_tokens=4,
-        do_sample=False,
-        pad_token_id=0,
-        eos_token_id=None,
-        return_dict_in_generate=True,
-    )
+    first = greedy(model, ids, max_new_tokens=4, return_dict_in_generate=True)
     turn = torch.cat([first.sequences, torch.randint(2, 40, (1, 3))], dim=1)
-    more = model.generate(
-        turn,
-        **{CACHE_NAME: cache_of(first)},
-        max_new_tokens=5,
-        do_sample=False,
-        pad_token_id=0,
-        eos_token_id=None,
-    )
-    alone = model.generate(turn, max_new_tokens=5, do_sample=False, pad_token_id=0, eos_token_id=None)
+    more = greedy(model, turn, max_new_tokens=5, **{CACHE_NAME: cache_of(first)})
+    alone = greedy(model, turn, max_new_tokens=5)
     assert torch.equal(more, alone)
 
 

@@ -21,13 +21,14 @@ REPO = Path(__file__).resolve().parents[1]
 tiny_args = tiny_train_args
 
 
+def train_tiny(corpus, output_dir, *extra):
+    """Train the tiny run of `tiny_args` in this process; returns `train`'s results."""
+    return train(TrainingSettings.from_argv(tiny_args(corpus, output_dir, *extra)))
+
+
 def test_training_writes_a_complete_hub_folder_with_both_protocols(corpus, tmp_path, capsys):
     out = tmp_path / "run"
-    results = train(
-        TrainingSettings.from_argv(
-            tiny_args(corpus, out, "--max_train_steps", "80", "--learning_rate", "0.03")
-        )
-    )
+    results = train_tiny(corpus, out, "--max_train_steps", "80", "--learning_rate", "0.03")
     printed = capsys.readouterr().out
     assert "this run, stateful full stream" in printed and "sample from pipeline" in printed
     for split in ("validation", "test"):
@@ -186,25 +187,17 @@ def test_resuming_from_the_last_step_trains_nothing_more(corpus, tmp_path):
     # from it must only evaluate and save, not take one more step (the slow 6-kill test caught step 301 of
     # 300).
     out = tmp_path / "done"
-    first = train(
-        TrainingSettings.from_argv(
-            tiny_args(corpus, out, "--max_train_steps", "4", "--checkpointing_steps", "2")
-        )
-    )
+    first = train_tiny(corpus, out, "--max_train_steps", "4", "--checkpointing_steps", "2")
     log = json.loads((out / "train_log.json").read_text())
-    again = train(
-        TrainingSettings.from_argv(
-            tiny_args(
-                corpus,
-                out,
-                "--max_train_steps",
-                "4",
-                "--checkpointing_steps",
-                "2",
-                "--resume_from_checkpoint",
-                "latest",
-            )
-        )
+    again = train_tiny(
+        corpus,
+        out,
+        "--max_train_steps",
+        "4",
+        "--checkpointing_steps",
+        "2",
+        "--resume_from_checkpoint",
+        "latest",
     )
     assert again["train_steps"] == first["train_steps"] == 4
     assert json.loads((out / "train_log.json").read_text()) == log
@@ -231,19 +224,8 @@ def test_resume_from_a_missing_or_foreign_checkpoint_is_a_clear_error(corpus, tm
     assert main(tiny_args(corpus, tmp_path / "a", "--resume_from_checkpoint", str(tmp_path / "nope"))) == 1
     assert "no such folder" in capsys.readouterr().err
     first = tmp_path / "b"
-    train(
-        TrainingSettings.from_argv(
-            tiny_args(
-                corpus,
-                first,
-                "--max_train_steps",
-                "2",
-                "--checkpointing_steps",
-                "2",
-                "--sample_max_new_tokens",
-                "0",
-            )
-        )
+    train_tiny(
+        corpus, first, "--max_train_steps", "2", "--checkpointing_steps", "2", "--sample_max_new_tokens", "0"
     )
     other = tiny_args(corpus, first, "--resume_from_checkpoint", str(first / "step_2"))
     other[other.index("--config_overrides") + 1] = "hidden_size=24,num_hidden_layers=2"
@@ -253,20 +235,16 @@ def test_resume_from_a_missing_or_foreign_checkpoint_is_a_clear_error(corpus, tm
 
 def test_tensorboard_tracking_works_offline(corpus, tmp_path):
     out = tmp_path / "tracked"
-    train(
-        TrainingSettings.from_argv(
-            tiny_args(
-                corpus,
-                out,
-                "--max_train_steps",
-                "3",
-                "--with_tracking",
-                "--report_to",
-                "tensorboard",
-                "--sample_max_new_tokens",
-                "0",
-            )
-        )
+    train_tiny(
+        corpus,
+        out,
+        "--max_train_steps",
+        "3",
+        "--with_tracking",
+        "--report_to",
+        "tensorboard",
+        "--sample_max_new_tokens",
+        "0",
     )
     assert list(out.rglob("events.out.tfevents.*"))
 
@@ -298,19 +276,8 @@ def test_push_to_hub_uploads_a_loadable_model_repo_to_a_local_stand_in(corpus, t
     from hf_lstm.hub import push_folder
 
     out = tmp_path / "pushed"
-    train(
-        TrainingSettings.from_argv(
-            tiny_args(
-                corpus,
-                out,
-                "--max_train_steps",
-                "4",
-                "--checkpointing_steps",
-                "2",
-                "--sample_max_new_tokens",
-                "0",
-            )
-        )
+    train_tiny(
+        corpus, out, "--max_train_steps", "4", "--checkpointing_steps", "2", "--sample_max_new_tokens", "0"
     )
     hub = LocalHubStandIn(tmp_path / "hub")
     url = push_folder(out, "me/tiny-lstm", api=hub)

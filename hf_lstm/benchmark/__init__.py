@@ -49,12 +49,10 @@ __all__ = [
     "SECTIONS",
     "Measurement",
     "Report",
-    "StepClock",
     "NaiveLSTM",
     "bare_floor",
     "generate_per_token",
     "gpt2_matched",
-    "interleaved",
     "reference_model",
     "step_loop",
 ]

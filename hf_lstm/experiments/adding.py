@@ -40,6 +40,8 @@ from .runner import (
     environment,
     parse_cell_types,
     pyplot,
+    recorded_settings,
+    save_figure,
 )
 
 NAME = "adding"
@@ -277,20 +279,16 @@ def run(args: argparse.Namespace, output_dir: Path) -> dict:
             "test_sequences": args.test_sequences,
             "length_range": "uniform in [T, T + T/10], one length per minibatch of 64",
         },
-        "settings": {
-            k: getattr(args, k)
-            for k in (
-                "seed",
-                "budget_minutes",
-                "hidden_size",
-                "batch_size",
-                "learning_rate",
-                "target_success",
-                "eval_every",
-                "max_steps",
-                "memory_bias",
-            )
-        },
+        "settings": recorded_settings(
+            args,
+            "hidden_size",
+            "batch_size",
+            "learning_rate",
+            "target_success",
+            "eval_every",
+            "max_steps",
+            "memory_bias",
+        ),
         "optimizer": "Adam, gradient-norm clipping at 1.0, MSE loss on the last step",
         "paper_lstm": {str(t): v for t, v in PAPER_RESULTS.items()},
         "environment": environment(),
@@ -397,19 +395,9 @@ def plot(results: dict, output_dir: Path) -> list[Path]:
         ax.set_title(f"adding problem, T = {seq_len} (minimal lag {seq_len // 2})")
         ax.legend(fontsize=7, loc="upper left")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = output_dir / "adding_success.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, output_dir / "adding_success.png")]
 
 
-EXPERIMENT = Experiment(
-    name=NAME,
-    description=__doc__.split("\n\n")[0],
-    default_cells=(*RECURRENT_CELLS, TRANSFORMER),
-    default_budget=2.0,
-    add_arguments=add_arguments,
-    run=run,
-    plot=plot,
+EXPERIMENT = Experiment.from_module(
+    globals(), default_cells=(*RECURRENT_CELLS, TRANSFORMER), default_budget=2.0
 )

@@ -29,7 +29,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .runner import RECURRENT_CELLS, Budget, Experiment, environment, parse_cell_types, pyplot
+from .runner import (
+    RECURRENT_CELLS,
+    Budget,
+    Experiment,
+    environment,
+    parse_cell_types,
+    pyplot,
+    recorded_settings,
+    save_figure,
+)
 
 NAME = "gates"
 DEFAULT_TEXT = (
@@ -321,18 +330,9 @@ def run(args: argparse.Namespace, output_dir: Path) -> dict:
         "text": args.text,
         "layer": args.layer,
         "special_cases": special_case_checks(seed=args.seed),
-        "settings": {
-            k: getattr(args, k)
-            for k in (
-                "seed",
-                "budget_minutes",
-                "hidden_size",
-                "num_layers",
-                "units",
-                "model_name_or_path",
-                "max_steps",
-            )
-        },
+        "settings": recorded_settings(
+            args, "hidden_size", "num_layers", "units", "model_name_or_path", "max_steps"
+        ),
         "environment": environment(),
         "models": {},
     }
@@ -427,20 +427,8 @@ def plot(results: dict, output_dir: Path) -> list[Path]:
         if ppl:
             title += f" (PTB valid perplexity {ppl:.0f} after {entry['seconds'] / 60:.1f} min)"
         axes[0, 0].set_title(title, fontsize=9)
-        fig.tight_layout()
-        path = output_dir / f"gates_{cell}.png"
-        fig.savefig(path, dpi=80)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_figure(fig, output_dir / f"gates_{cell}.png", dpi=80))
     return paths
 
 
-EXPERIMENT = Experiment(
-    name=NAME,
-    description=__doc__.split("\n\n")[0],
-    default_cells=RECURRENT_CELLS,
-    default_budget=2.0,
-    add_arguments=add_arguments,
-    run=run,
-    plot=plot,
-)
+EXPERIMENT = Experiment.from_module(globals(), default_cells=RECURRENT_CELLS, default_budget=2.0)

@@ -41,8 +41,11 @@ from .runner import (
     Experiment,
     add_memory_bias_argument,
     environment,
+    gpt2_config,
     parse_cell_types,
     pyplot,
+    recorded_settings,
+    save_figure,
     set_memory_bias,
 )
 
@@ -140,21 +143,10 @@ def build_language_model(
         `hf_lstm.LSTMForCausalLM` with one layer for a recurrent cell, or a 2-layer `GPT2LMHeadModel`.
     """
     if kind == TRANSFORMER:
-        from transformers import GPT2Config, GPT2LMHeadModel
+        from transformers import GPT2LMHeadModel
 
         def make(width):
-            config = GPT2Config(
-                vocab_size=vocab_size,
-                n_positions=max_positions,
-                n_embd=width,
-                n_layer=2,
-                n_head=4,
-                resid_pdrop=0.0,
-                embd_pdrop=0.0,
-                attn_pdrop=0.0,
-                bos_token_id=1,
-                eos_token_id=1,
-            )
+            config = gpt2_config(vocab_size, max_positions, width, layers=2, heads=4, special_token_id=1)
             return GPT2LMHeadModel(config)
 
         widths = range(16, 257, 4)
@@ -364,22 +356,18 @@ def run(args: argparse.Namespace, output_dir: Path) -> dict:
             "vocab_size": len(sample.vocab),
             "gap_between_country_and_language": "d + 6 positions",
         },
-        "settings": {
-            k: getattr(args, k)
-            for k in (
-                "seed",
-                "budget_minutes",
-                "max_distance",
-                "eval_sentences",
-                "hidden_size",
-                "embedding_size",
-                "batch_size",
-                "learning_rate",
-                "transformer_learning_rate",
-                "max_steps",
-                "memory_bias",
-            )
-        },
+        "settings": recorded_settings(
+            args,
+            "max_distance",
+            "eval_sentences",
+            "hidden_size",
+            "embedding_size",
+            "batch_size",
+            "learning_rate",
+            "transformer_learning_rate",
+            "max_steps",
+            "memory_bias",
+        ),
         "distances": distances,
         "chance_choice_accuracy": 1 / len(COUNTRIES),
         "environment": environment(),
@@ -434,19 +422,9 @@ def plot(results: dict, output_dir: Path) -> list[Path]:
     )
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = output_dir / "accuracy_vs_distance.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, output_dir / "accuracy_vs_distance.png")]
 
 
-EXPERIMENT = Experiment(
-    name=NAME,
-    description=__doc__.split("\n\n")[0],
-    default_cells=(*RECURRENT_CELLS, TRANSFORMER),
-    default_budget=2.0,
-    add_arguments=add_arguments,
-    run=run,
-    plot=plot,
+EXPERIMENT = Experiment.from_module(
+    globals(), default_cells=(*RECURRENT_CELLS, TRANSFORMER), default_budget=2.0
 )

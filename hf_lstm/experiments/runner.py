@@ -66,6 +66,32 @@ class Experiment:
         self.add_arguments(parser)
         return parser
 
+    @classmethod
+    def from_module(
+        cls, namespace: dict, default_cells: tuple[str, ...], default_budget: float
+    ) -> Experiment:
+        """The experiment an experiment module declares by convention: its `NAME`, the first paragraph of its
+        docstring as the description, and its functions `add_arguments`, `run` and `plot`.
+
+        Args:
+            namespace (`dict`):
+                The module's `globals()`, once those names are defined.
+            default_cells (`tuple[str, ...]`), default_budget (`float`):
+                The defaults of `--cell_types` and `--budget_minutes`.
+
+        Returns:
+            `Experiment`: the experiment, for the module to expose as `EXPERIMENT`.
+        """
+        return cls(
+            name=namespace["NAME"],
+            description=namespace["__doc__"].split("\n\n")[0],
+            default_cells=default_cells,
+            default_budget=default_budget,
+            add_arguments=namespace["add_arguments"],
+            run=namespace["run"],
+            plot=namespace["plot"],
+        )
+
 
 def run_experiment(experiment: Experiment, argv: Sequence[str] | None = None) -> int:
     """Run one experiment from its command line: parse, set up, run, write results.json, plot, report.
@@ -164,6 +190,12 @@ def parse_cell_types(text: str, allowed: tuple[str, ...]) -> list[str]:
     return cells
 
 
+def recorded_settings(args: argparse.Namespace, *names: str) -> dict:
+    """The settings a results file records: `--seed`, `--budget_minutes`, then the experiment's own `names`,
+    in that order, each with its parsed value."""
+    return {k: getattr(args, k) for k in ("seed", "budget_minutes", *names)}
+
+
 def setup(args: argparse.Namespace) -> Path:
     """Apply --threads and --seed, create --output_dir, and return it."""
     if args.threads:
@@ -243,6 +275,14 @@ def pyplot():
     return plt
 
 
+def save_figure(fig, path: Path, dpi: int = 90) -> Path:
+    """Lay out `fig` (`tight_layout`), write it to `path` at `dpi` and close it; returns `path`."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return path
+
+
 CELL_COLOURS = {
     "rnn": "tab:red",
     "gru": "tab:green",
@@ -293,19 +333,15 @@ class SequenceRegressor(nn.Module):
         super().__init__()
         self.cell_type = cell_type
         if cell_type == TRANSFORMER:
-            from transformers import GPT2Config, GPT2Model
+            from transformers import GPT2Model
 
-            config = GPT2Config(
-                n_embd=transformer_width,
-                n_layer=transformer_layers,
-                n_head=2,
-                n_positions=max_positions,
+            config = gpt2_config(
                 vocab_size=1,
-                resid_pdrop=0.0,
-                embd_pdrop=0.0,
-                attn_pdrop=0.0,
-                bos_token_id=0,
-                eos_token_id=0,
+                positions=max_positions,
+                width=transformer_width,
+                layers=transformer_layers,
+                heads=2,
+                special_token_id=0,
             )
             self.input_projection = nn.Linear(input_size, transformer_width)
             self.body = GPT2Model(config)
@@ -341,6 +377,37 @@ class SequenceRegressor(nn.Module):
         """Predictions of shape (batch,) read from the last position."""
         hidden, _ = self.hidden_states(x)
         return self.readout(hidden[:, -1]).squeeze(-1)
+
+
+def gpt2_config(vocab_size: int, positions: int, width: int, layers: int, heads: int, special_token_id: int):
+    """The `transformers.GPT2Config` of the experiments' small GPT-2s: no dropout, and one token id as both
+    beginning and end of sequence.
+
+    Args:
+        vocab_size (`int`), positions (`int`):
+            The vocabulary and the position table (`vocab_size`, `n_positions`).
+        width (`int`), layers (`int`), heads (`int`):
+            `n_embd`, `n_layer` and `n_head`.
+        special_token_id (`int`):
+            `bos_token_id` and `eos_token_id`.
+
+    Returns:
+        `transformers.GPT2Config`: the configuration.
+    """
+    from transformers import GPT2Config
+
+    return GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=positions,
+        n_embd=width,
+        n_layer=layers,
+        n_head=heads,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=special_token_id,
+        eos_token_id=special_token_id,
+    )
 
 
 def set_memory_bias(model: nn.Module, value: float) -> None:

@@ -36,6 +36,7 @@ from .runner import (
     environment,
     parse_cell_types,
     pyplot,
+    save_figure,
 )
 
 NAME = "vanishing-gradient"
@@ -244,11 +245,7 @@ def plot(results: dict, output_dir: Path) -> list[Path]:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     axes[0].set_ylabel("mean ||dL / dx_(T-d)||  (log scale)")
-    fig.tight_layout()
-    path = output_dir / "gradient_vs_distance.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    paths.append(path)
+    paths.append(save_figure(fig, output_dir / "gradient_vs_distance.png"))
 
     gated = {c: e for c, e in results["cells"].items() if "forget_gate_init" in e}
     if gated:
@@ -290,20 +287,10 @@ def plot(results: dict, output_dir: Path) -> list[Path]:
         axes[1].legend(fontsize=7)
         for ax in axes:
             ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = output_dir / "forget_gates.png"
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_figure(fig, output_dir / "forget_gates.png"))
     return paths
 
 
-EXPERIMENT = Experiment(
-    name=NAME,
-    description=__doc__.split("\n\n")[0],
-    default_cells=(*RECURRENT_CELLS, TRANSFORMER),
-    default_budget=1.0,
-    add_arguments=add_arguments,
-    run=run,
-    plot=plot,
+EXPERIMENT = Experiment.from_module(
+    globals(), default_cells=(*RECURRENT_CELLS, TRANSFORMER), default_budget=1.0
 )
