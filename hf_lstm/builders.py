@@ -17,6 +17,10 @@ from . import data
 from .configuration_hf_lstm import LSTMConfig
 
 
+TOKENIZER_FIELDS = ("vocab_size", "pad_token_id", "eos_token_id", "bos_token_id")
+"""Config fields a new model takes from its tokenizer, which `config_overrides` may not set."""
+
+
 @dataclass(frozen=True)
 class TokenIds:
     """What a new model needs to know of its tokenizer: the vocabulary size and the special ids."""
@@ -163,6 +167,12 @@ def build_model(
         parse_config_overrides(config_overrides) if isinstance(config_overrides, str) else config_overrides
     )
     overrides = overrides or {}
+    from_tokenizer = sorted(k for k in overrides if k in TOKENIZER_FIELDS)
+    if from_tokenizer:
+        raise ValueError(
+            f"--config_overrides: {', '.join(from_tokenizer)} come(s) from the tokenizer, not the config; "
+            "choose the vocabulary with --tokenizer_vocab_size or --tokenizer_name instead"
+        )
     unknown = sorted(k for k in overrides if not hasattr(config, k))
     if unknown:
         raise ValueError(f"--config_overrides: {type(config).__name__} has no field(s) {', '.join(unknown)}")

@@ -11,6 +11,7 @@ A checkpoint is a folder `OUTPUT_DIR/step_N` (or `epoch_N`) holding
                              the recurrent state carried across batches (stream batching), per process
     trainer_state.json       step, epoch, position in the epoch, scheduler, losses so far, and what was
                              trained
+    checksums.json           the sha256 of every file above, checked before a resume reads any of them
 
 It is written to `.tmp-step_N` first and renamed into place only when complete: `os.rename` of a folder is
 atomic, so a run killed at any moment leaves either the whole checkpoint or none. Nothing here unpickles:
@@ -19,6 +20,7 @@ everything loads through safetensors or JSON.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -32,6 +34,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 CHECKPOINT_PATTERN = re.compile(r"^(step|epoch)_(\d+)$")
 STATE_FILE = "trainer_state.json"
+CHECKSUMS_FILE = "checksums.json"
 
 
 class CheckpointError(ValueError):
@@ -103,6 +106,7 @@ def write_trainer_state(folder: Path, state: dict) -> None:
 def publish(output_dir: Path, name: str, keep_last: int | None = None) -> Path:
     """Move a finished `.tmp-NAME` into place as `NAME` (atomically) and prune old checkpoints."""
     tmp, final = temporary_path(output_dir, name), Path(output_dir) / name
+    _write_json(tmp / CHECKSUMS_FILE, _checksums(tmp))
     _fsync_tree(tmp)
     if final.exists():  # re-saving the same step (e.g. after a resume): swap, never leave a gap
         old = Path(output_dir) / f".old-{name}"
@@ -115,11 +119,11 @@ def publish(output_dir: Path, name: str, keep_last: int | None = None) -> Path:
     _fsync_dir(Path(output_dir))
     if keep_last:
         for stale in list_checkpoints(output_dir)[:-keep_last]:
-            _delete_atomically(stale)
+            delete_checkpoint(stale)
     return final
 
 
-def _delete_atomically(folder: Path) -> None:
+def delete_checkpoint(folder: Path) -> None:
     """Remove a checkpoint so that no moment shows it half-deleted: rename it out of the checkpoint namespace
     first (one atomic step), then delete the renamed folder. A kill mid-delete leaves `.del-NAME`, which no
     resume looks at and `remove_leftovers` clears."""
@@ -185,6 +189,39 @@ def resolve(resume_from: str, output_dir: Path) -> Path | None:
             "model.safetensors). Use a step_N/epoch_N folder written by `hf-lstm train`."
         )
     return path
+
+
+def verify(folder: Path) -> None:
+    """Check every file of a checkpoint against the sha256 written with it: a flipped byte inside a tensor
+    (which safetensors' header check cannot see) is a `CheckpointError` naming the file, and the checkpoint is
+    left as it is. Checkpoints written before checksums existed (hf_lstm 0.1) have no manifest and pass."""
+    manifest = Path(folder) / CHECKSUMS_FILE
+    if not manifest.is_file():
+        return
+    try:
+        expected = json.loads(manifest.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise CheckpointError(
+            f"{manifest} is unreadable or not JSON ({error}); resume from another checkpoint"
+        )
+    actual = _checksums(Path(folder))
+    for name, digest in sorted(expected.items()):
+        if actual.get(name) != digest:
+            problem = "is missing" if name not in actual else "does not match the checksum written with it"
+            raise CheckpointError(
+                f"{Path(folder) / name} {problem}: the checkpoint was damaged after it was saved. It is kept "
+                "as it is; resume from another checkpoint (or restore this one from a copy)"
+            )
+
+
+def _checksums(folder: Path) -> dict[str, str]:
+    """The sha256 of every file in `folder` but the manifest itself."""
+    digests = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.name != CHECKSUMS_FILE:
+            with open(path, "rb") as f:
+                digests[path.name] = hashlib.file_digest(f, "sha256").hexdigest()
+    return digests
 
 
 def read_trainer_state(folder: Path) -> dict:

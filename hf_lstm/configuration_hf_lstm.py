@@ -1,10 +1,12 @@
 """Configuration of the hf_lstm models (LSTM, GRU, vanilla RNN and peephole LSTM language models).
 
 This file travels with every saved model folder (`trust_remote_code=True` loads it without the hf_lstm
-package installed), so it imports transformers only.
+package installed), so it imports transformers and the standard library only.
 """
 
 from __future__ import annotations
+
+import math
 
 from transformers import PretrainedConfig
 
@@ -173,12 +175,15 @@ class LSTMConfig(PretrainedConfig):
             flag(name)
         for name in (*_DROPOUTS, "classifier_dropout"):
             probability(name)
-        if isinstance(self.forget_bias, bool) or not isinstance(self.forget_bias, (int, float)):
-            raise ValueError(f"forget_bias must be a number, got {self.forget_bias!r}")
+        b = self.forget_bias
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b):
+            raise ValueError(f"forget_bias must be a finite number (1.0 by default), got {b!r}")
         r = self.initializer_range
-        if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0):
+        if r is not None and (
+            isinstance(r, bool) or not isinstance(r, (int, float)) or not (r > 0 and math.isfinite(r))
+        ):
             raise ValueError(
-                f"initializer_range must be a positive number or None (1/sqrt(hidden_size)), got {r!r}"
+                f"initializer_range must be a finite positive number or None (1/sqrt(hidden_size)), got {r!r}"
             )
         if self.cell_type == "peephole" and self.implementation == "fused":
             raise ValueError(

@@ -618,8 +618,8 @@ class LSTMPreTrainedModel(PreTrainedModel):
         For example, input size 4 and hidden size 3 give z_t of size 7 and every W of shape (7, 3).
         """
         stack = self._recurrent_stack()
-        if not 0 <= layer < len(stack.layers):
-            raise ValueError(f"layer must be in [0, {len(stack.layers)}), got {layer}")
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < len(stack.layers):
+            raise ValueError(f"layer must be in [0, {len(stack.layers)}), got {layer!r}")
         if direction not in ("forward", "backward") or (
             direction == "backward" and not self.config.bidirectional
         ):
@@ -744,8 +744,8 @@ class LSTMModel(LSTMPreTrainedModel):
             use_cache = False
 
         hidden, batch, seq_len = self._embed(input_ids, inputs_embeds)
-        mask = _prepare_mask(attention_mask, batch, seq_len)
         _check_cache(past, self, batch)
+        mask = _prepare_mask(attention_mask, batch, seq_len, past.seen_tokens if past is not None else 0)
         cache = None
         if use_cache:
             cache = past if past is not None else LSTMCache()
@@ -844,8 +844,28 @@ def _check_kwargs(kwargs: dict, allowed: set[str]) -> None:
         )
 
 
-def _prepare_mask(attention_mask, batch: int, seq_len: int) -> torch.Tensor | None:
-    """The last `seq_len` columns of a (batch, >= seq_len) 0/1 mask, as bool; None when nothing is padded."""
+def _check_labels(name: str, target, shape, vocab_size: int, ignore_index: int) -> None:
+    """Labels are integer token ids in [0, vocab_size), or `ignore_index` for positions not scored."""
+    if not isinstance(target, torch.Tensor) or target.is_floating_point() or target.is_complex():
+        raise ValueError(
+            f"{name} must be an integer tensor of token ids, got {getattr(target, 'dtype', type(target))}"
+        )
+    if target.shape != shape:
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(target.shape)}")
+    outside = (target != ignore_index) & ((target < 0) | (target >= vocab_size))
+    if bool(outside.any()):
+        raise ValueError(
+            f"{name} contains token id {int(target[outside][0])}, outside [0, vocab_size={vocab_size}); "
+            f"mark positions that should not be scored with {ignore_index}"
+        )
+
+
+def _prepare_mask(attention_mask, batch: int, seq_len: int, past_len: int = 0) -> torch.Tensor | None:
+    """The mask of the `seq_len` new positions, as bool; None when nothing is padded.
+
+    The mask covers every position the state has read and the new ones: exactly `seq_len` columns without a
+    cache, `past_len + seq_len` with one (what `generate()` passes). Any other width is an error, not a guess.
+    """
     if attention_mask is None:
         return None
     if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2:
@@ -855,11 +875,12 @@ def _prepare_mask(attention_mask, batch: int, seq_len: int) -> torch.Tensor | No
             else type(attention_mask).__name__
         )
         raise ValueError(f"attention_mask must be a 2-D (batch, seq_len) tensor of 0 and 1, got {shape}")
-    if attention_mask.shape[0] != batch or attention_mask.shape[1] < seq_len:
+    if attention_mask.shape[0] != batch or attention_mask.shape[1] != past_len + seq_len:
+        covers = f"{seq_len} new" if past_len == 0 else f"{past_len} cached + {seq_len} new"
         raise ValueError(
-            f"attention_mask has shape {tuple(attention_mask.shape)} but the input is "
-            f"(batch={batch}, seq_len={seq_len}); "
-            "it needs one row per sequence and at least seq_len columns (past + new tokens are allowed)"
+            f"attention_mask has shape {tuple(attention_mask.shape)} but must be "
+            f"({batch}, {past_len + seq_len}): one row per sequence and one column per position "
+            f"({covers} tokens)"
         )
     mask = attention_mask[:, -seq_len:]
     if mask.dtype != torch.bool:
@@ -980,9 +1001,13 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None or loss_kwargs.get("shift_labels") is not None:
             for name, target in (("labels", labels), ("shift_labels", loss_kwargs.get("shift_labels"))):
-                if target is not None and target.shape != logits.shape[:2]:
-                    raise ValueError(
-                        f"{name} must have shape {tuple(logits.shape[:2])}, got {tuple(target.shape)}"
+                if target is not None:
+                    _check_labels(
+                        name,
+                        target,
+                        logits.shape[:2],
+                        self.config.vocab_size,
+                        loss_kwargs.get("ignore_index", -100),
                     )
             if loss_kwargs.get("shift_labels") is not None:
                 loss_kwargs["shift_labels"] = loss_kwargs["shift_labels"].contiguous()
@@ -996,9 +1021,8 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         )
 
 
-class LSTMForSequenceClassification(LSTMPreTrainedModel):
-    """A sequence classifier (or regressor): the stack, pooled over each sequence's real tokens, then a linear
-    layer. Bidirectional stacks are welcome here."""
+class _LSTMClassifier(LSTMPreTrainedModel):
+    """What the two classifiers share: the stack, dropout, and a linear layer over h_t (both directions)."""
 
     def __init__(self, config: LSTMConfig):
         super().__init__(config)
@@ -1008,6 +1032,11 @@ class LSTMForSequenceClassification(LSTMPreTrainedModel):
         directions = 2 if config.bidirectional else 1
         self.score = nn.Linear(directions * config.hidden_size, config.num_labels)
         self.post_init()
+
+
+class LSTMForSequenceClassification(_LSTMClassifier):
+    """A sequence classifier (or regressor): the stack, pooled over each sequence's real tokens, then a linear
+    layer. Bidirectional stacks are welcome here."""
 
     def forward(
         self,
@@ -1078,17 +1107,8 @@ class LSTMForSequenceClassification(LSTMPreTrainedModel):
         return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
-class LSTMForTokenClassification(LSTMPreTrainedModel):
+class LSTMForTokenClassification(_LSTMClassifier):
     """A per-token classifier (tagging): the stack's h_t at every position, then a linear layer."""
-
-    def __init__(self, config: LSTMConfig):
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.model = LSTMModel(config)
-        self.dropout = nn.Dropout(config.classifier_dropout)
-        directions = 2 if config.bidirectional else 1
-        self.score = nn.Linear(directions * config.hidden_size, config.num_labels)
-        self.post_init()
 
     def forward(
         self,

@@ -21,6 +21,7 @@ This module is not imported by the modeling file: a saved model folder stays fre
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 from torch import nn
@@ -125,8 +126,9 @@ def quantize_dynamic_int8(model: LSTMForCausalLM | LSTMModel) -> LSTMForCausalLM
     """Return an int8 copy of `model` for CPU inference: recurrent layers and the output layer (and the
     output projection, if any) hold int8 weights; the embedding stays float32. `model` is not changed.
 
-    The copy works with `forward`, `generate()` and `pipeline()`; it cannot be trained or saved with
-    `save_pretrained` (save the float model). Accuracy: see the perplexity change in docs/PERFORMANCE.md.
+    The copy works with `forward`, `generate()` and `pipeline()`; it cannot be trained, and its
+    `save_pretrained` (and so `push_to_hub`) refuses with a `ValueError` that says what to do: save the float
+    model and quantise after loading. Accuracy: see the perplexity change in docs/PERFORMANCE.md.
     """
     if not isinstance(model, (LSTMForCausalLM, LSTMModel)):
         raise ValueError(f"expected an LSTMForCausalLM or LSTMModel, got {type(model).__name__}")
@@ -134,14 +136,28 @@ def quantize_dynamic_int8(model: LSTMForCausalLM | LSTMModel) -> LSTMForCausalLM
         raise ValueError("int8 dynamic quantisation runs on CPU only; move the model with .cpu() first")
     qmodel = copy.deepcopy(model).float().eval()
     stack = qmodel if isinstance(qmodel, LSTMModel) else qmodel.model
-    stack.layers = nn.ModuleList(Int8RecurrentLayer(layer) for layer in stack.layers)
-    if isinstance(qmodel, LSTMForCausalLM):
-        qmodel.lm_head = _int8_linear(qmodel.lm_head.weight.detach(), _bias(qmodel.lm_head))
-        if qmodel.output_projection is not None:
-            qmodel.output_projection = _int8_linear(qmodel.output_projection.weight.detach(), None)
+    with warnings.catch_warnings():
+        # torch 2.13 deprecates creating quantised tensors; its dynamic int8 modules still do, internally
+        warnings.filterwarnings(
+            "ignore", message=".*quantized tensor creation functions.*", category=UserWarning
+        )
+        stack.layers = nn.ModuleList(Int8RecurrentLayer(layer) for layer in stack.layers)
+        if isinstance(qmodel, LSTMForCausalLM):
+            qmodel.lm_head = _int8_linear(qmodel.lm_head.weight.detach(), _bias(qmodel.lm_head))
+            if qmodel.output_projection is not None:
+                qmodel.output_projection = _int8_linear(qmodel.output_projection.weight.detach(), None)
+    qmodel.save_pretrained = _refuse_to_save  # this copy only: the float model saves as before
     for param in qmodel.parameters():
         param.requires_grad_(False)
     return qmodel
+
+
+def _refuse_to_save(*args, **kwargs):
+    raise ValueError(
+        "an int8 copy made by quantize_dynamic_int8 cannot be saved (its int8 weights have no safetensors "
+        "form that transformers loads): save the float model with save_pretrained, and quantise after "
+        "loading it: quantize_dynamic_int8(AutoModelForCausalLM.from_pretrained(folder))"
+    )
 
 
 def _bias(linear: nn.Linear) -> torch.Tensor | None:

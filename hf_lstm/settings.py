@@ -30,6 +30,81 @@ from .data import BUILTIN_CORPORA, TOKENIZER_KINDS
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "epoch_decay")
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (the problem, and where the options are listed) and exit
+    code 1, like every other refusal of the CLI; `--help` still prints the whole usage."""
+
+    def error(self, message: str):
+        self.exit(1, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric option accepts: finite, an integer if `integer`, and between `low` and `high`
+    (each bound included unless `open_low`/`open_high`)."""
+
+    low: float | None = None
+    high: float | None = None
+    integer: bool = False
+    open_low: bool = False
+    open_high: bool = False
+
+    def describe(self) -> str:
+        kind = "an integer" if self.integer else "a finite number"
+        low, high = _number(self.low), _number(self.high)
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.open_low else "[", ")" if self.open_high else "]"
+            return f"{kind} in {left}{low}, {high}{right}"
+        if self.low is not None:
+            return f"{kind} {'>' if self.open_low else '>='} {low}"
+        return kind
+
+    def check(self, name: str, value) -> None:
+        ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+        ok = ok and (not self.integer or float(value).is_integer())
+        if ok and self.low is not None:
+            ok = value > self.low if self.open_low else value >= self.low
+        if ok and self.high is not None:
+            ok = value < self.high if self.open_high else value <= self.high
+        if not ok:
+            raise ValueError(f"--{name} must be {self.describe()}, got {value!r}")
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{int(value)}" if float(value).is_integer() and abs(value) < 1e16 else f"{value:g}"
+
+
+COUNT = Range(low=1, integer=True)  # a number of things: 1 or more
+RANGES = {
+    "validation_split_percentage": Range(0, 100, open_low=True, open_high=True),
+    "preprocessing_num_workers": COUNT,
+    "tokenizer_vocab_size": COUNT,
+    "bptt": COUNT,
+    "block_size": COUNT,
+    "per_device_train_batch_size": COUNT,
+    "per_device_eval_batch_size": COUNT,
+    "learning_rate": Range(0, 1e38, open_low=True, open_high=True),
+    "weight_decay": Range(low=0),
+    "num_train_epochs": COUNT,
+    "max_train_steps": COUNT,
+    "max_train_minutes": Range(low=0, open_low=True),
+    "gradient_accumulation_steps": COUNT,
+    "num_warmup_steps": Range(low=0, integer=True),
+    "lr_decay": Range(0, 1, open_low=True),
+    "lr_decay_start_epoch": COUNT,
+    "max_grad_norm": Range(low=0),  # 0: no clipping
+    "seed": Range(0, 2**32 - 1, integer=True),
+    "eval_window": COUNT,
+    "eval_steps": COUNT,
+    "logging_steps": COUNT,
+    "checkpoints_total_limit": COUNT,
+    "sample_max_new_tokens": Range(low=0, integer=True),
+}
+"""The allowed values of every numeric option (None, where a field allows it, means "not set")."""
+
+
 def option(default, help: str, group: str, choices: tuple | None = None):
     """A field that is also a command-line option: its default, help text, argparse group and choices."""
     return field(default=default, metadata={"help": help, "group": group, "choices": choices})
@@ -152,6 +227,12 @@ class TrainingSettings:
     logging_steps: int = option(50, "Log training loss every N steps.", "output")
     checkpointing_steps: str | None = option(None, "Save a checkpoint every N steps, or 'epoch'.", "output")
     checkpoints_total_limit: int = option(2, "Keep only the newest N checkpoints.", "output")
+    overwrite_output_dir: bool = option(
+        False,
+        "Replace what --output_dir holds (another run's model and checkpoints); without it, a folder "
+        "that holds files is refused unless the run resumes it.",
+        "output",
+    )
     resume_from_checkpoint: str | None = option(
         None, "A checkpoint folder, or 'latest' (the newest in --output_dir).", "output"
     )
@@ -189,33 +270,24 @@ class TrainingSettings:
         self._check()
 
     def _check(self) -> None:
+        """Every value in its allowed range, in one place; the message names the option and the range."""
         for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
             value = getattr(self, f.name)
+            choices = f.metadata.get("choices")
             if choices and value is not None and value not in choices:
                 raise ValueError(f"--{f.name} must be one of {', '.join(choices)}, got {value!r}")
-        if not (math.isfinite(self.learning_rate) and 0 < self.learning_rate < 1e38):
-            raise ValueError(
-                f"--learning_rate must be a positive number below 1e38, got {self.learning_rate}"
-            )
-        for name in (
-            "bptt",
-            "block_size",
-            "per_device_train_batch_size",
-            "per_device_eval_batch_size",
-            "gradient_accumulation_steps",
-            "num_train_epochs",
-            "eval_window",
-            "logging_steps",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+            if f.name in RANGES and value is not None:
+                RANGES[f.name].check(f.name, value)
         steps = self.checkpointing_steps
         if steps is not None and steps != "epoch" and (not steps.isdigit() or int(steps) < 1):
             raise ValueError(f"--checkpointing_steps must be a positive integer or 'epoch', got {steps!r}")
         if not self.dataset_name and not self.train_file:
             raise ValueError(
                 "give a corpus: --dataset_name (Hub name, local path, or ptb/shakespeare) or --train_file"
+            )
+        if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
+            raise ValueError(
+                f"--output_dir {self.output_dir} is a file; give a folder (new, or one to resume)"
             )
 
     @property
@@ -244,7 +316,7 @@ class TrainingSettings:
     @classmethod
     def parser(cls) -> argparse.ArgumentParser:
         """`hf-lstm train`'s argument parser: one option per field, in the field's group."""
-        parser = argparse.ArgumentParser(
+        parser = OneLineErrorParser(
             prog="hf-lstm train",
             description="Train a causal language model (hf_lstm or a Transformer) with Accelerate.",
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -140,7 +140,14 @@ class Run:
 
 def train(settings: TrainingSettings) -> dict:
     """Run the whole job; return the final metrics (also written to OUTPUT_DIR/all_results.json)."""
-    run = _set_up(settings)
+    created = not Path(settings.output_dir).exists()
+    try:
+        run = _set_up(settings)
+    except BaseException:
+        folder = Path(settings.output_dir)
+        if created and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()  # a refused run leaves nothing behind
+        raise
     stop_reason = _train_loop(run)
     _handle_early_stop(run, stop_reason)
     run.accelerator.wait_for_everyone()
@@ -161,14 +168,9 @@ def train(settings: TrainingSettings) -> dict:
 def _set_up(settings: TrainingSettings) -> Run:
     accelerator = _make_accelerator(settings)
     output_dir = Path(settings.output_dir)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        checkpointing.remove_leftovers(output_dir)
-    accelerator.wait_for_everyone()
-    if settings.model_name_or_path:
-        check_model_folder(
-            settings.model_name_or_path
-        )  # before any data work: a damaged folder fails at once
+    if settings.model_name_or_path:  # before any data work: a damaged folder fails at once
+        check_model_folder(settings.model_name_or_path)
+    _claim_output_dir(settings, output_dir, accelerator)
     resume_dir = (
         checkpointing.resolve(settings.resume_from_checkpoint, output_dir)
         if settings.resume_from_checkpoint
@@ -238,6 +240,27 @@ def _set_up(settings: TrainingSettings) -> Run:
     return run
 
 
+def _claim_output_dir(settings: TrainingSettings, output_dir: Path, accelerator: Accelerator) -> None:
+    """Make `output_dir` this run's. A folder that already holds files is another run's (or the user's): it
+    is refused unless this run resumes it (`--resume_from_checkpoint`) or replaces it
+    (`--overwrite_output_dir`, which also removes the old run's checkpoints, so `latest` cannot find them)."""
+    if accelerator.is_main_process:
+        held = sorted(p.name for p in output_dir.iterdir()) if output_dir.is_dir() else []
+        if held and not (settings.resume_from_checkpoint or settings.overwrite_output_dir):
+            shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+            raise ValueError(
+                f"--output_dir {output_dir} already holds {len(held)} file(s) or folder(s) ({shown}); "
+                "continue that run with --resume_from_checkpoint latest, replace it with "
+                "--overwrite_output_dir, or choose a new --output_dir"
+            )
+        if held and settings.overwrite_output_dir and not settings.resume_from_checkpoint:
+            for old in checkpointing.list_checkpoints(output_dir):
+                checkpointing.delete_checkpoint(old)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        checkpointing.remove_leftovers(output_dir)
+    accelerator.wait_for_everyone()
+
+
 def _make_accelerator(settings: TrainingSettings) -> Accelerator:
     # Without an accelerator, say so: Accelerate then sets up CPU data parallelism (gloo) under a
     # multi-process launch instead of treating every process as a lone run.
@@ -255,8 +278,7 @@ def _make_accelerator(settings: TrainingSettings) -> Accelerator:
 
 
 def _load_data(settings: TrainingSettings, accelerator: Accelerator, output_dir: Path):
-    """The corpus, its tokenizer (`--tokenizer_name`, the one a resumed run saved, or a new one trained on the
-    training split) and every split as one stream of token ids."""
+    """The corpus, its tokenizer (see `_tokenizer_source`) and every split as one stream of token ids."""
     with accelerator.main_process_first():
         corpus = data.load_corpus(
             dataset_name=None
@@ -270,11 +292,10 @@ def _load_data(settings: TrainingSettings, accelerator: Accelerator, output_dir:
             text_column=settings.text_column,
             trust_remote_code=settings.trust_remote_code,
         )
-    resumed_tokenizer = settings.resume_from_checkpoint and (output_dir / "tokenizer.json").is_file()
     with accelerator.main_process_first():
         tokenizer = build_tokenizer(
             corpus["train"]["text"],
-            tokenizer_name=settings.tokenizer_name or (output_dir if resumed_tokenizer else None),
+            tokenizer_name=_tokenizer_source(settings, output_dir),
             kind=settings.tokenizer_type,
             vocab_size=settings.tokenizer_vocab_size,
             dataset_name=settings.dataset_name,
@@ -282,6 +303,27 @@ def _load_data(settings: TrainingSettings, accelerator: Accelerator, output_dir:
         )
         streams = data.tokenize_corpus(corpus, tokenizer, num_proc=settings.preprocessing_num_workers)
     return tokenizer, streams
+
+
+def _tokenizer_source(settings: TrainingSettings, output_dir: Path) -> str | None:
+    """Where the run's tokenizer comes from: `--tokenizer_name`; else the one a resumed run saved; else the
+    model's own (a model folder's tokenizer is part of the model: fine-tuning keeps it); else None, and a new
+    one is trained on the training split."""
+    if settings.tokenizer_name:
+        return settings.tokenizer_name
+    if settings.resume_from_checkpoint and (output_dir / "tokenizer.json").is_file():
+        return str(output_dir)
+    model = settings.model_name_or_path
+    if model is None:
+        return None
+    if Path(model).is_dir() and not any(
+        (Path(model) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")
+    ):
+        raise ValueError(
+            f"--model_name_or_path {model} has no tokenizer (tokenizer.json); a model needs the tokenizer "
+            "it was trained with: pass it with --tokenizer_name"
+        )
+    return model
 
 
 def _model_for(settings: TrainingSettings, tokenizer):
@@ -302,8 +344,14 @@ def _model_for(settings: TrainingSettings, tokenizer):
 
 
 def _resume(folder: Path, model, optimizer, scheduler, rank: int):
+    checkpointing.verify(folder)
     state = checkpointing.read_trainer_state(folder)
     expected = _fingerprint(model)
+    if "model_fingerprint" not in state:
+        raise checkpointing.CheckpointError(
+            f"{folder} is not a checkpoint written by `hf-lstm train` (its trainer_state.json names no "
+            "model); resume from a step_N or epoch_N folder of a run"
+        )
     if state.get("model_fingerprint") != expected:
         raise checkpointing.CheckpointError(
             f"{folder} was saved from a different model ({state.get('model_fingerprint')}), not this one "

@@ -225,7 +225,7 @@ def test_sequence_of_only_padding_keeps_the_initial_state():
     prefix = model(torch.randint(2, 40, (2, 4)), use_cache=True).cache
     before = [tuple(t.clone() for t in s) for s in prefix.states]
     ids = torch.zeros(2, 3, dtype=torch.long)
-    mask = torch.tensor([[0, 0, 0], [1, 1, 1]])
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1]])  # the 4 cached positions, then 3 new
     after = model(ids, attention_mask=mask, cache=prefix, use_cache=True).cache
     for s_before, s_after in zip(before, after.states):
         assert torch.equal(s_before[0][0], s_after[0][0]) and not torch.equal(s_before[0][1], s_after[0][1])

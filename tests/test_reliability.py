@@ -271,9 +271,9 @@ def test_resume_from_a_folder_that_is_not_a_checkpoint(corpus, finished_run, tmp
 def test_an_absurd_learning_rate_is_refused_by_the_parser(corpus, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(cli_args(corpus, tmp_path, "--learning_rate", "1e39"))
-    assert (
-        exit_info.value.code == 2 and "--learning_rate must be a positive number" in capsys.readouterr().err
-    )
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and "--learning_rate must be a finite number in (0, 1e+38)" in err
+    assert len(err.strip().splitlines()) == 1  # one line, not the whole usage
 
 
 # -- 2. faults during training ------------------------------------------------------------------------------
