@@ -199,9 +199,11 @@ def _set_up(settings: TrainingSettings) -> Run:
     if resume_dir is not None:
         state, carried = _resume(resume_dir, model, optimizer, scheduler, rank)
         accelerator.print(f"resumed from {resume_dir} at step {state['completed_steps']}")
-    if (
-        accelerator.is_main_process
-    ):  # only now that model and checkpoint are known good: a refused run overwrites nothing
+    if accelerator.is_main_process:
+        # only now that model and checkpoint are known good: a refused run overwrites nothing
+        if settings.overwrite_output_dir and not settings.resume_from_checkpoint:
+            for old in checkpointing.list_checkpoints(output_dir):
+                checkpointing.delete_checkpoint(old)
         tokenizer.save_pretrained(output_dir)
     prepared, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(prepared)
@@ -243,7 +245,8 @@ def _set_up(settings: TrainingSettings) -> Run:
 def _claim_output_dir(settings: TrainingSettings, output_dir: Path, accelerator: Accelerator) -> None:
     """Make `output_dir` this run's. A folder that already holds files is another run's (or the user's): it
     is refused unless this run resumes it (`--resume_from_checkpoint`) or replaces it
-    (`--overwrite_output_dir`, which also removes the old run's checkpoints, so `latest` cannot find them)."""
+    (`--overwrite_output_dir`: the old run's checkpoints are removed once this run's model and data have
+    loaded, so `latest` cannot find them and a refused run changes nothing)."""
     if accelerator.is_main_process:
         held = sorted(p.name for p in output_dir.iterdir()) if output_dir.is_dir() else []
         if held and not (settings.resume_from_checkpoint or settings.overwrite_output_dir):
@@ -253,9 +256,6 @@ def _claim_output_dir(settings: TrainingSettings, output_dir: Path, accelerator:
                 "continue that run with --resume_from_checkpoint latest, replace it with "
                 "--overwrite_output_dir, or choose a new --output_dir"
             )
-        if held and settings.overwrite_output_dir and not settings.resume_from_checkpoint:
-            for old in checkpointing.list_checkpoints(output_dir):
-                checkpointing.delete_checkpoint(old)
         output_dir.mkdir(parents=True, exist_ok=True)
         checkpointing.remove_leftovers(output_dir)
     accelerator.wait_for_everyone()

@@ -112,7 +112,7 @@ def test_cli_refuses_a_bad_config_in_one_line_and_overwrites_nothing(
     corpus, finished_run, capsys, overrides, message
 ):
     before = snapshot(finished_run)
-    args = cli_args(corpus, finished_run, "--max_train_steps", "2")
+    args = cli_args(corpus, finished_run, "--max_train_steps", "2", "--overwrite_output_dir")
     args[args.index("--config_overrides") + 1] = overrides
     assert main(args) == 1
     err = error_line(capsys)
@@ -173,6 +173,7 @@ def test_a_tokenizer_larger_than_the_models_vocabulary_is_refused(corpus, finish
                 str(finished_run),
                 "--max_train_steps",
                 "2",
+                "--overwrite_output_dir",
             )
         )
         == 1
@@ -253,9 +254,18 @@ def test_resume_from_a_damaged_checkpoint_is_a_clear_error_that_keeps_it(
         == 1
     )
     err = capsys.readouterr().err
-    assert "step_4/model.safetensors does not fit this model or is damaged" in err
+    assert "step_4/model.safetensors does not match the checksum written with it" in err
     assert snapshot(out) == damaged
+    (
+        out / "step_4" / "checksums.json"
+    ).unlink()  # a checkpoint without a manifest (hf_lstm 0.1) is still checked
+    assert (
+        main(cli_args(corpus, out, "--max_train_steps", "6", "--resume_from_checkpoint", str(out / "step_4")))
+        == 1
+    )
+    assert "step_4/model.safetensors does not fit this model or is damaged" in capsys.readouterr().err
     (out / "step_2" / "trainer_state.json").write_text("{")
+    (out / "step_2" / "checksums.json").unlink()
     assert (
         main(cli_args(corpus, out, "--max_train_steps", "6", "--resume_from_checkpoint", str(out / "step_2")))
         == 1
