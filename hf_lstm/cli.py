@@ -82,12 +82,16 @@ def dispatch(menu: Menu, argv: list[str]) -> int:
             The arguments: the name first, then the chosen thing's own arguments.
 
     Returns:
-        `int`: the chosen thing's exit status; 0 after printing the usage for no arguments, `-h` or `--help`;
-        2, with the usage and the valid names on stderr, for an unknown name.
+        `int`: the chosen thing's exit status; 0 after printing the usage for `-h` or `--help`; 1, with the
+        usage on stderr, when nothing is chosen; 2, with the usage and the valid names, for an unknown name.
     """
-    if not argv or argv[0] in ("-h", "--help"):
+    if argv and argv[0] in ("-h", "--help"):
         print(menu.usage())
         return 0
+    if not argv:  # nothing chosen: say what can be, and fail (a script that forgot the name must notice)
+        print(f"{menu.prog}: no {menu.noun} given\n", file=sys.stderr)
+        print(menu.usage(), file=sys.stderr)
+        return 1
     name, rest = argv[0], argv[1:]
     if name not in menu.choices:
         print(

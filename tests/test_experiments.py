@@ -330,7 +330,7 @@ def test_an_unknown_command_is_refused_with_the_choices(capsys):
 
 
 def test_help_lists_every_command_and_every_experiment(capsys):
-    assert cli.main(["--help"]) == 0 and cli.main([]) == 0
+    assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: hf-lstm COMMAND [ARGS...]")
     assert all(f"  {name:<12}{help_}" in out for name, (_, help_) in cli.COMMANDS.items())
@@ -338,6 +338,23 @@ def test_help_lists_every_command_and_every_experiment(capsys):
     out = capsys.readouterr().out
     assert out.startswith("usage: hf-lstm experiment NAME --output_dir DIR")
     assert all(f"  {name:<20}{summary}" in out for name, (_, summary) in EXPERIMENTS.items())
+
+
+def test_experiment_without_a_name_exits_1_with_the_list(capsys):
+    assert cli.main(["experiment"]) == 1 and cli.main([]) == 1
+    err = capsys.readouterr().err
+    assert "hf-lstm experiment: no experiment given" in err and "hf-lstm: no command given" in err
+    assert all(name in err for name in EXPERIMENTS)
+
+
+def test_a_bad_cell_types_leaves_no_output_folder(tmp_path, capsys):
+    out = tmp_path / "adding"
+    assert cli.main(["experiment", "adding", "--output_dir", str(out), "--cell_types", "bogus"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1 and "hf-lstm experiment adding: error: --cell_types must be a comma-separated" in err[0]
+    )
+    assert not out.exists()
 
 
 def test_every_registered_experiment_is_defined_under_its_name(capsys):

@@ -103,11 +103,20 @@ def run_experiment(experiment: Experiment, argv: Sequence[str] | None = None) ->
             Its arguments (those after `hf-lstm experiment NAME`); `sys.argv` when `None`.
 
     Returns:
-        `int`: the exit status, 0.
+        `int`: the exit status: 0, or 1 after one line on stderr for a `ValueError` (bad arguments).
     """
     args = experiment.parser().parse_args(argv)
+    created = not Path(args.output_dir).exists()
     output_dir = setup(args)
-    results = experiment.run(args, output_dir)
+    try:
+        results = experiment.run(args, output_dir)
+    except BaseException as error:
+        if created and not any(output_dir.iterdir()):
+            output_dir.rmdir()  # a refused run (a bad --cell_types, ...) leaves no empty folder behind
+        if isinstance(error, ValueError):
+            print(f"hf-lstm experiment {experiment.name}: error: {error}", file=sys.stderr)
+            return 1
+        raise
     path = write_results(output_dir, results)
     if not args.no_plots:
         experiment.plot(results, output_dir)
@@ -178,13 +187,13 @@ def parse_cell_types(text: str, allowed: tuple[str, ...]) -> list[str]:
             The names the experiment accepts.
 
     Returns:
-        `list[str]`: the names in the order given; exits with a message naming the allowed ones if any is not
+        `list[str]`: the names in the order given. A `ValueError` names the allowed ones if any is not
         allowed or none is given.
     """
     cells = [c.strip() for c in text.split(",") if c.strip()]
     bad = [c for c in cells if c not in allowed]
     if not cells or bad:
-        raise SystemExit(
+        raise ValueError(
             f"--cell_types must be a comma-separated subset of {','.join(allowed)}; got {text!r}"
         )
     return cells
