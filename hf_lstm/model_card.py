@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .configuration_hf_lstm import is_hf_lstm
 from .machine import machine_summary
 
 PROTOCOLS = {
@@ -26,57 +27,7 @@ def build_model_card(
     """A `ModelCard` for the model `name` trained on `dataset`, with model-index metrics for every split and
     protocol present in `results` (what `hf-lstm train` writes to all_results.json), and `command`, the
     `hf-lstm train` options that reproduce the run."""
-    eval_results = []
-    for split in ("validation", "test"):
-        for protocol in ("fixed_window", "stateful"):
-            value = results.get(f"{split}_perplexity_{protocol}")
-            if value is None:
-                continue
-            eval_results.append(
-                EvalResult(
-                    task_type="text-generation",
-                    dataset_type=str(dataset),
-                    dataset_name=str(dataset),
-                    dataset_config=dataset_config,
-                    dataset_split=split,
-                    metric_type="perplexity",
-                    metric_value=round(value, 2),
-                    metric_name=f"perplexity ({protocol.replace('_', ' ')})",
-                )
-            )
-    card_data = ModelCardData(
-        library_name="transformers",
-        pipeline_tag="text-generation",
-        tags=["hf_lstm", results["model_type"], "custom_code"],
-        model_name=name,
-        eval_results=eval_results or None,
-    )
-    metric_rows = "\n".join(
-        f"| {split} | {protocol.replace('_', ' ')} | {results[f'{split}_perplexity_{protocol}']:.2f} |"
-        for split in ("validation", "test")
-        for protocol in ("fixed_window", "stateful")
-        if results.get(f"{split}_perplexity_{protocol}") is not None
-    )
-    protocol_notes = "\n".join(f"- {v.format(window=results.get('eval_window'))}" for v in PROTOCOLS.values())
-    lines = []  # one option per line, values quoted: a command that runs when pasted
-    for token in command:
-        if token.startswith("--"):
-            lines.append(f"    {token}")
-        else:
-            lines[-1] += " " + shlex.quote(token)
-    arg_lines = " \\\n".join(lines)
-    if results["model_type"] == "hf_lstm":
-        remote_code_note = (
-            "`trust_remote_code=True` runs the two Python files in this folder (`modeling_hf_lstm.py`,\n"
-            "`configuration_hf_lstm.py`); read them first, and pin a `revision` when loading from the Hub. "
-            "With the\n"
-            "`hf_lstm` package installed (`import hf_lstm`), the installed code is used instead."
-        )
-    else:
-        remote_code_note = (
-            f"`{results['model_type']}` is built into transformers: `trust_remote_code` is not needed "
-            "for the model (it does no harm)."
-        )
+    card_data = _card_data(name, results, dataset, dataset_config)
     content = f"""---
 {card_data.to_yaml()}
 ---
@@ -87,7 +38,61 @@ A `{results["model_type"]}` causal language model with {results["num_parameters"
 `hf_lstm`'s `hf-lstm train` on `{dataset}`
 (batching: `{results["batching"]}`).
 
-## Use
+{_use_section(results["model_type"])}
+
+{_evaluation_section(results)}
+
+{_training_section(results, command)}"""
+    return ModelCard(content)
+
+
+def _card_data(name: str, results: dict, dataset: str, dataset_config: str | None) -> ModelCardData:
+    """The card's metadata: library, task, tags, and the model index (a perplexity per split and protocol)."""
+    eval_results = [
+        EvalResult(
+            task_type="text-generation",
+            dataset_type=str(dataset),
+            dataset_name=str(dataset),
+            dataset_config=dataset_config,
+            dataset_split=split,
+            metric_type="perplexity",
+            metric_value=round(results[f"{split}_perplexity_{protocol}"], 2),
+            metric_name=f"perplexity ({protocol.replace('_', ' ')})",
+        )
+        for split, protocol in _measured(results)
+    ]
+    return ModelCardData(
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=["hf_lstm", results["model_type"], "custom_code"],
+        model_name=name,
+        eval_results=eval_results or None,
+    )
+
+
+def _measured(results: dict) -> list[tuple[str, str]]:
+    """The (split, protocol) pairs that `results` holds a perplexity for."""
+    return [
+        (split, protocol)
+        for split in ("validation", "test")
+        for protocol in ("fixed_window", "stateful")
+        if results.get(f"{split}_perplexity_{protocol}") is not None
+    ]
+
+
+def _use_section(model_type: str) -> str:
+    if is_hf_lstm(model_type):
+        remote_code_note = (
+            "`trust_remote_code=True` runs the two Python files in this folder (`modeling_hf_lstm.py`,\n"
+            "`configuration_hf_lstm.py`); read them first, and pin a `revision` when loading from the Hub. "
+            "With the\n`hf_lstm` package installed (`import hf_lstm`), the installed code is used instead."
+        )
+    else:
+        remote_code_note = (
+            f"`{model_type}` is built into transformers: `trust_remote_code` is not needed "
+            "for the model (it does no harm)."
+        )
+    return f"""## Use
 
 ```python
 from transformers import pipeline
@@ -96,19 +101,36 @@ generator = pipeline("text-generation", model="PATH_OR_REPO_ID", trust_remote_co
 print(generator("the", max_new_tokens=30)[0]["generated_text"])
 ```
 
-{remote_code_note}
+{remote_code_note}"""
 
-## Evaluation
+
+def _evaluation_section(results: dict) -> str:
+    rows = "\n".join(
+        f"| {split} | {protocol.replace('_', ' ')} | {results[f'{split}_perplexity_{protocol}']:.2f} |"
+        for split, protocol in _measured(results)
+    )
+    notes = "\n".join(f"- {v.format(window=results.get('eval_window'))}" for v in PROTOCOLS.values())
+    return f"""## Evaluation
 
 | split | protocol | perplexity |
 |---|---|---:|
-{metric_rows}
+{rows}
 
-{protocol_notes}
+{notes}
 
-Perplexity is the exponential of the mean next-token cross-entropy over every scored token (token-weighted).
+Perplexity is the exponential of the mean next-token cross-entropy over every scored token \
+(token-weighted)."""
 
-## Training
+
+def _training_section(results: dict, command: list[str]) -> str:
+    lines = []  # one option per line, values quoted: a command that runs when pasted
+    for token in command:
+        if token.startswith("--"):
+            lines.append(f"    {token}")
+        else:
+            lines[-1] += " " + shlex.quote(token)
+    options = " \\\n".join(lines)
+    return f"""## Training
 
 - steps: {results["train_steps"]:,}; tokens: {results["train_tokens"]:,}; \
 wall-clock: {results["train_seconds"]:.0f} s
@@ -122,10 +144,9 @@ measured in the run)
 
 ```
 hf-lstm train \\
-{arg_lines}
+{options}
 ```
 """
-    return ModelCard(content)
 
 
 def write_model_card(output_dir: Path, results: dict, **card) -> Path:

@@ -42,39 +42,17 @@ from .modeling_hf_lstm import LSTMCache
 from .settings import TrainingSettings
 
 
-class Batches:
-    """The training batches of one process for one epoch, addressable by index (so a resume can skip)."""
-
-    def __init__(self, settings: TrainingSettings, ids: torch.LongTensor, rank: int, world: int, epoch: int):
-        self.stream = settings.batching == "stream"
-        batch_size = settings.per_device_train_batch_size
-        if self.stream:
-            self.batcher = data.StreamBatcher(ids, batch_size, settings.bptt, rank, world)
-            self.length = len(self.batcher)
-            return
-        self.blocks = data.group_texts_dataset(ids, settings.block_size)
-        order = torch.randperm(
-            len(self.blocks), generator=torch.Generator().manual_seed(settings.seed + epoch)
-        )
-        per_process = len(order) // world
-        mine = order[rank * per_process : (rank + 1) * per_process]
-        self.length = per_process // batch_size
-        if self.length == 0:
-            raise ValueError(
-                f"the training split has {len(self.blocks)} blocks of {settings.block_size} tokens, fewer "
-                f"than one batch of {batch_size} per process: lower --block_size or "
-                "--per_device_train_batch_size, or use a larger corpus"
-            )
-        self.order = mine[: self.length * batch_size].view(self.length, -1)
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> tuple[torch.LongTensor, torch.LongTensor]:
-        if self.stream:
-            return self.batcher[index]
-        block = torch.stack([self.blocks[int(i)]["input_ids"] for i in self.order[index]])
-        return block, block
+def _epoch_batches(settings: TrainingSettings, ids, rank: int, world: int, epoch: int) -> data.EpochBatches:
+    return data.EpochBatches(
+        ids,
+        settings.batching,
+        settings.per_device_train_batch_size,
+        settings.bptt,
+        settings.block_size,
+        seed=settings.seed + epoch,
+        process_index=rank,
+        num_processes=world,
+    )
 
 
 class StopSignal:
@@ -183,7 +161,7 @@ def _set_up(settings: TrainingSettings) -> Run:
     model = _model_for(settings, tokenizer)
     optimizer = build_optimizer(model, settings.optimizer, settings.learning_rate, settings.weight_decay)
     rank, world = accelerator.process_index, accelerator.num_processes
-    batches = len(Batches(settings, streams["train"], rank, world, 0))
+    batches = len(_epoch_batches(settings, streams["train"], rank, world, 0))
     steps_per_epoch = math.ceil(batches / settings.gradient_accumulation_steps)
     total_steps = settings.max_train_steps or steps_per_epoch * settings.num_train_epochs
     scheduler = build_scheduler(
@@ -410,7 +388,7 @@ def _train_loop(run: Run) -> str | None:
 
 def _train_epoch(run: Run, epoch: int, stop_signal: StopSignal, progress) -> str | None:
     state, world = run.state, run.accelerator.num_processes
-    batches = Batches(run.settings, run.streams["train"], run.accelerator.process_index, world, epoch)
+    batches = _epoch_batches(run.settings, run.streams["train"], run.accelerator.process_index, world, epoch)
     resuming_this_epoch = epoch == state["epoch"]
     run.cache = run.carried_on_resume if resuming_this_epoch else None  # the state restarts with every epoch
     run.carried_on_resume = None

@@ -44,8 +44,8 @@ def test_for_model_builds_the_registered_config():
         ("tie_word_embeddings", 1, "tie_word_embeddings must be True or False"),
         ("weight_dropout", 1.0, "weight_dropout must be a probability in [0, 1)"),
         ("input_dropout", -0.1, "input_dropout must be a probability"),
-        ("forget_bias", "one", "forget_bias must be a number"),
-        ("initializer_range", 0, "initializer_range must be a positive number"),
+        ("forget_bias", "one", "forget_bias must be a finite number"),
+        ("initializer_range", 0, "initializer_range must be a finite positive number"),
         ("pad_token_id", 10_000, "pad_token_id must be a token id in [0, vocab_size=10000)"),
     ],
 )

@@ -19,6 +19,7 @@ docs/DATA.md tells the same story with the numbers measured on the built-in corp
 
 from .batching import (
     IGNORE_INDEX,
+    EpochBatches,
     BlockDataset,
     FixedWindows,
     StreamBatcher,
@@ -60,6 +61,7 @@ __all__ = [
     "tokenize_corpus",
     "train_tokenizer",
     "IGNORE_INDEX",
+    "EpochBatches",
     "BlockDataset",
     "FixedWindows",
     "StreamBatcher",

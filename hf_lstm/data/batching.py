@@ -177,6 +177,50 @@ def group_texts_dataset(ids: torch.LongTensor, block_size: int) -> BlockDataset:
     return BlockDataset(ids, block_size)
 
 
+class EpochBatches:
+    """The training batches of one process for one epoch, addressable by index (so a resume can skip to where
+    it stopped): carried-state windows (`batching="stream"`, a `StreamBatcher`), or blocks of `block_size`
+    tokens shuffled with `seed` and shared out among the processes (`"blocks"`, each batch its own labels)."""
+
+    def __init__(
+        self,
+        ids: torch.LongTensor,
+        batching: str,
+        batch_size: int,
+        bptt: int,
+        block_size: int,
+        seed: int = 0,
+        process_index: int = 0,
+        num_processes: int = 1,
+    ):
+        self.stream = batching == "stream"
+        if self.stream:
+            self.batcher = StreamBatcher(ids, batch_size, bptt, process_index, num_processes)
+            self.length = len(self.batcher)
+            return
+        self.blocks = group_texts_dataset(ids, block_size)
+        order = torch.randperm(len(self.blocks), generator=torch.Generator().manual_seed(seed))
+        per_process = len(order) // num_processes
+        mine = order[process_index * per_process : (process_index + 1) * per_process]
+        self.length = per_process // batch_size
+        if self.length == 0:
+            raise ValueError(
+                f"the training split has {len(self.blocks)} blocks of {block_size} tokens, fewer "
+                f"than one batch of {batch_size} per process: lower --block_size or "
+                "--per_device_train_batch_size, or use a larger corpus"
+            )
+        self.order = mine[: self.length * batch_size].view(self.length, -1)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[torch.LongTensor, torch.LongTensor]:
+        if self.stream:
+            return self.batcher[index]
+        block = torch.stack([self.blocks[int(i)]["input_ids"] for i in self.order[index]])
+        return block, block
+
+
 # --------------------------------------------------------------------------------------------------------
 # Fixed-window evaluation
 # --------------------------------------------------------------------------------------------------------

@@ -111,6 +111,17 @@ def load_corpus(
         ValueError: anything else that stops the load (unreachable Hub, unknown dataset, empty file or
             split, no usable text column, contradictory arguments), with a message that says what to do.
     """
+    _check_corpus_arguments(
+        dataset_name, train_file, validation_file, test_file, validation_split_percentage, trust_remote_code
+    )
+    raw, source = _read_source(dataset_name, dataset_config_name, train_file, validation_file, test_file)
+    return _finish_corpus(raw, source, validation_split_percentage, text_column)
+
+
+def _check_corpus_arguments(
+    dataset_name, train_file, validation_file, test_file, validation_split_percentage, trust_remote_code
+) -> None:
+    """Refuse contradictory or missing corpus arguments before anything is read."""
     if dataset_name is not None and train_file is not None:
         raise ValueError(
             f"Both dataset_name={dataset_name!r} and train_file={train_file!r} were given; pass only one "
@@ -138,6 +149,11 @@ def load_corpus(
             "trust_remote_code=True has no effect: datasets >= 4 no longer runs dataset loading scripts."
         )
 
+
+def _read_source(
+    dataset_name, dataset_config_name, train_file, validation_file, test_file
+) -> tuple[datasets.DatasetDict, str]:
+    """The raw splits of the corpus the arguments name, and a description of where they came from."""
     if train_file is not None:
         files = {"train": train_file, "validation": validation_file, "test": test_file}
         source = f"train_file {train_file!r}"
@@ -157,7 +173,7 @@ def load_corpus(
         source = f"Hub dataset {dataset_name!r}"
         raw = _load_hub_dataset(dataset_name, dataset_config_name)
 
-    return _finish_corpus(raw, source, validation_split_percentage, text_column)
+    return raw, source
 
 
 def _looks_like_a_path(name: str) -> bool:

@@ -85,6 +85,20 @@ def train_tokenizer(
     Returns:
         A `PreTrainedTokenizerFast` ready for `save_pretrained`.
     """
+    specials = [PAD_TOKEN, EOS_TOKEN]
+    vocab_size = _checked_vocab_size(texts, kind, vocab_size, min_frequency, specials)
+    counted = _Counted(texts)
+    if kind == "bpe":
+        tokenizer = _train_bpe(counted, vocab_size, min_frequency, specials)
+    else:
+        tokenizer = _train_word_level(counted, kind, vocab_size, min_frequency, specials)
+    if counted.rows == 0:
+        raise ValueError("train_tokenizer got no text (texts was empty); pass the training split's rows.")
+    return _wrap(tokenizer)
+
+
+def _checked_vocab_size(texts, kind: str, vocab_size: int | None, min_frequency: int, specials: list[str]):
+    """The vocabulary size to train (BPE's default filled in), after refusing what cannot be trained."""
     if kind not in TOKENIZER_KINDS:
         raise ValueError(f"Unknown tokenizer kind {kind!r}; choose one of {', '.join(TOKENIZER_KINDS)}.")
     if isinstance(texts, str):
@@ -94,7 +108,6 @@ def train_tokenizer(
         )
     if min_frequency < 1:
         raise ValueError(f"min_frequency must be at least 1, got {min_frequency}.")
-    specials = [PAD_TOKEN, EOS_TOKEN]
     if kind == "bpe":
         vocab_size = DEFAULT_BPE_VOCAB_SIZE if vocab_size is None else vocab_size
         smallest = len(pre_tokenizers.ByteLevel.alphabet()) + len(specials)
@@ -108,50 +121,54 @@ def train_tokenizer(
             f"vocab_size={vocab_size} leaves no room beside {specials} and the unknown token; "
             "pass a larger vocab_size, or None to keep everything seen."
         )
+    return vocab_size
 
-    counted = _Counted(texts)
-    if kind == "bpe":
-        tokenizer = Tokenizer(models.BPE())
-        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tokenizer.decoder = decoders.ByteLevel()
-        tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size,
-            min_frequency=min_frequency,
-            special_tokens=specials,
-            show_progress=False,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+
+def _train_bpe(counted, vocab_size: int, min_frequency: int, specials: list[str]) -> Tokenizer:
+    """Byte-level BPE as in GPT-2: every byte is in the alphabet, so nothing is unknown."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=specials,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(counted, trainer)
+    return tokenizer
+
+
+def _train_word_level(counted, kind: str, vocab_size: int | None, min_frequency: int, specials: list[str]):
+    """A word (whitespace-split) or character vocabulary, ordered specials, unknown, then by frequency."""
+    if kind == "word":
+        # Each word carries its leading space as GPT-2's "Ġ", so the decoded text of any slice of ids
+        # starts with the space that separated it from what came before: the text-generation pipeline
+        # decodes only the new ids and appends them to the prompt, which needs exactly that.
+        unk = WORD_UNK_TOKEN
+        pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.WhitespaceSplit(),
+                pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=False),
+            ]
         )
-        tokenizer.train_from_iterator(counted, trainer)
+        decoder = decoders.ByteLevel()
     else:
-        if kind == "word":
-            # Each word carries its leading space as GPT-2's "Ġ", so the decoded text of any slice of ids
-            # starts with the space that separated it from what came before: the text-generation pipeline
-            # decodes only the new ids and appends them to the prompt, which needs exactly that.
-            unk = WORD_UNK_TOKEN
-            pre_tokenizer = pre_tokenizers.Sequence(
-                [
-                    pre_tokenizers.WhitespaceSplit(),
-                    pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=False),
-                ]
-            )
-            decoder = decoders.ByteLevel()
-        else:
-            unk = UNK_TOKEN
-            pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-            decoder = decoders.Fuse()
-        tokenizer = Tokenizer(models.WordLevel(unk_token=unk))
-        tokenizer.pre_tokenizer = pre_tokenizer
-        tokenizer.decoder = decoder
-        trainer = trainers.WordLevelTrainer(
-            vocab_size=2**31 - 1, min_frequency=min_frequency, special_tokens=specials, show_progress=False
-        )
-        tokenizer.train_from_iterator(counted, trainer)
-        vocab = _ordered_vocab(tokenizer.get_vocab(), specials + [unk], vocab_size)
-        tokenizer.model = models.WordLevel(vocab, unk_token=unk)
-    if counted.rows == 0:
-        raise ValueError("train_tokenizer got no text (texts was empty); pass the training split's rows.")
-    return _wrap(tokenizer)
+        unk = UNK_TOKEN
+        pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        decoder = decoders.Fuse()
+    tokenizer = Tokenizer(models.WordLevel(unk_token=unk))
+    tokenizer.pre_tokenizer = pre_tokenizer
+    tokenizer.decoder = decoder
+    trainer = trainers.WordLevelTrainer(
+        vocab_size=2**31 - 1, min_frequency=min_frequency, special_tokens=specials, show_progress=False
+    )
+    tokenizer.train_from_iterator(counted, trainer)
+    vocab = _ordered_vocab(tokenizer.get_vocab(), specials + [unk], vocab_size)
+    tokenizer.model = models.WordLevel(vocab, unk_token=unk)
+    return tokenizer
 
 
 class _Counted:
