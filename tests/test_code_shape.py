@@ -1,6 +1,6 @@
 """The habits that keep the package readable (docs/ARCHITECTURE.md): no module over 700 lines (the model file
-excepted: one modeling file per model is the Hugging Face convention) and no function over 80 lines. `ruff` and
-`lint-imports` (the import layers) run in CI next to the tests."""
+excepted: one modeling file per model is the Hugging Face convention) and no function over 80 lines. `ruff`
+and `lint-imports` (the import layers) run in CI next to the tests."""
 
 import ast
 from pathlib import Path
