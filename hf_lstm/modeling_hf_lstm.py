@@ -1022,7 +1022,8 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
 
 
 class _LSTMClassifier(LSTMPreTrainedModel):
-    """What the two classifiers share: the stack, dropout, and a linear layer over h_t (both directions)."""
+    """What the two classifiers share: the stack, dropout, a linear layer over h_t (both directions), and
+    `forward`; each subclass turns the stack's output into logits and a loss (`_classify`)."""
 
     def __init__(self, config: LSTMConfig):
         super().__init__(config)
@@ -1032,11 +1033,6 @@ class _LSTMClassifier(LSTMPreTrainedModel):
         directions = 2 if config.bidirectional else 1
         self.score = nn.Linear(directions * config.hidden_size, config.num_labels)
         self.post_init()
-
-
-class LSTMForSequenceClassification(_LSTMClassifier):
-    """A sequence classifier (or regressor): the stack, pooled over each sequence's real tokens, then a linear
-    layer. Bidirectional stacks are welcome here."""
 
     def forward(
         self,
@@ -1050,8 +1046,7 @@ class LSTMForSequenceClassification(_LSTMClassifier):
     ) -> LSTMClassifierOutput:
         r"""
         Args:
-            labels (`torch.Tensor` of shape `(batch,)` or `(batch, num_labels)`, *optional*): class ids
-                (single-label), floats (regression, `num_labels == 1`) or multi-hot rows (multi-label).
+            labels (`torch.Tensor`, *optional*): as the class describes (one per sequence, or one per token).
             Other arguments: as in [`LSTMModel.forward`].
         """
         outputs = self.model(
@@ -1063,7 +1058,22 @@ class LSTMForSequenceClassification(_LSTMClassifier):
             output_gates=output_gates,
             **kwargs,
         )
-        hidden = outputs.last_hidden_state  # padded positions carry the state of the last real token
+        logits, loss = self._classify(outputs.last_hidden_state, attention_mask, labels)
+        return LSTMClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, gates=outputs.gates
+        )
+
+
+class LSTMForSequenceClassification(_LSTMClassifier):
+    """A sequence classifier (or regressor): the stack, pooled over each sequence's real tokens, then a linear
+    layer. Bidirectional stacks are welcome here.
+
+    `labels` (`(batch,)` or `(batch, num_labels)`): class ids (single-label), floats (regression,
+    `num_labels == 1`) or multi-hot rows (multi-label).
+    """
+
+    def _classify(self, hidden, attention_mask, labels):
+        # padded positions carry the state of the last real token
         batch, seq_len = hidden.shape[:2]
         mask = _prepare_mask(attention_mask, batch, seq_len)
         if self.config.classifier_pooling == "mean":
@@ -1084,12 +1094,7 @@ class LSTMForSequenceClassification(_LSTMClassifier):
                 backward = hidden[torch.arange(batch, device=hidden.device), first, self.config.hidden_size :]
                 pooled = torch.cat([pooled[:, : self.config.hidden_size], backward], dim=-1)
         logits = self.score(self.dropout(pooled))
-        loss = None
-        if labels is not None:
-            loss = self._classification_loss(logits, labels)
-        return LSTMClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, gates=outputs.gates
-        )
+        return logits, None if labels is None else self._classification_loss(logits, labels)
 
     def _classification_loss(self, logits, labels):
         config = self.config
@@ -1108,39 +1113,18 @@ class LSTMForSequenceClassification(_LSTMClassifier):
 
 
 class LSTMForTokenClassification(_LSTMClassifier):
-    """A per-token classifier (tagging): the stack's h_t at every position, then a linear layer."""
+    """A per-token classifier (tagging): the stack's h_t at every position, then a linear layer.
 
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        inputs_embeds: torch.FloatTensor | None = None,
-        labels: torch.LongTensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_gates: bool | None = None,
-        **kwargs,
-    ) -> LSTMClassifierOutput:
-        r"""
-        Args:
-            labels (`torch.LongTensor` of shape `(batch, seq_len)`, *optional*): a class id per token; -100
-                (and padded positions, when you set them to -100) are ignored.
-            Other arguments: as in [`LSTMModel.forward`].
-        """
-        outputs = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            inputs_embeds=inputs_embeds,
-            use_cache=False,
-            output_hidden_states=output_hidden_states,
-            output_gates=output_gates,
-            **kwargs,
-        )
-        logits = self.score(self.dropout(outputs.last_hidden_state))
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits.reshape(-1, self.num_labels), labels.reshape(-1), ignore_index=-100)
-        return LSTMClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, gates=outputs.gates
+    `labels` (`(batch, seq_len)`): a class id per token; -100 (and padded positions, when you set them to
+    -100) are ignored.
+    """
+
+    def _classify(self, hidden, attention_mask, labels):
+        logits = self.score(self.dropout(hidden))
+        if labels is None:
+            return logits, None
+        return logits, F.cross_entropy(
+            logits.reshape(-1, self.num_labels), labels.reshape(-1), ignore_index=-100
         )
 
 

@@ -1,7 +1,9 @@
 """Shared fixtures: tiny configurations, a real word-level tokenizer trained with `tokenizers`, and a small
 local corpus in text files."""
 
+import hashlib
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -118,3 +120,14 @@ def tiny_train_args(corpus, output_dir, *extra):
         "adamw",
         *extra,
     ]
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file under `folder` with the sha256 of its bytes (to show that nothing was overwritten)."""
+    if not folder.exists():
+        return {}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }

@@ -5,12 +5,10 @@ are checked, int8 copies refuse to be saved, and a checkpoint damaged after savi
 Each test is a row of docs/RELIABILITY.md ("W::"); the runs are real (`hf-lstm train` in process, real files).
 """
 
-import hashlib
 import json
 import math
 import re
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from conftest import tiny_config, tiny_train_args
+from conftest import snapshot, tiny_config, tiny_train_args
 from hf_lstm import LSTMConfig, LSTMForCausalLM
 from hf_lstm.quantization import quantize_dynamic_int8
 from hf_lstm.settings import RANGES
@@ -41,14 +39,6 @@ def error_of(capsys) -> str:
     lines = re.findall(r"hf-lstm train: error: [^\r\n]*", capsys.readouterr().err)
     assert len(lines) == 1, lines
     return lines[0]
-
-
-def snapshot(folder: Path) -> dict:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")

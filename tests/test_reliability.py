@@ -7,7 +7,6 @@ test_training). The runs are real: real processes, real signals, real files, a r
 """
 
 import ast
-import hashlib
 import json
 import os
 import random
@@ -25,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from conftest import tiny_config, tiny_train_args
+from conftest import snapshot, tiny_config, tiny_train_args
 from hf_lstm import LSTMConfig, LSTMForCausalLM, checkpointing
 from hf_lstm.training import main
 
@@ -36,17 +35,6 @@ def cli_args(corpus, output_dir, *extra, train_file=None):
     """A tiny run into `output_dir` (conftest's), without the sample, optionally on another train file."""
     other_train = ["--train_file", str(train_file)] if train_file else []
     return tiny_train_args(corpus, output_dir, "--sample_max_new_tokens", "0", *other_train, *extra)
-
-
-def snapshot(folder: Path) -> dict:
-    """Every file under `folder` with the sha256 of its bytes (to show that nothing was overwritten)."""
-    if not folder.exists():
-        return {}
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")
