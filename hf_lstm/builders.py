@@ -7,6 +7,7 @@ directly (`build_model("gpt2", vocab=TokenIds(500), config_overrides={"n_layer":
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,15 +44,27 @@ def build_tokenizer(
     kind: str | None = None,
     vocab_size: int | None = None,
     dataset_name: str | None = None,
+    min_frequency: int | None = None,
     trust_remote_code: bool = False,
 ):
-    """`tokenizer_name` (a folder or Hub id), else a new tokenizer of `kind` trained on `texts` (by default a
-    word tokenizer for the built-in PTB, byte-level BPE otherwise). Its pad token falls back to eos."""
+    """`tokenizer_name` (a folder or Hub id), else a new tokenizer of `kind` trained on `texts`. Its pad token
+    falls back to eos.
+
+    The defaults suit any corpus a user brings: the built-in PTB (`dataset_name="ptb"`) gets the word
+    tokenizer of the literature (its exact 10,000 words); every other corpus gets byte-level BPE, for which
+    nothing is unknown, with a vocabulary sized to the corpus (`bpe_vocab_size_for`). A word tokenizer on
+    another corpus leaves out words seen only once (`min_frequency=2`), so that `<unk>` is seen in training
+    and keeps some probability for the unknown words of held-out text."""
     if tokenizer_name:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_name, trust_remote_code=trust_remote_code)
     else:
         kind = kind or data.default_tokenizer_kind(dataset_name)
-        tokenizer = data.train_tokenizer(texts, kind=kind, vocab_size=vocab_size)
+        builtin_ptb = dataset_name == "ptb"
+        if kind == "bpe" and vocab_size is None:
+            vocab_size = bpe_vocab_size_for(sum(len(text) for text in texts if text))
+        if min_frequency is None:
+            min_frequency = 2 if kind == "word" and not builtin_ptb else 1
+        tokenizer = data.train_tokenizer(texts, kind=kind, vocab_size=vocab_size, min_frequency=min_frequency)
     if tokenizer.eos_token_id is None:
         raise ValueError(
             f"the tokenizer {tokenizer_name} has no eos token; rows of the corpus are ended with it"
@@ -59,6 +72,16 @@ def build_tokenizer(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def bpe_vocab_size_for(num_characters: int) -> int:
+    """The default byte-level BPE vocabulary for a training split of `num_characters`: about one token type
+    per 100 characters, rounded down to a power of two, between 512 and 8192 (GPT-2 uses 50,257 on 40 GB; a
+    small corpus cannot fill a large vocabulary, and rare merges are tokens the model barely sees).
+    PTB-sized text (5M characters) gets 8192, 150k characters get 1024."""
+    if num_characters < 100 * 512:
+        return 512
+    return min(8192, 2 ** int(math.log2(num_characters / 100)))
 
 
 def check_model_folder(path: str) -> None:

@@ -11,6 +11,12 @@
   `hf-lstm bench` does to measure what int8 quantisation costs in perplexity.
 
 Both return the mean negative log-likelihood per scored token (nats), its exponential, and the count.
+
+Perplexity per token depends on the tokenizer; **bits per byte** does not: the same total negative
+log-likelihood, in bits, divided by the UTF-8 bytes of the text scored (`hf_lstm.data.text_bytes`: the rows,
+and one line break per row, which the row's `<eos>` stands for). It is what lm-eval reports for
+`loglikelihood_rolling` tasks, and it lets a word, a BPE and a character model be compared. Two baselines put
+it in scale: a uniform distribution over the vocabulary, and the unigram frequencies of the training split.
 """
 
 from __future__ import annotations
@@ -108,6 +114,24 @@ def _no_cache(model) -> dict:
     return {} if is_hf_lstm(model) else {"use_cache": False}
 
 
+def bits_per_byte(loss: float, tokens: int, num_bytes: int) -> float:
+    """Mean loss (nats per token) over `tokens` tokens as bits per byte of a text of `num_bytes` bytes."""
+    return loss * tokens / math.log(2) / max(num_bytes, 1)
+
+
+def baseline_bits_per_byte(
+    train_ids: torch.LongTensor, ids: torch.LongTensor, vocab_size: int, num_bytes: int
+) -> dict:
+    """What `ids` costs, in bits per byte, under a uniform distribution over the vocabulary and under the
+    unigram frequencies of `train_ids` (add-one smoothed, so no token has probability zero)."""
+    counts = torch.bincount(train_ids, minlength=vocab_size).double() + 1.0
+    nll = -(counts / counts.sum()).log()[ids].sum().item()
+    return {
+        "uniform": bits_per_byte(math.log(vocab_size), ids.numel(), num_bytes),
+        "unigram": nll / math.log(2) / max(num_bytes, 1),
+    }
+
+
 def evaluate_splits(
     model,
     splits: dict[str, torch.LongTensor],
@@ -115,8 +139,10 @@ def evaluate_splits(
     batch_size: int = 16,
     stateful: bool | None = None,
     start_token_id: int | None = None,
+    split_bytes: dict[str, int] | None = None,
 ) -> dict:
-    """Both protocols on every given split, as flat metric names (`validation_perplexity_fixed_window`, ...).
+    """Both protocols on every given split, as flat metric names (`validation_perplexity_fixed_window`, ...),
+    and bits per byte for the splits whose size in bytes `split_bytes` gives.
 
     `stateful` defaults to "if the model is recurrent"; Transformers get the fixed-window protocol only.
     """
@@ -129,9 +155,18 @@ def evaluate_splits(
         metrics[f"{split}_perplexity_fixed_window"] = fixed["perplexity"]
         metrics[f"{split}_loss_fixed_window"] = fixed["loss"]
         metrics[f"{split}_tokens_scored"] = fixed["tokens"]
+        num_bytes = (split_bytes or {}).get(split)
+        if num_bytes:
+            metrics[f"{split}_bits_per_byte_fixed_window"] = bits_per_byte(
+                fixed["loss"], fixed["tokens"], num_bytes
+            )
         if stateful:
             full = stateful_perplexity(model, ids, start_token_id=start_token_id)
             metrics[f"{split}_perplexity_stateful"] = full["perplexity"]
             metrics[f"{split}_loss_stateful"] = full["loss"]
+            if num_bytes:
+                metrics[f"{split}_bits_per_byte_stateful"] = bits_per_byte(
+                    full["loss"], full["tokens"], num_bytes
+                )
     metrics["eval_window"] = window
     return metrics

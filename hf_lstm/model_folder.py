@@ -77,7 +77,24 @@ def print_summary(results: dict, eval_window: int, with_ptb_references: bool = F
         lines.append("published (stateful full stream, the same 10k-word vocabulary):")
         for label, valid, test in PTB_REFERENCES:
             row("  " + label, valid, test)
+    if "validation_bits_per_byte_fixed_window" in results:
+        lines.append(f"{'bits per byte (any tokenizer; lower is better)':<52}{'validation':>12}{'test':>10}")
+        for protocol, label in (
+            ("fixed_window", f"this run, fixed windows of {eval_window}"),
+            ("stateful", "this run, stateful full stream"),
+            ("unigram", "baseline: unigram frequencies of the training split"),
+            ("uniform", "baseline: uniform over the vocabulary"),
+        ):
+            if f"validation_bits_per_byte_{protocol}" in results:
+                valid, test = (
+                    results.get(f"{split}_bits_per_byte_{protocol}") for split in ("validation", "test")
+                )
+                lines.append(f"{label:<52}{_three(valid):>12}{_three(test):>10}")
     print("\n".join(lines))
+
+
+def _three(value) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
 
 
 def print_sample(folder: Path, prompt: str, max_new_tokens: int, seed: int) -> None:

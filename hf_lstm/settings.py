@@ -81,6 +81,7 @@ RANGES = {
     "validation_split_percentage": Range(0, 100, open_low=True, open_high=True),
     "preprocessing_num_workers": COUNT,
     "tokenizer_vocab_size": COUNT,
+    "tokenizer_min_frequency": COUNT,
     "bptt": COUNT,
     "block_size": COUNT,
     "per_device_train_batch_size": COUNT,
@@ -154,8 +155,16 @@ class TrainingSettings:
         "model",
         choices=TOKENIZER_KINDS,
     )
+    tokenizer_min_frequency: int | None = option(
+        None,
+        "Leave out words (or merges) seen fewer times in training (default: 2 for a word tokenizer on your "
+        "own corpus, so <unk> is learned; 1 otherwise).",
+        "model",
+    )
     tokenizer_vocab_size: int | None = option(
-        None, "Vocabulary size of a trained bpe/word tokenizer.", "model"
+        None,
+        "Vocabulary size of a trained bpe/word tokenizer (bpe default: sized to the corpus, 512 to 8192).",
+        "model",
     )
     trust_remote_code: bool = option(False, "Allow models, configs and datasets with remote code.", "model")
 

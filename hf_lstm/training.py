@@ -35,7 +35,7 @@ from .builders import (
     load_model,
 )
 from .configuration_hf_lstm import is_hf_lstm
-from .evaluation import evaluate_splits, fixed_window_perplexity
+from .evaluation import baseline_bits_per_byte, evaluate_splits, fixed_window_perplexity
 from .flops import flops_per_token, measure_matmul_peak
 from .model_folder import print_sample, print_summary, write_model_folder
 from .modeling_hf_lstm import LSTMCache
@@ -84,6 +84,7 @@ class Run:
     output_dir: Path
     tokenizer: object
     streams: dict
+    split_bytes: dict  # UTF-8 bytes of each split's text: the denominator of bits per byte
     model: torch.nn.Module  # as Accelerate prepared it
     unwrapped: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -157,7 +158,7 @@ def _set_up(settings: TrainingSettings) -> Run:
     if settings.resume_from_checkpoint and resume_dir is None:
         accelerator.print(f"no checkpoint in {output_dir} yet: starting from scratch")
     set_seed(settings.seed)
-    tokenizer, streams = _load_data(settings, accelerator, output_dir)
+    tokenizer, streams, split_bytes = _load_data(settings, accelerator, output_dir)
     model = _model_for(settings, tokenizer)
     optimizer = build_optimizer(model, settings.optimizer, settings.learning_rate, settings.weight_decay)
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -191,6 +192,7 @@ def _set_up(settings: TrainingSettings) -> Run:
         output_dir,
         tokenizer,
         streams,
+        split_bytes,
         prepared,
         unwrapped,
         optimizer,
@@ -276,11 +278,31 @@ def _load_data(settings: TrainingSettings, accelerator: Accelerator, output_dir:
             tokenizer_name=_tokenizer_source(settings, output_dir),
             kind=settings.tokenizer_type,
             vocab_size=settings.tokenizer_vocab_size,
-            dataset_name=settings.dataset_name,
+            dataset_name=None if settings.train_file else settings.dataset_name,
+            min_frequency=settings.tokenizer_min_frequency,
             trust_remote_code=settings.trust_remote_code,
         )
         streams = data.tokenize_corpus(corpus, tokenizer, num_proc=settings.preprocessing_num_workers)
-    return tokenizer, streams
+    _warn_about_unknown_words(tokenizer, streams, accelerator)
+    split_bytes = {split: data.text_bytes(corpus[split]["text"]) for split in corpus}
+    return tokenizer, streams, split_bytes
+
+
+def _warn_about_unknown_words(tokenizer, streams: dict, accelerator: Accelerator) -> None:
+    """One warning when more than 5% of the validation tokens are unknown to the tokenizer: the model gives
+    all of them one probability, and held-out perplexity suffers for it."""
+    unknown = [t for t in (data.WORD_UNK_TOKEN, data.UNK_TOKEN) if t in tokenizer.get_vocab()]
+    ids = streams.get("validation")
+    if not unknown or ids is None or ids.numel() == 0:
+        return
+    rate = float((ids == tokenizer.convert_tokens_to_ids(unknown[0])).float().mean())
+    if rate > 0.05:
+        accelerator.print(
+            f"warning: {rate:.1%} of the validation tokens are unknown to the tokenizer "
+            f"({unknown[0].lstrip(chr(0x120))}): "
+            "use --tokenizer_type bpe (nothing is unknown to it), a larger training split, or a smaller "
+            "--tokenizer_min_frequency"
+        )
 
 
 def _tokenizer_source(settings: TrainingSettings, output_dir: Path) -> str | None:
@@ -645,7 +667,13 @@ def _evaluate(run: Run) -> dict:
         window=settings.eval_window,
         batch_size=settings.per_device_eval_batch_size,
         start_token_id=run.tokenizer.eos_token_id,
+        split_bytes=run.split_bytes,
     )
+    for split, ids in eval_splits.items():
+        baselines = baseline_bits_per_byte(
+            run.streams["train"], ids, len(run.tokenizer), run.split_bytes[split]
+        )
+        metrics.update({f"{split}_bits_per_byte_{name}": value for name, value in baselines.items()})
     seconds = max(state["train_seconds"], 1e-9)
     # A peak measured once at start is too low if the machine was busy just then (MFU above 100% is the tell):
     # measure again now and keep the better of the two.

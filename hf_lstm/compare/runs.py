@@ -64,7 +64,7 @@ def prepare_tokenizer(options: argparse.Namespace, output_dir: Path):
         tokenizer_name=options.tokenizer_name,
         kind=options.tokenizer_type,
         vocab_size=options.tokenizer_vocab_size,
-        dataset_name=options.dataset_name,
+        dataset_name=None if options.train_file else options.dataset_name,
         trust_remote_code=options.trust_remote_code,
     )
     folder = output_dir / "tokenizer"

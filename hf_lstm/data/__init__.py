@@ -41,6 +41,7 @@ from .tokenization import (
     UNLIMITED_LENGTH,
     WORD_UNK_TOKEN,
     default_tokenizer_kind,
+    text_bytes,
     tokenize_corpus,
     train_tokenizer,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "UNLIMITED_LENGTH",
     "WORD_UNK_TOKEN",
     "default_tokenizer_kind",
+    "text_bytes",
     "tokenize_corpus",
     "train_tokenizer",
     "IGNORE_INDEX",

@@ -231,6 +231,12 @@ def _wrap(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
 # --------------------------------------------------------------------------------------------------------
 
 
+def text_bytes(texts) -> int:
+    """The UTF-8 bytes of the rows `tokenize_corpus` keeps, plus one per row for the line break that the
+    row's `<eos>` stands for: the denominator of bits per byte."""
+    return sum(len(t.encode("utf-8")) + 1 for t in texts if t is not None and t.strip())
+
+
 def tokenize_corpus(
     dataset_dict: datasets.DatasetDict,
     tokenizer: PreTrainedTokenizerFast,
