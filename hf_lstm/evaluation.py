@@ -119,6 +119,27 @@ def bits_per_byte(loss: float, tokens: int, num_bytes: int) -> float:
     return loss * tokens / math.log(2) / max(num_bytes, 1)
 
 
+@torch.no_grad()
+def document_bits_per_byte(model, tokenizer, texts: list[str], bptt: int = 1024) -> dict:
+    """Bits per byte of `texts` scored one document at a time, each from a fresh state after the tokenizer's
+    eos (or bos) token, its tokens read in windows of `bptt` with the state carried: the protocol of lm-eval's
+    `loglikelihood_rolling` tasks for documents shorter than its window (2048 tokens by default). The bytes
+    are those of the documents' UTF-8 text."""
+    prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    total_nll, total_bytes, total_tokens = 0.0, 0, 0
+    for text in texts:
+        ids = torch.tensor([prefix, *tokenizer(text, add_special_tokens=False).input_ids])
+        result = stateful_perplexity(model, ids, bptt=bptt)
+        total_nll += result["loss"] * result["tokens"]
+        total_tokens += result["tokens"]
+        total_bytes += len(text.encode("utf-8"))
+    return {
+        "bits_per_byte": total_nll / math.log(2) / max(total_bytes, 1),
+        "tokens": total_tokens,
+        "bytes": total_bytes,
+    }
+
+
 def baseline_bits_per_byte(
     train_ids: torch.LongTensor, ids: torch.LongTensor, vocab_size: int, num_bytes: int
 ) -> dict:
