@@ -105,21 +105,35 @@ print(generator("the", max_new_tokens=30)[0]["generated_text"])
 
 
 def _evaluation_section(results: dict) -> str:
+    def bits(split, protocol):
+        value = results.get(f"{split}_bits_per_byte_{protocol}")
+        return f"{value:.3f}" if value is not None else "-"
+
     rows = "\n".join(
-        f"| {split} | {protocol.replace('_', ' ')} | {results[f'{split}_perplexity_{protocol}']:.2f} |"
+        f"| {split} | {protocol.replace('_', ' ')} | {results[f'{split}_perplexity_{protocol}']:.2f} | "
+        f"{bits(split, protocol)} |"
         for split, protocol in _measured(results)
     )
+    baselines = "\n".join(
+        f"| {split} | baseline: {name} | - | {bits(split, name)} |"
+        for split in ("validation", "test")
+        for name in ("unigram", "uniform")
+        if results.get(f"{split}_bits_per_byte_{name}") is not None
+    )
+    rows = rows + ("\n" + baselines if baselines else "")
     notes = "\n".join(f"- {v.format(window=results.get('eval_window'))}" for v in PROTOCOLS.values())
     return f"""## Evaluation
 
-| split | protocol | perplexity |
-|---|---|---:|
+| split | protocol | perplexity | bits per byte |
+|---|---|---:|---:|
 {rows}
 
 {notes}
 
 Perplexity is the exponential of the mean next-token cross-entropy over every scored token \
-(token-weighted)."""
+(token-weighted). Bits per byte is the same cross-entropy in bits over the UTF-8 bytes of the text, so it \
+compares across tokenizers; the baselines are the training split's unigram frequencies and a uniform \
+distribution over the vocabulary."""
 
 
 def _training_section(results: dict, command: list[str]) -> str:
