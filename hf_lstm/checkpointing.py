@@ -11,6 +11,7 @@ A checkpoint is a folder `OUTPUT_DIR/step_N` (or `epoch_N`) holding
                              the recurrent state carried across batches (stream batching), per process
     trainer_state.json       step, epoch, position in the epoch, scheduler, losses so far, and what was
                              trained
+    best_model.safetensors   with --load_best_model_at_end: the best weights so far
     checksums.json           the sha256 of every file above, checked before a resume reads any of them
 
 It is written to `.tmp-step_N` first and renamed into place only when complete: `os.rename` of a folder is
@@ -30,11 +31,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 CHECKPOINT_PATTERN = re.compile(r"^(step|epoch)_(\d+)$")
 STATE_FILE = "trainer_state.json"
 CHECKSUMS_FILE = "checksums.json"
+BEST_WEIGHTS = "best_model.safetensors"  # with --load_best_model_at_end: the best weights so far
 
 
 class CheckpointError(ValueError):
@@ -348,3 +351,106 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# -- a training run's checkpoint ---------------------------------------------------------------------------
+
+
+def save_training_checkpoint(
+    accelerator,
+    output_dir: Path,
+    name: str,
+    *,
+    model,
+    optimizer,
+    scheduler,
+    state: dict,
+    stream_state,
+    best_weights: dict | None,
+    settings: dict,
+    keep_last: int,
+) -> None:
+    """Write checkpoint `name` atomically. Weights that are no longer finite are never saved (the last good
+    checkpoint stays the newest); a failed write (disk full, ...) removes its temporary folder and raises
+    `CheckpointWriteError`, leaving the checkpoints saved before untouched."""
+    bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        kept = [p.name for p in list_checkpoints(output_dir)]
+        raise FloatingPointError(
+            f"the weights became non-finite by step {state['completed_steps']} ({', '.join(bad[:3])}"
+            f"{', ...' if len(bad) > 3 else ''}); checkpoint {name} was not written, the last good one is "
+            f"kept ({kept[-1] if kept else 'none saved yet'}): lower --learning_rate or --max_grad_norm"
+        )
+    tmp = temporary_path(output_dir, name)
+    accelerator.wait_for_everyone()
+    try:
+        if accelerator.is_main_process:
+            write_model_and_optimizer(tmp, model, optimizer)
+            if best_weights is not None:
+                save_file(best_weights, str(tmp / BEST_WEIGHTS))
+        accelerator.wait_for_everyone()
+        write_process_state(tmp, accelerator.process_index, stream_state)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            saved = dict(
+                state, scheduler=scheduler.state_dict(), model_fingerprint=fingerprint(model), args=settings
+            )
+            write_trainer_state(tmp, saved)
+            publish(output_dir, name, keep_last=keep_last)
+    except (OSError, SafetensorError) as error:  # safetensors reports ENOSPC as its own error type
+        discard(output_dir, name)
+        kept = [p.name for p in list_checkpoints(output_dir)]
+        raise CheckpointWriteError(
+            f"could not write checkpoint {name} in {output_dir} ({failure_reason(error)}); "
+            "its partial copy was removed and the earlier checkpoints are kept "
+            f"({', '.join(kept) if kept else 'none saved yet'}): free "
+            "space (or fix the folder) and resume with --resume_from_checkpoint latest"
+        ) from None
+    accelerator.wait_for_everyone()
+
+
+def resume(folder: Path, model, optimizer, scheduler, rank: int):
+    """Restore a training run from checkpoint `folder`: verify its checksums, check it was saved from this
+    model, load weights, optimizer, scheduler and this process's random state; return (trainer state, the
+    carried recurrent state of this process or None)."""
+    verify(folder)
+    state = read_trainer_state(folder)
+    expected = fingerprint(model)
+    if "model_fingerprint" not in state:
+        raise CheckpointError(
+            f"{folder} is not a checkpoint written by `hf-lstm train` (its trainer_state.json names no "
+            "model); resume from a step_N or epoch_N folder of a run"
+        )
+    if state.get("model_fingerprint") != expected:
+        raise CheckpointError(
+            f"{folder} was saved from a different model ({state.get('model_fingerprint')}), not this one "
+            f"({expected}); resume with the same --model_type/--config_overrides, or start a new --output_dir"
+        )
+    load_model_and_optimizer(folder, model, optimizer)
+    scheduler.load_state_dict(state["scheduler"])
+    carried = load_process_state(folder, rank)
+    return state, carried
+
+
+def load_best_weights(folder: Path) -> dict | None:
+    """The best weights a checkpoint carries (`--load_best_model_at_end`), or None."""
+    path = Path(folder) / BEST_WEIGHTS
+    return load_file(str(path)) if path.is_file() else None
+
+
+def fingerprint(model) -> str:
+    """What a checkpoint records of the model it was saved from: type, shape fields and parameter count."""
+    config = model.config
+    fields = (
+        "model_type",
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "cell_type",
+        "embedding_size",
+        "n_embd",
+        "n_layer",
+        "intermediate_size",
+    )
+    described = ",".join(f"{k}={getattr(config, k)}" for k in fields if hasattr(config, k))
+    return f"{type(model).__name__}({described}, params={sum(p.numel() for p in model.parameters())})"

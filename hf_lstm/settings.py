@@ -99,6 +99,7 @@ RANGES = {
     "seed": Range(0, 2**32 - 1, integer=True),
     "eval_window": COUNT,
     "eval_steps": COUNT,
+    "early_stopping_patience": COUNT,
     "logging_steps": COUNT,
     "checkpoints_total_limit": COUNT,
     "sample_max_new_tokens": Range(low=0, integer=True),
@@ -230,6 +231,22 @@ class TrainingSettings:
     # -- evaluation and output ----------------------------------------------------------------------------
     output_dir: str = option("runs/hf-lstm", "Where the model folder and checkpoints go.", "output")
     eval_window: int = option(128, "Window of the fixed-window perplexity protocol.", "output")
+    load_best_model_at_end: bool | None = option(
+        None,
+        "Evaluate every --eval_steps, keep the weights with the best validation --metric_for_best_model, and "
+        "save those (default: on for your own corpus with a validation split, off for the built-in PTB).",
+        "output",
+    )
+    metric_for_best_model: str = option(
+        "loss",
+        "Validation metric (fixed windows) that decides the best model: loss, perplexity or bits_per_byte "
+        "(lower is better for all three).",
+        "output",
+        choices=("loss", "perplexity", "bits_per_byte"),
+    )
+    early_stopping_patience: int | None = option(
+        None, "Stop after this many evaluations in a row without a better --metric_for_best_model.", "output"
+    )
     eval_steps: int | None = option(
         None, "Also measure validation perplexity every N steps (curves).", "output"
     )
@@ -261,6 +278,8 @@ class TrainingSettings:
 
     def __post_init__(self):
         self.checkpointing_steps = None if self.checkpointing_steps is None else str(self.checkpointing_steps)
+        if self.early_stopping_patience is not None and self.load_best_model_at_end is None:
+            self.load_best_model_at_end = True  # stopping early means keeping the best, as Trainer does
         recurrent = self.trains_hf_lstm
         self.batching = self.batching or ("stream" if recurrent else "blocks")
         if self.batching == "stream" and not recurrent:
@@ -310,6 +329,16 @@ class TrainingSettings:
         except (OSError, ValueError):
             return False
 
+    def best_model_plan(self, has_validation: bool, total_steps: int) -> tuple[bool, int | None]:
+        """Whether the run keeps its best model, and every how many steps it evaluates:
+        `--load_best_model_at_end` (by default on for a user's corpus with a validation split, off for the
+        built-in PTB, whose published numbers are for the last model), every `--eval_steps` or, by default,
+        ten times in the run."""
+        keep = self.load_best_model_at_end
+        if keep is None:
+            keep = not self.uses_builtin_ptb and has_validation
+        return bool(keep), self.eval_steps or (max(1, total_steps // 10) if keep else None)
+
     @property
     def uses_builtin_ptb(self) -> bool:
         """`--dataset_name ptb` is the default: it stands aside when the user gives --train_file."""
@@ -351,8 +380,9 @@ class TrainingSettings:
             if f.name not in names:
                 continue
             kind = next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None))
-            if kind is bool:
-                parser.add_argument(f"--{f.name}", action="store_true", help=f.metadata["help"])
+            if kind is bool:  # a flag; a field whose default is None ("decide for me") also takes --no-NAME
+                action = argparse.BooleanOptionalAction if f.default is None else "store_true"
+                parser.add_argument(f"--{f.name}", action=action, default=f.default, help=f.metadata["help"])
                 continue
             parser.add_argument(
                 f"--{f.name}",
@@ -380,7 +410,10 @@ class TrainingSettings:
             value = getattr(self, f.name)
             if value == f.default or value is None or (f.name == "hub_token" and not with_token):
                 continue
-            argv += [f"--{f.name}"] if value is True else [f"--{f.name}", str(value)]
+            if isinstance(value, bool):
+                argv.append(f"--{f.name}" if value else f"--no-{f.name}")
+            else:
+                argv += [f"--{f.name}", str(value)]
         return argv
 
     def public(self) -> dict:

@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from safetensors import SafetensorError
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
@@ -35,7 +34,7 @@ from .builders import (
     load_model,
 )
 from .configuration_hf_lstm import is_hf_lstm
-from .evaluation import baseline_bits_per_byte, evaluate_splits, fixed_window_perplexity
+from .evaluation import baseline_bits_per_byte, bits_per_byte, evaluate_splits, fixed_window_perplexity
 from .flops import flops_per_token, measure_matmul_peak
 from .model_folder import print_sample, print_summary, write_model_folder
 from .modeling_hf_lstm import LSTMCache
@@ -106,6 +105,9 @@ class Run:
             "skipped_batches": 0,
         }
     )
+    eval_every: int | None = None  # steps between validation evaluations (None: none during training)
+    keep_best: bool = False  # keep the weights with the best validation metric and save those at the end
+    best_weights: dict | None = None  # a CPU copy of the best weights so far (written into every checkpoint)
     cache: LSTMCache | None = None  # the recurrent state carried from batch to batch (stream batching)
     carried_on_resume: LSTMCache | None = None
     run_start: float = 0.0
@@ -176,7 +178,7 @@ def _set_up(settings: TrainingSettings) -> Run:
     )
     state, carried = None, None
     if resume_dir is not None:
-        state, carried = _resume(resume_dir, model, optimizer, scheduler, rank)
+        state, carried = checkpointing.resume(resume_dir, model, optimizer, scheduler, rank)
         accelerator.print(f"resumed from {resume_dir} at step {state['completed_steps']}")
     if accelerator.is_main_process:
         # only now that model and checkpoint are known good: a refused run overwrites nothing
@@ -203,8 +205,11 @@ def _set_up(settings: TrainingSettings) -> Run:
         flops_per_token(unwrapped, context_length=settings.context_length, training=True),
         measure_matmul_peak(seconds=0.3),
     )
+    run.keep_best, run.eval_every = settings.best_model_plan("validation" in streams, total_steps)
     if state is not None:
         run.state = state
+    if resume_dir is not None:
+        run.best_weights = checkpointing.load_best_weights(resume_dir)
     if carried is not None:
         run.carried_on_resume = LSTMCache(
             [tuple(t.to(accelerator.device) for t in layer) for layer in carried]
@@ -291,16 +296,11 @@ def _load_data(settings: TrainingSettings, accelerator: Accelerator, output_dir:
 def _warn_about_unknown_words(tokenizer, streams: dict, accelerator: Accelerator) -> None:
     """One warning when more than 5% of the validation tokens are unknown to the tokenizer: the model gives
     all of them one probability, and held-out perplexity suffers for it."""
-    unknown = [t for t in (data.WORD_UNK_TOKEN, data.UNK_TOKEN) if t in tokenizer.get_vocab()]
-    ids = streams.get("validation")
-    if not unknown or ids is None or ids.numel() == 0:
-        return
-    rate = float((ids == tokenizer.convert_tokens_to_ids(unknown[0])).float().mean())
-    if rate > 0.05:
+    rate = data.unknown_token_rate(tokenizer, streams["validation"]) if "validation" in streams else None
+    if rate is not None and rate > 0.05:
         accelerator.print(
-            f"warning: {rate:.1%} of the validation tokens are unknown to the tokenizer "
-            f"({unknown[0].lstrip(chr(0x120))}): "
-            "use --tokenizer_type bpe (nothing is unknown to it), a larger training split, or a smaller "
+            f"warning: {rate:.1%} of the validation tokens are unknown to the tokenizer: use "
+            "--tokenizer_type bpe (nothing is unknown to it), a larger training split, or a smaller "
             "--tokenizer_min_frequency"
         )
 
@@ -341,43 +341,6 @@ def _model_for(settings: TrainingSettings, tokenizer):
     if settings.batching == "stream" and not is_hf_lstm(model):
         raise ValueError("--batching stream needs a recurrent (hf_lstm) model; use --batching blocks")
     return model
-
-
-def _resume(folder: Path, model, optimizer, scheduler, rank: int):
-    checkpointing.verify(folder)
-    state = checkpointing.read_trainer_state(folder)
-    expected = _fingerprint(model)
-    if "model_fingerprint" not in state:
-        raise checkpointing.CheckpointError(
-            f"{folder} is not a checkpoint written by `hf-lstm train` (its trainer_state.json names no "
-            "model); resume from a step_N or epoch_N folder of a run"
-        )
-    if state.get("model_fingerprint") != expected:
-        raise checkpointing.CheckpointError(
-            f"{folder} was saved from a different model ({state.get('model_fingerprint')}), not this one "
-            f"({expected}); resume with the same --model_type/--config_overrides, or start a new --output_dir"
-        )
-    checkpointing.load_model_and_optimizer(folder, model, optimizer)
-    scheduler.load_state_dict(state["scheduler"])
-    carried = checkpointing.load_process_state(folder, rank)
-    return state, carried
-
-
-def _fingerprint(model) -> str:
-    config = model.config
-    fields = (
-        "model_type",
-        "vocab_size",
-        "hidden_size",
-        "num_hidden_layers",
-        "cell_type",
-        "embedding_size",
-        "n_embd",
-        "n_layer",
-        "intermediate_size",
-    )
-    described = ",".join(f"{k}={getattr(config, k)}" for k in fields if hasattr(config, k))
-    return f"{type(model).__name__}({described}, params={sum(p.numel() for p in model.parameters())})"
 
 
 # -- the loop --------------------------------------------------------------------------------------------
@@ -477,9 +440,11 @@ def _after_step(run: Run, loss: float, stop_signal: StopSignal, progress) -> str
     state["log"].append([step, round(loss, 5)])
     if step % settings.logging_steps == 0 or step == run.total_steps:
         _log(run, loss, progress)
-    if settings.eval_steps and step % settings.eval_steps == 0 and run.main:
+    if run.eval_every and step % run.eval_every == 0 and run.main:
         paused = time.perf_counter()
         state["eval_curve"].append(_curve_point(run))
+        if run.keep_best:
+            _consider_best(run, state["eval_curve"][-1])
         run.model.train()
         paused = time.perf_counter() - paused  # evaluation does not count as training time
         run.run_start += paused
@@ -522,7 +487,22 @@ def _curve_point(run: Run) -> dict:
         "tokens_seen": run.state["tokens_seen"],
         "seconds": time.perf_counter() - run.run_start,
         "validation_perplexity_fixed_window": metrics["perplexity"],
+        "validation_loss_fixed_window": metrics["loss"],
+        "validation_bits_per_byte_fixed_window": bits_per_byte(
+            metrics["loss"], metrics["tokens"], run.split_bytes["validation"]
+        ),
     }
+
+
+def _consider_best(run: Run, point: dict) -> None:
+    """Keep the weights of this evaluation if its metric beats every earlier one; count it otherwise."""
+    state, metric = run.state, run.settings.metric_for_best_model
+    value = point[f"validation_{metric}_fixed_window"]
+    if state.get("best_metric") is None or value < state["best_metric"]:
+        state["best_metric"], state["best_step"], state["evals_without_improvement"] = value, point["step"], 0
+        run.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in run.unwrapped.state_dict().items()}
+    else:
+        state["evals_without_improvement"] = state.get("evals_without_improvement", 0) + 1
 
 
 def _should_stop(run: Run, stop_signal: StopSignal) -> str | None:
@@ -536,6 +516,10 @@ def _should_stop(run: Run, stop_signal: StopSignal) -> str | None:
                 and state["train_seconds"] >= 60 * settings.max_train_minutes
             ),
             float(stop_signal.received is not None),
+            float(
+                settings.early_stopping_patience is not None
+                and state.get("evals_without_improvement", 0) >= settings.early_stopping_patience
+            ),
         ],
         device=run.accelerator.device,
     )
@@ -547,6 +531,11 @@ def _should_stop(run: Run, stop_signal: StopSignal) -> str | None:
         return "max_train_steps reached"
     if flags[1] > 0:
         return f"time budget of {settings.max_train_minutes} minutes reached"
+    if flags[3] > 0:
+        return (
+            f"early stopping: no better validation {settings.metric_for_best_model} in "
+            f"{settings.early_stopping_patience} evaluations"
+        )
     return None
 
 
@@ -567,46 +556,19 @@ def _handle_early_stop(run: Run, stop_reason: str | None) -> None:
 
 
 def _save_checkpoint(run: Run, name: str, with_cache: bool = True) -> None:
-    """Write checkpoint `name` atomically. Weights that are no longer finite are never saved (the last good
-    checkpoint stays the newest); a failed write (disk full, ...) removes its temporary folder and raises
-    `CheckpointWriteError`, leaving the checkpoints saved before untouched."""
-    accelerator, output_dir, model = run.accelerator, run.output_dir, run.unwrapped
-    bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
-    if bad:
-        kept = [p.name for p in checkpointing.list_checkpoints(output_dir)]
-        raise FloatingPointError(
-            f"the weights became non-finite by step {run.state['completed_steps']} ({', '.join(bad[:3])}"
-            f"{', ...' if len(bad) > 3 else ''}); checkpoint {name} was not written, the last good one is "
-            f"kept ({kept[-1] if kept else 'none saved yet'}): lower --learning_rate or --max_grad_norm"
-        )
-    tmp = checkpointing.temporary_path(output_dir, name)
-    cache = run.cache.states if with_cache and run.cache is not None else None
-    accelerator.wait_for_everyone()
-    try:
-        if accelerator.is_main_process:
-            checkpointing.write_model_and_optimizer(tmp, model, run.optimizer)
-        accelerator.wait_for_everyone()
-        checkpointing.write_process_state(tmp, accelerator.process_index, cache)
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            saved = dict(
-                run.state,
-                scheduler=run.scheduler.state_dict(),
-                model_fingerprint=_fingerprint(model),
-                args=run.settings.public(),
-            )
-            checkpointing.write_trainer_state(tmp, saved)
-            checkpointing.publish(output_dir, name, keep_last=run.settings.checkpoints_total_limit)
-    except (OSError, SafetensorError) as error:  # safetensors reports ENOSPC as its own error type
-        checkpointing.discard(output_dir, name)
-        kept = [p.name for p in checkpointing.list_checkpoints(output_dir)]
-        raise checkpointing.CheckpointWriteError(
-            f"could not write checkpoint {name} in {output_dir} ({checkpointing.failure_reason(error)}); "
-            "its partial copy was removed and the earlier checkpoints are kept "
-            f"({', '.join(kept) if kept else 'none saved yet'}): free "
-            "space (or fix the folder) and resume with --resume_from_checkpoint latest"
-        ) from None
-    accelerator.wait_for_everyone()
+    checkpointing.save_training_checkpoint(
+        run.accelerator,
+        run.output_dir,
+        name,
+        model=run.unwrapped,
+        optimizer=run.optimizer,
+        scheduler=run.scheduler,
+        state=run.state,
+        stream_state=run.cache.states if with_cache and run.cache is not None else None,
+        best_weights=run.best_weights,
+        settings=run.settings.public(),
+        keep_last=run.settings.checkpoints_total_limit,
+    )
 
 
 # -- the finish ------------------------------------------------------------------------------------------
@@ -616,7 +578,15 @@ def _finish(run: Run) -> dict:
     """Evaluate, write the Hub folder (weights, config, generation config, tokenizer, card), print the
     summary."""
     settings = run.settings
+    if run.keep_best and run.best_weights is not None:
+        run.unwrapped.load_state_dict(run.best_weights)
     results = _evaluate(run)
+    if run.keep_best:
+        results.update(
+            best_step=run.state.get("best_step"),
+            best_metric=run.state.get("best_metric"),
+            metric_for_best_model=f"validation_{settings.metric_for_best_model}_fixed_window",
+        )
     run.unwrapped.generation_config = GenerationConfig(
         do_sample=True,
         top_k=50,

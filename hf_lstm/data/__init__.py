@@ -42,6 +42,7 @@ from .tokenization import (
     WORD_UNK_TOKEN,
     default_tokenizer_kind,
     text_bytes,
+    unknown_token_rate,
     tokenize_corpus,
     train_tokenizer,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "WORD_UNK_TOKEN",
     "default_tokenizer_kind",
     "text_bytes",
+    "unknown_token_rate",
     "tokenize_corpus",
     "train_tokenizer",
     "IGNORE_INDEX",

@@ -231,6 +231,14 @@ def _wrap(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
 # --------------------------------------------------------------------------------------------------------
 
 
+def unknown_token_rate(tokenizer, ids: torch.LongTensor) -> float | None:
+    """The share of `ids` that are the tokenizer's unknown token (None for a tokenizer without one, BPE)."""
+    unknown = [t for t in (WORD_UNK_TOKEN, UNK_TOKEN) if t in tokenizer.get_vocab()]
+    if not unknown or ids.numel() == 0:
+        return None
+    return float((ids == tokenizer.convert_tokens_to_ids(unknown[0])).float().mean())
+
+
 def text_bytes(texts) -> int:
     """The UTF-8 bytes of the rows `tokenize_corpus` keeps, plus one per row for the line break that the
     row's `<eos>` stands for: the denominator of bits per byte."""
