@@ -381,6 +381,7 @@ PERPLEXITIES = (
     "test_perplexity_fixed_window",
     "validation_perplexity_stateful",
     "test_perplexity_stateful",
+    "validation_bits_per_byte_fixed_window",
 )
 
 
@@ -397,7 +398,7 @@ def _result_row(r: dict) -> str:
         f"{r['train_seconds']:.0f}",
         f"{r['train_tokens_per_second']:,.0f}",
         f"{r['model_flops_utilization']:.1%}",
-        *(format_value(r[key]) for key in PERPLEXITIES),
+        *(format_value(r.get(key), digits=3 if "bits" in key else 1) for key in PERPLEXITIES),
     ]
     return "| " + " | ".join(cells) + " |"
 
@@ -408,8 +409,8 @@ def _result_section(options: argparse.Namespace, records: list[dict], summary: d
         "",
         "| model | shape | params (total) | non-embedding | vs target | batching | steps | tokens "
         "| train s | tokens/s | MFU | valid ppl (fixed) | test ppl (fixed) | valid ppl (stateful) "
-        "| test ppl (stateful) |",
-        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| test ppl (stateful) | valid bits/byte (fixed) |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *(_result_row(r) for r in records),
         "",
         f"Perplexity: *fixed* = every token scored once, in windows of {options.eval_window} tokens each "

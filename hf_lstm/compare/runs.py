@@ -318,6 +318,8 @@ def training_record(
         "test_perplexity_fixed_window": results.get("test_perplexity_fixed_window"),
         "validation_perplexity_stateful": results.get("validation_perplexity_stateful"),
         "test_perplexity_stateful": results.get("test_perplexity_stateful"),
+        "validation_bits_per_byte_fixed_window": results.get("validation_bits_per_byte_fixed_window"),
+        "test_bits_per_byte_fixed_window": results.get("test_bits_per_byte_fixed_window"),
         "eval_window": results["eval_window"],
         "final_train_loss": results["final_train_loss"],
     }
