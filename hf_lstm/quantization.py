@@ -71,8 +71,11 @@ class Int8RecurrentLayer(LSTMRecurrentLayer):
         self.input_projection = _int8_linear(rnn.weight_ih_l0.detach(), rnn.bias_ih_l0.detach())
         self.recurrent_projection = _int8_linear(rnn.weight_hh_l0.detach(), rnn.bias_hh_l0.detach())
 
-    def forward(self, x, mask=None, state=None, use_reference=False, output_gates=False):
-        """As `LSTMRecurrentLayer.forward`, always through the int8 step-by-step recurrence."""
+    def forward(
+        self, x, mask=None, state=None, use_reference=False, output_gates=False, decode_cache_weights=False
+    ):
+        """As `LSTMRecurrentLayer.forward`, always through the int8 step-by-step recurrence (the int8
+        matrices are already in the layout their kernel reads: no decode-time copies)."""
         if output_gates:
             raise ValueError("output_gates is not available on an int8 model; use the float model")
         return super().forward(x, mask, state, use_reference=True, output_gates=False)
