@@ -4,6 +4,7 @@ loops timed."""
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -144,15 +145,57 @@ class NaiveLSTM(nn.Module):
         return self.head(self.proj(h) if self.proj is not None else h)
 
 
+LAYOUTS = {
+    "row-major": lambda w: w.contiguous(),  # (out, in): how torch stores a parameter
+    "column-major": lambda w: w.t().contiguous().t(),  # (in, out): the decode-time copies of the model
+}
+"""The ways a matrix can be stored for its matrix-vector product, each a function from the parameter to the
+stored matrix (same shape and values)."""
+
+
+def layout_seconds(weights: list[torch.Tensor], tokens: int) -> dict[str, list[float]]:
+    """Seconds of each matrix's matrix-vector product (`torch.mv`) in each of `LAYOUTS`.
+
+    Per layout: `tokens` decoding steps' worth of products over all of `weights` stored that way, in order,
+    so that (as in decoding) a matrix has left the cache by the time it is read again when the matrices
+    together exceed it; each product is timed alone and the median over the tokens is kept. Returns, per
+    layout, one time per matrix."""
+    seconds = {}
+    with torch.no_grad():
+        for name, layout in LAYOUTS.items():
+            stored = [layout(w.detach()) for w in weights]
+            vectors = [torch.randn(w.shape[1], dtype=w.dtype) for w in stored]
+            times: list[list[float]] = [[] for _ in stored]
+            for _ in range(tokens):
+                for w, v, spent in zip(stored, vectors, times):
+                    start = time.perf_counter()
+                    torch.mv(w, v)
+                    spent.append(time.perf_counter() - start)
+            seconds[name] = [statistics.median(spent) for spent in times]
+            del stored
+    return seconds
+
+
 def bare_floor(weights: list[torch.Tensor], tokens: int) -> float:
-    """Seconds per token of the bare matrix-vector products over `weights` (one `torch.mv` each): the
-    memory-bandwidth floor of batch-1 decoding, with no gates, no Python model code, no sampling."""
-    vectors = [torch.randn(w.shape[1]) for w in weights]
+    """Seconds per token of the bare matrix-vector products over `weights`, each matrix read in whichever of
+    `LAYOUTS` this machine reads fastest (measured now, `layout_seconds`): the memory floor of batch-1
+    decoding, with no gates, no Python model code, no sampling."""
+    return best_of_layouts(layout_seconds(weights, tokens))
+
+
+def best_of_layouts(seconds: dict[str, list[float]]) -> float:
+    """The sum over matrices of the fastest layout's time, from `layout_seconds`."""
+    return sum(min(per_layout) for per_layout in zip(*seconds.values()))
+
+
+def plain_read_seconds(weights: list[torch.Tensor], tokens: int) -> float:
+    """Seconds per token to read the bytes of `weights` with no product at all (`sum` of each matrix, in
+    order): how fast this machine streams those bytes, for context; no decoding step can do less."""
     with torch.no_grad():
         start = time.perf_counter()
         for _ in range(tokens):
-            for w, v in zip(weights, vectors):
-                torch.mv(w, v)
+            for w in weights:
+                w.sum()
         return (time.perf_counter() - start) / tokens
 
 
