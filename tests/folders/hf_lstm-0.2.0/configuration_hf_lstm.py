@@ -1,10 +1,12 @@
 """Configuration of the hf_lstm models (LSTM, GRU, vanilla RNN and peephole LSTM language models).
 
 This file travels with every saved model folder (`trust_remote_code=True` loads it without the hf_lstm
-package installed), so it imports transformers only.
+package installed), so it imports transformers and the standard library only.
 """
 
 from __future__ import annotations
+
+import math
 
 from transformers import PretrainedConfig
 
@@ -25,8 +27,8 @@ class LSTMConfig(PretrainedConfig):
         embedding_size (`int`, *optional*):
             Size of the token embeddings. Defaults to `hidden_size`. When it differs from `hidden_size`, the
             causal LM maps the last layer's h_t to `embedding_size` with a learned linear projection (no bias)
-            before the output layer, so the output layer is always `(vocab_size, embedding_size)` and can share
-            its weight with the embedding (`tie_word_embeddings`) whatever the two sizes are.
+            before the output layer, so the output layer is always `(vocab_size, embedding_size)` and can
+            share its weight with the embedding (`tie_word_embeddings`) whatever the two sizes are.
         num_hidden_layers (`int`, defaults to 2):
             Number of stacked recurrent layers.
         cell_type (`str`, defaults to `"lstm"`):
@@ -63,8 +65,8 @@ class LSTMConfig(PretrainedConfig):
             (Zaremba et al. (2014) use 0.1). Left unset, each module starts as torch would start it: recurrent
             and linear weights U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) as in torch.nn.LSTM, and the token
             embeddings N(0, 1) as in torch.nn.Embedding. The embedding scale matters: with embeddings as small
-            as the recurrent weights, the input reaches the gates ~30x attenuated and AdamW sits at the unigram
-            loss for hundreds of steps (measured: docs/TRAINING.md, "Initialisation").
+            as the recurrent weights, the input reaches the gates ~30x attenuated and AdamW sits at the
+            unigram loss for hundreds of steps (measured: docs/TRAINING.md, "Initialisation").
         classifier_pooling (`str`, defaults to `"last"`):
             How [`LSTMForSequenceClassification`] summarises a sequence: `"last"` takes the final state of the
             last layer (with `bidirectional`, the forward state after the last real token concatenated with
@@ -73,12 +75,23 @@ class LSTMConfig(PretrainedConfig):
             Dropout before the classification layers.
         use_cache (`bool`, defaults to `True`):
             Return the recurrent state ([`LSTMCache`]) so generation continues without re-reading the prompt.
+        decode_cache_weights (`bool`, defaults to `True`):
+            Let one-token steps (`generate()`, stateful evaluation at bptt 1) on CPU, in eval mode and without
+            gradients, read column-major copies of the weight matrices (both recurrent matrices of every
+            layer, the output projection and the output layer), which this CPU's matrix-vector kernels read
+            about twice as fast (docs/PERFORMANCE.md). The copies are built on the first such step, rebuilt
+            whenever a weight changes, never saved, and cost one more copy of those matrices in memory (about
+            37 MB for the 10k-vocabulary 2x512 reference model). Set `False` where memory matters more than
+            decoding speed; the outputs are the same either way.
         pad_token_id, bos_token_id, eos_token_id (`int`, *optional*):
             Special token ids, usually those of the tokenizer saved next to the model.
     """
 
     model_type = "hf_lstm"
-    keys_to_ignore_at_inference = ["cache", "past_key_values"]  # the state, under its name before and after transformers 5.24
+    keys_to_ignore_at_inference = [
+        "cache",
+        "past_key_values",
+    ]  # the state, under its name before and after transformers 5.24
 
     def __init__(
         self,
@@ -100,6 +113,7 @@ class LSTMConfig(PretrainedConfig):
         classifier_pooling: str = "last",
         classifier_dropout: float = 0.0,
         use_cache: bool = True,
+        decode_cache_weights: bool = True,
         pad_token_id: int | None = None,
         bos_token_id: int | None = None,
         eos_token_id: int | None = None,
@@ -122,6 +136,7 @@ class LSTMConfig(PretrainedConfig):
         self.classifier_pooling = classifier_pooling
         self.classifier_dropout = classifier_dropout
         self.use_cache = use_cache
+        self.decode_cache_weights = decode_cache_weights
         super().__init__(
             tie_word_embeddings=tie_word_embeddings,
             pad_token_id=pad_token_id,
@@ -135,7 +150,8 @@ class LSTMConfig(PretrainedConfig):
 
     @property
     def uses_fused_kernel(self) -> bool:
-        """Whether sequences run through torch's fused RNN kernels (as opposed to the step-by-step reference)."""
+        """Whether sequences run through torch's fused RNN kernels (as opposed to the step-by-step
+        reference)."""
         return self.implementation != "reference" and self.cell_type != "peephole"
 
     def validate_lstm_config(self) -> None:
@@ -165,19 +181,24 @@ class LSTMConfig(PretrainedConfig):
         choice("cell_type", CELL_TYPES)
         choice("implementation", IMPLEMENTATIONS)
         choice("classifier_pooling", POOLINGS)
-        for name in ("bidirectional", "tie_word_embeddings", "use_cache"):
+        for name in ("bidirectional", "tie_word_embeddings", "use_cache", "decode_cache_weights"):
             flag(name)
         for name in (*_DROPOUTS, "classifier_dropout"):
             probability(name)
-        if isinstance(self.forget_bias, bool) or not isinstance(self.forget_bias, (int, float)):
-            raise ValueError(f"forget_bias must be a number, got {self.forget_bias!r}")
+        b = self.forget_bias
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b):
+            raise ValueError(f"forget_bias must be a finite number (1.0 by default), got {b!r}")
         r = self.initializer_range
-        if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0):
-            raise ValueError(f"initializer_range must be a positive number or None (1/sqrt(hidden_size)), got {r!r}")
+        if r is not None and (
+            isinstance(r, bool) or not isinstance(r, (int, float)) or not (r > 0 and math.isfinite(r))
+        ):
+            raise ValueError(
+                f"initializer_range must be a finite positive number or None (1/sqrt(hidden_size)), got {r!r}"
+            )
         if self.cell_type == "peephole" and self.implementation == "fused":
             raise ValueError(
-                "implementation='fused' is not available for cell_type='peephole' (torch has no fused peephole "
-                "kernel); use implementation='auto' or 'reference'"
+                "implementation='fused' is not available for cell_type='peephole' (torch has no fused "
+                "peephole kernel); use implementation='auto' or 'reference'"
             )
         for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
             value = getattr(self, name)
@@ -185,12 +206,30 @@ class LSTMConfig(PretrainedConfig):
                 continue
             ids = value if isinstance(value, (list, tuple)) else [value]
             for token_id in ids:
-                if isinstance(token_id, bool) or not isinstance(token_id, int) or not 0 <= token_id < self.vocab_size:
+                if (
+                    isinstance(token_id, bool)
+                    or not isinstance(token_id, int)
+                    or not 0 <= token_id < self.vocab_size
+                ):
                     raise ValueError(
-                        f"{name} must be a token id in [0, vocab_size={self.vocab_size}) or None, got {value!r}"
+                        f"{name} must be a token id in [0, vocab_size={self.vocab_size}) or None, "
+                        f"got {value!r}"
                     )
 
 
 LSTMConfig.register_for_auto_class()
 
 __all__ = ["LSTMConfig", "CELL_TYPES", "IMPLEMENTATIONS"]
+
+
+def is_hf_lstm(thing) -> bool:
+    """Whether `thing` is, or belongs to, an hf_lstm model: a `model_type` string, a config dict
+    (config.json), a configuration, or a model (anything with a `.config`)."""
+    if isinstance(thing, str):
+        model_type = thing
+    elif isinstance(thing, dict):
+        model_type = thing.get("model_type")
+    else:
+        config = getattr(thing, "config", thing)
+        model_type = getattr(config, "model_type", None)
+    return model_type == LSTMConfig.model_type
