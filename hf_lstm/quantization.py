@@ -15,6 +15,13 @@ per token). The quantised layers run the step-by-step recurrence (torch's fused 
 variant that reads our parameter layout), so prefill of long prompts is slower than the float fused kernel;
 decoding is faster. `hf-lstm bench` reports both effects and the perplexity change on Penn Treebank.
 
+Speed, against the float32 step as it now runs (reading its decode-time copies, `LSTMConfig.
+decode_cache_weights`): int8 decodes the 10k-vocabulary 2x512 reference model about 3x faster at batch 1
+(docs/PERFORMANCE.md, target 7). Decode with one thread (`torch.set_num_threads(1)`, or `OMP_NUM_THREADS=1`):
+a one-row product gains nothing from a second thread (within a few percent either way on a quiet 2-core
+machine), while on a machine shared with other work every product that uses two threads waits at its
+barrier for a busy core, which made int8 5x *slower* than float32 in a contended run.
+
 This module is not imported by the modeling file: a saved model folder stays free of it.
 """
 

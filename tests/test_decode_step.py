@@ -2,6 +2,7 @@
 parameters give, rebuilt whenever a weight changes, never built for training, never saved."""
 
 import copy
+import pickle
 
 import pytest
 import torch
@@ -251,11 +252,13 @@ def test_a_hooked_output_layer_runs_as_itself():
     assert len(seen) == 3 and model._decode_copies.matrices is None
 
 
-def test_a_deep_copy_builds_its_own_copies():
+def test_a_deep_copy_or_a_pickle_carries_no_copies_and_builds_its_own():
     model = make()
     ids = ids_for(model)
     decode(model, ids)
+    assert not any(holds_copies(pickle.loads(pickle.dumps(model))))
     clone = copy.deepcopy(model)
+    assert not any(holds_copies(clone)) and all(holds_copies(model))
     with torch.no_grad():
         for p in clone.parameters():
             p.mul_(0.5)

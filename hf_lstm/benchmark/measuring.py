@@ -4,7 +4,6 @@ loops timed."""
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -145,33 +144,56 @@ class NaiveLSTM(nn.Module):
         return self.head(self.proj(h) if self.proj is not None else h)
 
 
-LAYOUTS = {
-    "row-major": lambda w: w.contiguous(),  # (out, in): how torch stores a parameter
-    "column-major": lambda w: w.t().contiguous().t(),  # (in, out): the decode-time copies of the model
-}
-"""The ways a matrix can be stored for its matrix-vector product, each a function from the parameter to the
-stored matrix (same shape and values)."""
+def _onednn_blocked(w: torch.Tensor) -> torch.Tensor:
+    """`w` reordered into oneDNN's blocked layout for a one-row product (an opaque `torch._mkldnn` tensor),
+    through the private ops torch's own compiler uses for CPU inference."""
+    return torch.ops.mkldnn._reorder_linear_weight(w, 1)
+
+
+def _onednn_product(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x.unsqueeze(0), w, None, "none", [], "")
+
+
+def _layouts() -> dict:
+    """Every layout this torch can store a float32 matrix in for its matrix-vector product, each as (store,
+    product): `store(w)` the stored matrix, `product(stored, x)` the product with a vector `x`."""
+    layouts = {
+        "row-major": (lambda w: w.contiguous(), torch.mv),  # (out, in): how torch stores a parameter
+        "column-major": (lambda w: w.t().contiguous().t(), torch.mv),  # (in, out): the model's decode copies
+    }
+    try:  # a private op of x86 builds: measured where it exists, left out where it does not
+        w = torch.randn(8, 4)
+        _onednn_product(_onednn_blocked(w), torch.randn(4))
+        layouts["oneDNN-blocked"] = (_onednn_blocked, _onednn_product)
+    except (AttributeError, RuntimeError, NotImplementedError):
+        pass
+    return layouts
+
+
+LAYOUTS = _layouts()
+"""The ways a matrix can be stored for its matrix-vector product on this machine, by name: (store, product)
+with `store(w)` the stored matrix (the same values) and `product(stored, x)` its product with a vector."""
 
 
 def layout_seconds(weights: list[torch.Tensor], tokens: int) -> dict[str, list[float]]:
-    """Seconds of each matrix's matrix-vector product (`torch.mv`) in each of `LAYOUTS`.
+    """Seconds of each matrix's matrix-vector product in each of `LAYOUTS`.
 
     Per layout: `tokens` decoding steps' worth of products over all of `weights` stored that way, in order,
     so that (as in decoding) a matrix has left the cache by the time it is read again when the matrices
-    together exceed it; each product is timed alone and the median over the tokens is kept. Returns, per
-    layout, one time per matrix."""
+    together exceed it; each product is timed alone and averaged over the tokens (a mean, as the decoding
+    figures are). Returns, per layout, one time per matrix."""
     seconds = {}
     with torch.no_grad():
-        for name, layout in LAYOUTS.items():
-            stored = [layout(w.detach()) for w in weights]
-            vectors = [torch.randn(w.shape[1], dtype=w.dtype) for w in stored]
+        for name, (store, product) in LAYOUTS.items():
+            stored = [store(w.detach()) for w in weights]
+            vectors = [torch.randn(w.shape[1], dtype=w.dtype) for w in weights]
             times: list[list[float]] = [[] for _ in stored]
             for _ in range(tokens):
                 for w, v, spent in zip(stored, vectors, times):
                     start = time.perf_counter()
-                    torch.mv(w, v)
+                    product(w, v)
                     spent.append(time.perf_counter() - start)
-            seconds[name] = [statistics.median(spent) for spent in times]
+            seconds[name] = [sum(spent) / len(spent) for spent in times]
             del stored
     return seconds
 

@@ -512,7 +512,7 @@ def section_quant(model, args, report: Report) -> None:
     report.add(
         Measurement(
             "quant.int8_tokens_per_s",
-            f"int8 generate() greedy (batch 1, {threads} threads)",
+            f"int8 generate() greedy (batch 1, {threads} thread{'s' if threads > 1 else ''})",
             1 / t["int8"],
             "tok/s",
             detail=f"{t['int8'] * 1e3:.3f} ms/token; float32 (decode copies) alongside: "
