@@ -225,7 +225,7 @@ def section_prefill(model, args, report: Report) -> None:
     one token per call (what the decode step does, minus the output layer it does not need for a prompt).
     The bound is low because a prefill at batch 1 is still one recurrent matrix-vector product per token and
     layer: it saves the input projection and the per-call cost, not the sequential reads
-    (docs/PERFORMANCE.md, target 4)."""
+    (docs/PERFORMANCE.md, "Prefill")."""
     ids = prompt(model, args.long_prompt)
 
     def fused():
