@@ -262,6 +262,12 @@ class ColumnMajorCopies:
     def clear(self) -> None:
         self.stamps, self.matrices = None, None
 
+    def __getstate__(self) -> dict:
+        return {}  # a pickled or deep-copied model carries no copies: its first one-token step makes them
+
+    def __setstate__(self, state: dict) -> None:
+        self.clear()
+
     def of(self, *matrices: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The column-major copies of `matrices`, made now if any of them changed since the last call."""
         stamps = tuple((id(w), w.data_ptr(), w._version, w.dtype, w.device, w.shape) for w in matrices)
