@@ -3,6 +3,7 @@
     hf-lstm train ...        # hf_lstm.training   (same arguments as scripts/train.py)
     hf-lstm compare ...      # hf_lstm.compare    (LSTM vs small Transformers, one table)
     hf-lstm bench ...        # hf_lstm.benchmark  (speed and memory figures with their targets)
+    hf-lstm microscope DIR   # hf_lstm.microscope  (the gates in the browser, a Gradio app)
     hf-lstm experiment NAME  # hf_lstm.experiments (vanishing gradient, adding problem, ...)
 
 This module is the one dispatcher: it picks the verb, and for `experiment` the experiment, from a menu and
@@ -30,6 +31,10 @@ COMMANDS = {  # name: ("module:function" that runs it, one-line help)
     "bench": (
         "hf_lstm.benchmark:main",
         "print decode, prefill and training speed against the machine's floor",
+    ),
+    "microscope": (
+        "hf_lstm.microscope.cli:main",
+        "watch a trained model's gates token by token in the browser (Gradio)",
     ),
     "experiment": (
         "hf_lstm.cli:experiment_main",

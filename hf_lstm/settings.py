@@ -275,6 +275,12 @@ class TrainingSettings:
         "the", "Prompt of the sample generated from the saved folder at the end.", "output"
     )
     sample_max_new_tokens: int = option(40, "Length of that sample (0: no sample).", "output")
+    write_space_app: bool = option(
+        False,
+        "Also write app.py, requirements.txt and microscope/ into the output folder: the LSTM microscope, "
+        "ready for a Hugging Face Space (docs/MICROSCOPE.md).",
+        "output",
+    )
 
     def __post_init__(self):
         self.checkpointing_steps = None if self.checkpointing_steps is None else str(self.checkpointing_steps)

@@ -36,6 +36,7 @@ from .builders import (
 from .configuration_hf_lstm import is_hf_lstm
 from .evaluation import baseline_bits_per_byte, bits_per_byte, evaluate_splits, fixed_window_perplexity
 from .flops import flops_per_token, measure_matmul_peak
+from .microscope.space import write_space_app
 from .model_folder import print_sample, print_summary, write_model_folder
 from .modeling_hf_lstm import LSTMCache
 from .settings import TrainingSettings
@@ -608,6 +609,8 @@ def _finish(run: Run) -> dict:
             "command": settings.to_argv(),
         },
     )
+    if settings.write_space_app:
+        write_space_app(run.output_dir)
     ptb_words = (
         settings.uses_builtin_ptb
         and settings.tokenizer_type in (None, "word")

@@ -1,0 +1,191 @@
+"""What the microscope draws: heatmaps of the gates (units x tokens) and the curve of what a token leaves in
+memory, as inline SVG. Every cell and point carries a `<title>`, so hovering shows its value in any browser
+without JavaScript. Carried into a Space with `reading` (standard library and numpy only).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+
+import numpy as np
+
+from .reading import CARRY_GATE, Reading
+
+VIRIDIS = ((68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37))
+"""Stops of matplotlib's viridis, for the gates (0 to 1)."""
+DIVERGING = ((33, 102, 172), (247, 247, 247), (178, 24, 43))
+"""Blue, white, red: for the cell and hidden states (negative, zero, positive)."""
+LABELS = {
+    "forget": "forget gate f_t",
+    "input": "input gate i_t",
+    "output": "output gate o_t",
+    "cell": "cell state C_t",
+    "update": "update gate z_t",
+    "reset": "reset gate r_t",
+    "hidden": "hidden state h_t",
+}
+COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+ROW = 8  # pixels per unit in a heatmap
+LEFT = 118  # room for the panel names
+
+
+def _color(stops, x: float) -> str:
+    x = min(max(float(x), 0.0), 1.0) * (len(stops) - 1)
+    k = min(int(x), len(stops) - 2)
+    a, b, w = stops[k], stops[k + 1], x - k
+    return "#%02x%02x%02x" % tuple(round(a[j] + (b[j] - a[j]) * w) for j in range(3))
+
+
+def _column_width(tokens: int) -> int:
+    return max(6, min(24, 1000 // max(tokens, 1)))
+
+
+def _tick(token: str, limit: int = 12) -> str:
+    token = token.replace("\n", "\\n")
+    return token if len(token) <= limit else token[: limit - 1] + "…"
+
+
+def heatmaps(reading: Reading, units: list[list[int]], position: int | None = None) -> str:
+    """Every layer's panels (`reading.PANELS`) over the tokens, drawing `units[layer]` in that order; the
+    column at `position` is outlined. Hover a cell for its value, a token for its means."""
+    if reading.cell_type is None:
+        return "<p>This model has no gates to draw (it is not an hf_lstm recurrent model).</p>"
+    parts = []
+    for layer, panels in enumerate(reading.panels):
+        parts.append(f"<h4 style='margin:8px 0 2px'>layer {layer + 1}</h4>")
+        parts.append(_layer_svg(reading, layer, panels, units[layer], position))
+    return f"<div class='microscope-heatmaps' style='overflow-x:auto'>{''.join(parts)}</div>"
+
+
+def _layer_svg(reading: Reading, layer: int, panels: dict, units: list[int], position: int | None) -> str:
+    tokens = reading.tokens
+    cw = _column_width(len(tokens))
+    height = ROW * len(units)
+    gap = 10
+    width = LEFT + cw * len(tokens) + 4
+    total = len(panels) * (height + gap) + 70
+    out = [
+        f"<svg class='heatmap' data-layer='{layer}' xmlns='http://www.w3.org/2000/svg' width='{width}' "
+        f"height='{total}' style='font:10px sans-serif'>"
+    ]
+    for k, (name, values) in enumerate(panels.items()):
+        top = k * (height + gap)
+        shown = values[:, units]  # (tokens, units)
+        gate = name not in ("cell", "hidden")
+        scale = 1.0 if gate else max(float(np.abs(shown).max()), 1e-6)
+        out.append(f"<text x='2' y='{top + height / 2 + 3}'>{LABELS[name]}</text>")
+        for row, unit in enumerate(units):
+            for t in range(len(tokens)):
+                v = float(shown[t, row])
+                fill = _color(VIRIDIS, v) if gate else _color(DIVERGING, 0.5 + 0.5 * v / scale)
+                tip = html.escape(f"unit {unit} · #{t} {tokens[t]!r} · {name} {v:.3f}")
+                out.append(
+                    f"<rect x='{LEFT + t * cw}' y='{top + row * ROW}' width='{cw}' height='{ROW}' "
+                    f"fill='{fill}'><title>{tip}</title></rect>"
+                )
+    bottom = len(panels) * (height + gap)
+    if position is not None:
+        out.append(
+            f"<rect class='selected' x='{LEFT + position * cw}' y='0' width='{cw}' height='{bottom - gap}' "
+            "fill='none' stroke='#ff2d00' stroke-width='2'/>"
+        )
+    for t, token in enumerate(tokens):
+        means = ", ".join(f"{name} {float(values[t].mean()):.2f}" for name, values in panels.items())
+        tip = html.escape(f"#{t} {token!r} (mean over all units): {means}")
+        weight = "bold" if t == position else "normal"
+        x = LEFT + t * cw + cw / 2
+        out.append(
+            f"<text x='{x}' y='{bottom + 2}' transform='rotate(60 {x} {bottom + 2})' font-weight='{weight}' "
+            f"fill='{'#000' if t < reading.prompt_length else '#1a6'}'><title>{tip}</title>"
+            f"{html.escape(_tick(token.strip() or token))}</text>"
+        )
+    out.append("</svg>")
+    return "".join(out)
+
+
+def next_token_label(reading: Reading, position: int) -> dict[str, float]:
+    """The top-10 next tokens after `position` as `gr.Label` wants them (label: probability). Tokens whose
+    texts coincide (e.g. two special tokens) are added up."""
+    label: dict[str, float] = {}
+    for token, p in reading.top_next[position]:
+        key = repr(token)[1:-1] if token.strip() else repr(token)
+        label[key] = label.get(key, 0.0) + p
+    return label
+
+
+def memory_html(reading: Reading, position: int, carried: list | None, sensitivity) -> str:
+    """What the token at `position` leaves in memory later on: per layer, the mean product of the carrying
+    gate (LSTM: forget gate; GRU: update gate) and, for every cell type, the measured sensitivity of the
+    last layer's h_t to that token's input (the vanilla RNN's vanishing gradient), on a log scale."""
+    tokens = reading.tokens
+    series = []
+    gate = CARRY_GATE.get(reading.cell_type)
+    for layer, curve in enumerate(carried or []):
+        series.append((f"layer {layer + 1}: product of {gate} gates", curve, COLORS[layer % 6], ""))
+    series.append(("|dh_t/dx_s · x_s| (last layer, relative)", np.asarray(sensitivity), "#444", "5,3"))
+    caption = (
+        f"What survives of #{position} {tokens[position]!r} at the positions after it. "
+        + (
+            f"An LSTM carries what it wrote into C_s forward multiplied by every later {gate} gate: "
+            "the solid lines are that product, averaged over the units. "
+            if reading.cell_type in ("lstm", "peephole")
+            else "A GRU keeps h_(t-1) in proportion to its update gate z_t: the solid lines are the product "
+            "of z over the positions after the token, averaged over the units. "
+            if gate
+            else "A vanilla RNN has no gate to carry memory: "
+        )
+        + "The dashed line is how strongly that token's input still moves h_t, measured exactly by "
+        "forward-mode differentiation (for a vanilla RNN, the vanishing gradient)."
+    )
+    return f"<p style='margin:4px 0'>{html.escape(caption)}</p>{_curves_svg(tokens, position, series)}"
+
+
+def _curves_svg(tokens: list[str], position: int, series: list) -> str:
+    steps = len(tokens) - position
+    lowest = min((float(np.min(c[c > 0])) for _, c, _, _ in series if np.any(c > 0)), default=1e-3)
+    highest = max((float(np.max(c)) for _, c, _, _ in series), default=1.0)
+    low, high = math.floor(math.log10(max(lowest, 1e-12))), math.ceil(math.log10(max(highest, 1e-12)))
+    high = max(high, low + 1)
+    cw = max(14, min(40, 900 // max(steps, 1)))
+    left, top, plot_h = 50, 10, 220
+    width, height = left + cw * max(steps, 1) + 20, top + plot_h + 80 + 16 * len(series)
+
+    def y(v: float) -> float:
+        v = math.log10(max(v, 10.0**low))
+        return top + plot_h * (high - v) / (high - low)
+
+    out = [
+        f"<svg class='memory' xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
+        "style='font:10px sans-serif'>"
+    ]
+    for e in range(low, high + 1):
+        out.append(
+            f"<line x1='{left}' x2='{width - 10}' y1='{y(10.0**e)}' y2='{y(10.0**e)}' stroke='#ddd'/>"
+            f"<text x='4' y='{y(10.0**e) + 3}'>1e{e}</text>"
+        )
+    for k in range(steps):
+        x = left + k * cw + cw / 2
+        label = html.escape(_tick(tokens[position + k].strip() or tokens[position + k]))
+        ty = top + plot_h + 12
+        out.append(f"<text x='{x}' y='{ty}' transform='rotate(60 {x} {ty})'>{label}</text>")
+    for name, curve, color, dash in series:
+        points = [(left + k * cw + cw / 2, y(float(v)), float(v)) for k, v in enumerate(curve)]
+        path = " ".join(f"{px:.1f},{py:.1f}" for px, py, _ in points)
+        out.append(
+            f"<polyline points='{path}' fill='none' stroke='{color}' stroke-width='2' "
+            f"stroke-dasharray='{dash}'/>"
+        )
+        for k, (px, py, v) in enumerate(points):
+            tip = html.escape(f"{name} at #{position + k} {tokens[position + k]!r}: {v:.3g}")
+            out.append(
+                f"<circle cx='{px:.1f}' cy='{py:.1f}' r='3' fill='{color}'><title>{tip}</title></circle>"
+            )
+    for k, (name, _, color, dash) in enumerate(series):
+        ly = top + plot_h + 70 + 16 * k
+        out.append(
+            f"<line x1='{left}' x2='{left + 24}' y1='{ly}' y2='{ly}' stroke='{color}' stroke-width='2' "
+            f"stroke-dasharray='{dash}'/><text x='{left + 30}' y='{ly + 3}'>{html.escape(name)}</text>"
+        )
+    out.append("</svg>")
+    return "".join(out)
