@@ -31,9 +31,10 @@ def test_counts_are_those_of_the_model_the_training_script_builds(family):
     real = type(model)(model.config)
     total = sum(p.numel() for p in real.parameters())
     assert total == shape.num_parameters
-    embedding = 500 * shape.width + (32 * shape.width if family == "gpt2" else 0)
+    tied = family != "xlstm"  # transformers' xLSTM has no tied output layer: counted untied
+    embedding = 500 * shape.width * (1 if tied else 2) + (32 * shape.width if family == "gpt2" else 0)
     assert shape.num_non_embedding_parameters == total - embedding
-    assert real.get_output_embeddings().weight is real.get_input_embeddings().weight
+    assert (real.get_output_embeddings().weight is real.get_input_embeddings().weight) == tied
 
 
 def test_llama_gets_rotary_positions_for_long_prompts_and_gpt2_only_its_training_block():
@@ -193,16 +194,17 @@ def _settings_of(family, argv=(), plan=None, tmp_path=Path("unused")):
     return compare.family_settings(options, shape, tmp_path / "tokenizer", tmp_path / family, plan), shape
 
 
-@pytest.mark.parametrize("family", compare.FAMILIES)
+@pytest.mark.parametrize("family", [*compare.FAMILIES, "hf_lstm:gru"])
 def test_each_family_runs_with_its_recipe_its_shape_and_the_shared_data_and_batch(family):
     settings, shape = _settings_of(family, ["--bptt", "16", "--block_size", "32", "--eval_window", "32"])
-    recipe = compare.RECIPES[family]
-    assert settings.model_type == family and settings.train_file == "train.txt"
-    assert settings.batching == recipe["batching"] == ("stream" if family == "hf_lstm" else "blocks")
+    recipe = compare.get_family(family).recipe
+    model_type = family.partition(":")[0]
+    assert settings.model_type == model_type and settings.train_file == "train.txt"
+    assert settings.batching == recipe["batching"] == ("stream" if model_type == "hf_lstm" else "blocks")
     assert settings.learning_rate == recipe["learning_rate"] and settings.optimizer == "adamw"
     assert settings.weight_decay == recipe.get("weight_decay", 0.0) and settings.max_grad_norm == 1.0
     assert settings.per_device_train_batch_size == 8 and settings.lr_scheduler_type == "cosine"
-    assert settings.context_length == (16 if family == "hf_lstm" else 32)
+    assert settings.context_length == (16 if model_type == "hf_lstm" else 32)
     assert parse_config_overrides(settings.config_overrides) == shape.overrides
     assert settings.tokenizer_name.endswith("tokenizer") and settings.max_train_steps is None
 

@@ -1,4 +1,5 @@
-"""`hf-lstm compare`: an hf_lstm language model against parameter-matched small Transformers, one table.
+"""`hf-lstm compare`: an hf_lstm language model against parameter-matched peers, one table: small Transformers
+(GPT-2, Llama) and the recurrent models transformers ships (Mamba, Mamba-2, xLSTM, RWKV, RecurrentGemma).
 
     hf-lstm compare --dataset_name ptb --models hf_lstm,gpt2,llama --target_params 4M --budget_minutes 5 \\
         --output_dir runs/compare-ptb
@@ -37,18 +38,25 @@ The command line itself (parser, `run`, `main`) is `cli`.
 
 from .cli import build_parser, main, parse_args, run
 from .generation import cache_nbytes, generate_once, measure_generation
+from .families import FAMILIES, PEERS, Family, code_path, get_family
 from .matching import (
-    FAMILIES,
     MatchedShape,
     build_model_on_meta,
     count_parameters,
     match_parameters,
     parse_count,
 )
-from .runs import RECIPES, BudgetPlan, family_settings, plan_budget
+from .runs import RECIPES, BudgetPlan, RunSpec, family_settings, plan_budget
+from .sweeps import sweep_rates
 
 __all__ = [
     "FAMILIES",
+    "PEERS",
+    "Family",
+    "RunSpec",
+    "code_path",
+    "get_family",
+    "sweep_rates",
     "RECIPES",
     "BudgetPlan",
     "MatchedShape",

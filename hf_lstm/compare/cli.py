@@ -11,21 +11,22 @@ from pathlib import Path
 import torch
 
 from .. import data
-from ..configuration_hf_lstm import is_hf_lstm
 from ..machine import machine_summary
 from ..settings import TrainingSettings
+from .families import ATTENTION, FAMILIES, code_path, get_family
 from .generation import measure_generation, position_limit
-from .matching import FAMILIES, MatchedShape, match_parameters, parse_count
+from .matching import parse_count
+from .plots import draw_plots
 from .report import (
     copy_model_cards,
-    draw_plots,
     format_value,
     publish_report,
     quality_target_check,
     write_report,
     write_results,
 )
-from .runs import DATA_OPTIONS, TOKENIZER_OPTIONS, prepare_tokenizer, settings_given, train_one
+from .runs import DATA_OPTIONS, TOKENIZER_OPTIONS, Shared, prepare_tokenizer, settings_given
+from .sweeps import failure_record, is_main, train_all
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,8 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-lstm compare",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Train hf_lstm and parameter-matched small Transformers on the same data with the same "
-        "budget, then measure quality, speed and memory side by side.",
+        description="Train hf_lstm and parameter-matched peers (small Transformers and the recurrent models "
+        "transformers ships) on the same data with the same budget, then measure quality, speed and memory "
+        "side by side.",
     )
     TrainingSettings.add_arguments(
         parser.add_argument_group(
@@ -76,19 +78,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_model_and_budget_options(add) -> None:
-    add("--models", default="hf_lstm,gpt2,llama", help="Comma-separated families: " + ", ".join(FAMILIES))
+    add(
+        "--models",
+        default="hf_lstm,gpt2,llama",
+        help="Comma-separated families: "
+        + ", ".join(FAMILIES)
+        + "; hf_lstm:CELL for another hf_lstm cell (hf_lstm:gru, hf_lstm:rnn, hf_lstm:peephole).",
+    )
     add(
         "--target_params",
         default="4M",
-        help="Total parameters per model (4M, 500k, ...); matched within --tolerance.",
+        help="Total parameters per model (4M, 500k, ...), or a list (1M,4M) for quality against size; "
+        "matched within --tolerance.",
     )
     add("--tolerance", type=float, default=0.10, help="Largest accepted relative gap to the target.")
     add(
         "--budget",
-        choices=("wall_clock", "tokens"),
+        choices=("wall_clock", "tokens", "both"),
         default="wall_clock",
         help="Equal training wall-clock (--budget_minutes) or equal training tokens (--budget_tokens) per "
-        "model.",
+        "model; both: every run twice, once under each, reported side by side.",
+    )
+    add(
+        "--lr_sweep",
+        type=int,
+        default=1,
+        help="Learning rates tried per family (the same number for every family), spaced by 2x around the "
+        "family's recipe; the one with the lowest validation perplexity is kept (1: the recipe's only).",
+    )
+    add(
+        "--seeds",
+        type=int,
+        default=1,
+        help="Seeds per family at the chosen rate (--seed, --seed + 1, ...): mean and spread reported.",
     )
     add("--budget_minutes", type=float, default=10.0, help="Training minutes per model (wall_clock budget).")
     add("--budget_tokens", default=None, help="Training tokens per model (tokens budget), e.g. 5M.")
@@ -113,7 +135,11 @@ def _add_model_and_budget_options(add) -> None:
         default="",
         help='Extra `hf-lstm train` arguments for hf_lstm, e.g. "--learning_rate 2e-3".',
     )
-    add("--transformer_train_args", default="", help="Extra `hf-lstm train` arguments for the Transformers.")
+    add(
+        "--transformer_train_args",
+        default="",
+        help="Extra `hf-lstm train` arguments for every family but hf_lstm (Transformers, recurrent peers).",
+    )
     add(
         "--sample_max_new_tokens",
         type=int,
@@ -129,15 +155,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in args.models if m not in FAMILIES]
-    if unknown or not args.models:
-        parser.error(
-            f"--models: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(FAMILIES)}"
-        )
+    if not args.models:
+        parser.error(f"--models: none given; choose from {', '.join(FAMILIES)}")
+    for name in args.models:
+        try:
+            get_family(name)
+        except ValueError as error:
+            parser.error(f"--models: {error}")
     if len(set(args.models)) != len(args.models):
         parser.error("--models lists a family twice")
     try:
-        args.target_params = parse_count(args.target_params)
+        args.target_params = sorted({parse_count(t) for t in str(args.target_params).split(",") if t.strip()})
         args.budget_tokens = parse_count(args.budget_tokens) if args.budget_tokens is not None else None
         args.contexts = sorted({int(c) for c in args.contexts.split(",") if c.strip()})
         args.generate_batch_sizes = sorted(
@@ -145,9 +173,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
     except ValueError as error:
         parser.error(str(error))
-    if args.budget == "tokens" and not args.budget_tokens:
-        parser.error("--budget tokens needs --budget_tokens N")
-    if args.budget == "wall_clock" and args.budget_minutes <= 0:
+    if not args.target_params:
+        parser.error("--target_params: none given")
+    args.budgets = ["wall_clock", "tokens"] if args.budget == "both" else [args.budget]
+    if "tokens" in args.budgets and not args.budget_tokens:
+        parser.error(f"--budget {args.budget} needs --budget_tokens N")
+    if "wall_clock" in args.budgets and args.budget_minutes <= 0:
         parser.error("--budget_minutes must be positive")
     for name in (
         "curve_points",
@@ -157,6 +188,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "eval_window",
         "new_tokens",
         "repeats",
+        "lr_sweep",
+        "seeds",
     ):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
@@ -172,58 +205,56 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def match_shapes(options: argparse.Namespace, vocab_size: int) -> dict[str, MatchedShape]:
-    """Each family's configuration nearest `--target_params`, printed one line per family."""
-    max_positions = max(options.contexts) + options.new_tokens
-    shapes = {
-        family: match_parameters(
-            family,
-            options.target_params,
-            vocab_size,
-            options.tolerance,
-            options.block_size,
-            max_positions,
-            options.eval_window,
-        )
-        for family in options.models
-    }
-    for family, shape in shapes.items():
-        print(
-            f"{family:<8} {shape.describe():<40} {shape.num_parameters:>12,} parameters "
-            f"({shape.relative_error:+.1%}), {shape.num_non_embedding_parameters:,} non-embedding"
-        )
-    return shapes
-
-
-def load_trained(records: list[dict], peak: float) -> dict:
+def load_trained(records: list[dict], peak: float, keep=lambda record: True) -> dict:
     """Load every trained model; add to its record the training FLOPs per token, the MFU against `peak`, its
-    position limit and the dropout it was trained with.
+    position limit, the dropout it was trained with and the code path that runs it. A model that does not
+    load turns its record into a failure (stage "loading").
+
+    Args:
+        records (`list[dict]`): the records; only completed runs (`status: "ok"`) are loaded.
+        peak (`float`): the matmul peak the MFU is measured against.
+        keep (`callable`, *optional*): which records' models to return (the others are released).
 
     Returns:
-        `dict`: name to loaded model (in evaluation mode).
+        `dict`: name to loaded model (in evaluation mode), for the records `keep` accepts.
     """
     from transformers import AutoModelForCausalLM
 
-    from ..flops import flops_per_token
-
     models = {}
     for rec in records:
-        model = AutoModelForCausalLM.from_pretrained(rec["model_dir"]).eval()
-        models[rec["name"]] = model
-        flops = flops_per_token(model, context_length=rec["sequence_length"], training=True)
-        rec["flops_per_token_train"] = flops
-        rec["model_flops_utilization"] = flops * rec["train_tokens_per_second"] / peak
-        rec["max_positions"] = position_limit(model)
-        rec["dropout"] = {
-            k: v
-            for k, v in sorted(model.config.to_dict().items())
-            if "drop" in k
-            and not k.startswith(("summary", "classifier"))  # heads an LM never runs
-            and isinstance(v, (int, float))
-            and not isinstance(v, bool)
-            and v > 0
-        }
+        if rec.get("status") != "ok":
+            continue
+        try:
+            model = AutoModelForCausalLM.from_pretrained(rec["model_dir"]).eval()
+        except Exception as error:  # reported, not dropped
+            rec.update(failure_record(rec["name"], "loading", error))
+            continue
+        _describe_model(rec, model, peak)
+        if keep(rec):
+            models[rec["name"]] = model
     return models
+
+
+def _describe_model(rec: dict, model, peak: float) -> None:
+    """A loaded model's FLOPs, MFU, position limit, dropout and code path, added to its record."""
+    from ..flops import flops_per_token
+
+    # the attention term only for families with attention (scans and recurrences are not matrix products)
+    context = rec["sequence_length"] if rec["model_type"] in ATTENTION else 0
+    flops = flops_per_token(model, context_length=context, training=True)
+    rec["flops_per_token_train"] = flops
+    rec["model_flops_utilization"] = flops * rec["train_tokens_per_second"] / peak
+    rec["max_positions"] = position_limit(model)
+    rec["dropout"] = {
+        k: v
+        for k, v in sorted(model.config.to_dict().items())
+        if "drop" in k
+        and not k.startswith(("summary", "classifier"))  # heads an LM never runs
+        and isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and v > 0
+    }
+    rec["code_path"] = code_path(model)
 
 
 def add_generation(
@@ -270,6 +301,11 @@ def run_summary(
         "date": started,
         "argv": list(argv),
         "budget": options.budget,
+        "budgets": options.budgets,
+        "target_params": options.target_params,
+        "lr_sweep": options.lr_sweep,
+        "seeds": options.seeds,
+        "load_average": _load_average(),
         "budget_minutes": options.budget_minutes,
         "budget_tokens": options.budget_tokens,
         "dataset": options.dataset_name if not options.train_file else options.train_file,
@@ -281,6 +317,14 @@ def run_summary(
         "matmul_peak_flops": peak,
         "target_check": quality_target_check(records),
     }
+
+
+def _load_average() -> list[float] | None:
+    """The machine's 1, 5 and 15-minute load averages (a shared CPU: speeds move with them)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def write_outputs(options: argparse.Namespace, records: list[dict], summary: dict, output_dir: Path) -> None:
@@ -304,8 +348,13 @@ def _print_results(options: argparse.Namespace, records: list[dict], output_dir:
     print(f"\nwrote {output_dir / 'results.json'} and {output_dir / 'REPORT.md'}")
     longest = str(options.contexts[-1])
     for rec in records:
+        if rec.get("status") != "ok":
+            print(f"  {rec['name']:<16} FAILED at {rec['stage']}: {rec['reason']}")
+            continue
+        if not rec.get("main"):
+            continue
         print(
-            f"  {rec['name']:<8} {rec['num_parameters']:>10,} params  "
+            f"  {rec['name']:<16} {rec['num_parameters']:>10,} params  "
             f"valid ppl (fixed) {rec['eval_perplexity']:8.1f}  "
             f"train {rec['train_tokens_per_second']:8,.0f} tok/s  generate@{longest} "
             f"{format_value(rec['generate_tokens_per_second'].get(longest), 0)} tok/s"
@@ -330,16 +379,16 @@ def run(options: argparse.Namespace, argv: list[str] | None = None) -> list[dict
     output_dir.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%d %H:%M %Z")
     tokenizer, tokenizer_dir, validation = prepare_tokenizer(options, output_dir)
-    shapes = match_shapes(options, len(tokenizer))
     peak_before = measure_matmul_peak(seconds=1.0)
-    records = [
-        train_one(options, shapes[family], tokenizer, tokenizer_dir, validation, output_dir)
-        for family in options.models
-    ]
+    shared = Shared(tokenizer, tokenizer_dir, validation, output_dir)
+    records = train_all(options, shared, len(tokenizer))
     peak = max(peak_before, measure_matmul_peak(seconds=1.0))
-    models = load_trained(records, peak)
+    models = load_trained(records, peak, keep=lambda r: is_main(r, options))
+    for rec in records:  # after loading, which may have turned a run into a failure
+        rec["main"] = is_main(rec, options)
+    main_records = [r for r in records if r["main"]]
     trained_positions = {
-        r["name"]: None if is_hf_lstm(r["model_type"]) else options.block_size for r in records
+        r["name"]: None if get_family(r["name"]).recurrent else options.block_size for r in main_records
     }
     generation = measure_generation(
         models,
@@ -350,8 +399,8 @@ def run(options: argparse.Namespace, argv: list[str] | None = None) -> list[dict
         options.repeats,
         trained_positions,
     )
-    add_generation(records, generation, options.generate_batch_sizes, peak)
-    summary = run_summary(options, argv or [], started, len(tokenizer), peak, records)
+    add_generation(main_records, generation, options.generate_batch_sizes, peak)
+    summary = run_summary(options, argv or [], started, len(tokenizer), peak, main_records)
     write_outputs(options, records, summary, output_dir)
     _print_results(options, records, output_dir)
     return records

@@ -48,27 +48,71 @@ def reset_peak_memory() -> bool:
         return False
 
 
-def cache_nbytes(cache) -> int | None:
-    """Bytes held by a generation cache: `LSTMCache.nbytes`, or the keys and values of every layer of a
-    transformers `Cache` (or a legacy tuple of tuples)."""
-    if cache is None:
+def _tensors_in(value, found: dict, depth: int = 0) -> None:
+    """Every tensor reachable from `value` (tensors, lists, tuples, dicts, and the attributes of objects such
+    as transformers' `Cache` and its layers), by identity of its storage."""
+    if isinstance(value, torch.Tensor):
+        if value.device.type != "meta":
+            found[(value.untyped_storage().data_ptr(), value.storage_offset(), value.shape)] = value
+        return
+    if depth > 6 or value is None or isinstance(value, (int, float, str, bool, torch.nn.Module)):
+        return
+    if isinstance(value, (list, tuple, set)):
+        items = value
+    elif isinstance(value, dict):
+        items = value.values()
+    elif hasattr(value, "__dict__"):
+        items = vars(value).values()
+    else:
+        return
+    for item in items:
+        _tensors_in(item, found, depth + 1)
+
+
+def model_held_state(model) -> list[torch.Tensor]:
+    """Tensors a model keeps on its modules, outside its parameters and buffers, under a name that says state:
+    the recurrent state some models hold there instead of in the cache (RecurrentGemma's `recurrent_states`
+    and `conv1d_state`)."""
+    held = []
+    for module in model.modules():
+        for name, value in vars(module).items():
+            if isinstance(value, torch.Tensor) and "state" in name:
+                held.append(value)
+    return held
+
+
+def cache_nbytes(cache, model=None) -> int | None:
+    """Bytes of the state a model decodes from: `LSTMCache.nbytes`, else every tensor the cache object holds
+    (transformers' `Cache` layers: keys and values, or Mamba's convolution and SSM states; xLSTM's matrix
+    memory; RWKV's state list), plus the state tensors `model` keeps on its own modules, each counted once.
+    Measured on the actual tensors, not computed from the configuration."""
+    if cache is None and model is None:
         return None
-    if hasattr(cache, "nbytes"):
+    if hasattr(cache, "nbytes") and not isinstance(cache, torch.Tensor):
         return int(cache.nbytes)
-    tensors = []
-    if hasattr(cache, "layers"):
-        for layer in cache.layers:
-            tensors += [getattr(layer, name, None) for name in ("keys", "values")]
-    elif isinstance(cache, (tuple, list)):
-        tensors = [t for layer in cache for t in layer]
-    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+    found: dict = {}
+    _tensors_in(cache, found)
+    for tensor in model_held_state(model) if model is not None else []:
+        _tensors_in(tensor, found)
+    if not found:
+        return None
+    return sum(t.numel() * t.element_size() for t in found.values())
+
+
+def cache_length(cache) -> int | None:
+    """Tokens in a cache that counts them (`get_seq_length`); None for a recurrent state, which does not."""
+    try:
+        return int(cache.get_seq_length()) if hasattr(cache, "get_seq_length") else None
+    except (ValueError, TypeError, AttributeError):  # transformers' linear-attention caches refuse
+        return None
 
 
 def position_limit(model) -> int | None:
     """The longest sequence a model can represent (learned or configured positions); None for a recurrent
-    one."""
+    one (RWKV's `context_length` only sizes its CUDA kernel) and for RecurrentGemma (local attention over a
+    sliding window, rotary positions)."""
     config = model.config
-    if is_hf_lstm(config):
+    if is_hf_lstm(config) or config.model_type in ("rwkv", "recurrent_gemma", "mamba", "mamba2", "xlstm"):
         return None
     for name in ("n_positions", "max_position_embeddings"):
         if getattr(config, name, None):
@@ -121,8 +165,8 @@ def generate_once(model, ids: torch.LongTensor, new_tokens: int) -> dict:
         "tokens_per_second": ids.shape[0] / decode if steps > 1 else None,
         "prefill_seconds": clock.times[0] - start if steps else None,
         "end_to_end_tokens_per_second": ids.shape[0] * steps / total,
-        "cache_bytes": cache_nbytes(cache),
-        "cache_tokens": int(cache.get_seq_length()) if hasattr(cache, "get_seq_length") else None,
+        "cache_bytes": cache_nbytes(cache, model),
+        "cache_tokens": cache_length(cache),
         "peak_rss_bytes": peak if tracked else None,
         "peak_rss_increase_bytes": (peak - before) if tracked and peak and before else None,
     }
@@ -189,7 +233,7 @@ def measure_generation(
                         continue
                     try:
                         runs[name].append(generate_once(model, ids, new_tokens))
-                    except (RuntimeError, ValueError, MemoryError) as error:
+                    except Exception as error:  # any crash is this cell's reason, not the run's end
                         skipped[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
             for name in models:
                 record = {"batch_size": batch, "context": context, "new_tokens": new_tokens}

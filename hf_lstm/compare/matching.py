@@ -7,31 +7,16 @@ on the meta device, so they cost no memory and no initialisation.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 
 from ..configuration_hf_lstm import is_hf_lstm
+from .families import get_family
 
-FAMILIES = ("hf_lstm", "gpt2", "llama")
-# Depths tried for each family, in order of preference: the first depth whose best width lands within
-# TIGHT_TOLERANCE of the target is taken; otherwise the best of all of them (if within --tolerance).
-PREFERRED_DEPTHS = {"hf_lstm": (2, 3, 1), "gpt2": (4, 3, 5, 2, 6, 1), "llama": (4, 3, 5, 2, 6, 1)}
 WIDTH_STEP = 8
 MAX_WIDTH = 4096
 TIGHT_TOLERANCE = 0.05
-
-# The configuration fields of each family that are not its shape: every family ties its output layer to the
-# token embedding (which the parameter count depends on), and none uses dropout. At a budget of minutes on a
-# CPU every model sees about one epoch of PTB, a regime where dropout only slows learning (GPT-2's default 0.1
-# is switched off; Llama and hf_lstm have none by default). The training half of each family's recipe is
-# `hf_lstm.compare.runs.RECIPES`.
-FAMILY_CONFIG = {
-    "hf_lstm": {"cell_type": "lstm", "tie_word_embeddings": True},
-    "gpt2": {"tie_word_embeddings": True, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0},
-    "llama": {"tie_word_embeddings": True},
-}
 
 
 def parse_count(text: str | int) -> int:
@@ -60,25 +45,10 @@ def parse_count(text: str | int) -> int:
     return round(value)
 
 
-def attention_heads(width: int) -> int:
-    """Heads for a Transformer of this width: as many as keep every head at least 32 wide (even widths only,
-    which rotary embeddings need), at least one. 256 -> 8, 208 -> 4 (52 wide), 48 -> 1."""
-    best = 1
-    for heads in range(1, width + 1):
-        if width % heads == 0 and (width // heads) % 2 == 0 and width // heads >= 32:
-            best = heads
-    return best
-
-
-def llama_intermediate_size(width: int) -> int:
-    """Llama's MLP width rule (8/3 of the model width), rounded up to a multiple of 8."""
-    return WIDTH_STEP * math.ceil(8 * width / 3 / WIDTH_STEP)
-
-
 def shape_overrides(
     model_type: str, layers: int, width: int, block_size: int = 128, max_positions: int | None = None
 ) -> dict:
-    """The configuration changes that give `model_type` this depth and width (`FAMILY_CONFIG` included).
+    """The configuration changes that give a family this depth and width (`families.Family.overrides`).
 
     GPT-2 learns one embedding per position, so it gets exactly `block_size` positions (the ones it is trained
     on, and all its parameters are trained); Llama's rotary positions cost no parameters, so it is built with
@@ -86,7 +56,7 @@ def shape_overrides(
     trained block are extrapolation: speed is meaningful there, quality is not).
 
     Args:
-        model_type (`str`): one of `FAMILIES`.
+        model_type (`str`): a family name (`FAMILIES`, or `hf_lstm:CELL`).
         layers (`int`): depth.
         width (`int`): hidden size.
         block_size (`int`, *optional*, defaults to 128): the positions GPT-2 gets.
@@ -94,28 +64,11 @@ def shape_overrides(
 
     Returns:
         `dict`: configuration fields, as `hf-lstm train --config_overrides` takes them.
+
+    Raises:
+        `ValueError`: for an unknown family.
     """
-    overrides = dict(FAMILY_CONFIG.get(model_type, {}))
-    if is_hf_lstm(model_type):
-        overrides.update(hidden_size=width, num_hidden_layers=layers)
-    elif model_type == "gpt2":
-        overrides.update(n_embd=width, n_layer=layers, n_head=attention_heads(width), n_positions=block_size)
-    elif model_type == "llama":
-        heads = attention_heads(width)
-        overrides.update(
-            hidden_size=width,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            num_key_value_heads=heads,
-            head_dim=width // heads,
-            intermediate_size=llama_intermediate_size(width),
-            max_position_embeddings=max(block_size, max_positions or block_size),
-        )
-    else:
-        raise ValueError(
-            f"no parameter matching rule for model type {model_type!r}; choose from {', '.join(FAMILIES)}"
-        )
-    return overrides
+    return get_family(model_type).overrides(layers, width, block_size, max_positions)
 
 
 def format_overrides(overrides: dict) -> str:
@@ -126,13 +79,14 @@ def format_overrides(overrides: dict) -> str:
 def build_model_on_meta(
     model_type: str, overrides: dict, vocab_size: int, block_size: int = 128, eval_window: int = 128
 ):
-    """The model `hf-lstm train --model_type ... --config_overrides ...` would build, on the meta device
-    (no memory, no initialisation cost): what the parameter counts are taken from."""
+    """The model `hf-lstm train --model_type ... --config_overrides ...` would build for a family (its name,
+    as `--models` gives it), on the meta device
+        (no memory, no initialisation cost): what the parameter counts are taken from."""
     from ..builders import TokenIds, build_model
 
     with torch.device("meta"):
         return build_model(
-            model_type,
+            get_family(model_type).model_type,
             vocab=TokenIds(vocab_size),
             config_overrides=overrides,
             min_positions=max(block_size, eval_window),
@@ -175,20 +129,25 @@ class MatchedShape:
     num_parameters: int
     num_non_embedding_parameters: int
     target_parameters: int
+    name: str = ""
     relative_error: float = field(init=False)
 
     def __post_init__(self):
+        self.name = self.name or self.model_type  # the family as --models names it (hf_lstm:gru)
         self.relative_error = self.num_parameters / self.target_parameters - 1
 
     def describe(self) -> str:
-        """One line: `2 x 256 lstm` for hf_lstm, `4 layers x 208 (4 heads)` for Transformers."""
+        """One line: `2 x 256 lstm` for hf_lstm, `4 layers x 208 (4 heads, MLP 560)` for the others."""
         if is_hf_lstm(self.model_type):
             return f"{self.layers} x {self.width} {self.overrides.get('cell_type', 'lstm')}"
         heads = self.overrides.get("n_head") or self.overrides.get("num_attention_heads")
-        extra = (
-            f", MLP {self.overrides['intermediate_size']}" if "intermediate_size" in self.overrides else ""
-        )
-        return f"{self.layers} layers x {self.width} ({heads} head{'s' if heads != 1 else ''}{extra})"
+        if self.model_type in ("mamba2", "xlstm"):
+            heads = self.overrides.get("num_heads")
+        parts = [f"{heads} head{'s' if heads != 1 else ''}"] if heads else []
+        if "intermediate_size" in self.overrides:
+            parts.append(f"MLP {self.overrides['intermediate_size']}")
+        details = f" ({', '.join(parts)})" if parts else ""
+        return f"{self.layers} layers x {self.width}{details}"
 
 
 def match_parameters(
@@ -202,12 +161,13 @@ def match_parameters(
 ) -> MatchedShape:
     """The configuration of `model_type` whose total parameter count is nearest `target`.
 
-    Depths are tried in `PREFERRED_DEPTHS` order; for each, the width (a multiple of 8) is found by bisection
-    on the exact count (it grows with the width). The first depth within 5% is taken; otherwise the nearest
+    Depths are tried in the family's order of preference (`families.Family.depths`); for each, the width (a
+    multiple of the family's `width_step`) is found by bisection on the exact count (it grows with the
+    width). The first depth within 5% is taken; otherwise the nearest
     over all depths.
 
     Args:
-        model_type (`str`): one of `FAMILIES`.
+        model_type (`str`): a family name (`FAMILIES`, or `hf_lstm:CELL`).
         target (`int`): total parameters wanted.
         vocab_size (`int`): the shared tokenizer's size.
         tolerance (`float`, *optional*, defaults to 0.10): the largest accepted relative gap to `target`.
@@ -219,6 +179,8 @@ def match_parameters(
         `ValueError`: if even the nearest shape is more than `tolerance` away (e.g. a target smaller than the
         embedding matrix alone).
     """
+    family = get_family(model_type)
+    step = family.width_step
     cache: dict[tuple[int, int], tuple[int, int, dict]] = {}
 
     def counted(layers: int, width: int):
@@ -232,25 +194,27 @@ def match_parameters(
         return cache[layers, width]
 
     candidates = []
-    for layers in PREFERRED_DEPTHS.get(model_type, (2,)):
-        low, high = 1, MAX_WIDTH // WIDTH_STEP  # bisection for the first width whose count reaches the target
+    for layers in family.depths:
+        low, high = 1, MAX_WIDTH // step  # bisection for the first width whose count reaches the target
         while low < high:
             mid = (low + high) // 2
-            if counted(layers, mid * WIDTH_STEP)[0] >= target:
+            if counted(layers, mid * step)[0] >= target:
                 high = mid
             else:
                 low = mid + 1
-        widths = {max(1, low - 1) * WIDTH_STEP, low * WIDTH_STEP}
+        widths = {max(1, low - 1) * step, low * step}
         best = min(widths, key=lambda w: abs(counted(layers, w)[0] - target))
         total, non_embedding, overrides = counted(layers, best)
-        shape = MatchedShape(model_type, layers, best, overrides, total, non_embedding, target)
+        shape = MatchedShape(
+            family.model_type, layers, best, overrides, total, non_embedding, target, name=family.name
+        )
         candidates.append(shape)
         if abs(shape.relative_error) <= TIGHT_TOLERANCE:
             return shape
     shape = min(candidates, key=lambda s: abs(s.relative_error))
     if abs(shape.relative_error) > tolerance:
         raise ValueError(
-            f"no {model_type} configuration on the grid comes within {tolerance:.0%} of {target:,} "
+            f"no {family.name} configuration on the grid comes within {tolerance:.0%} of {target:,} "
             f"parameters (nearest: {shape.describe()}, {shape.num_parameters:,}; vocabulary {vocab_size:,}): "
             "choose another --target_params"
         )

@@ -11,9 +11,9 @@ import shutil
 from pathlib import Path
 
 from ..configuration_hf_lstm import is_hf_lstm
+from .plots import PLOTS, SIZE_PLOT
 from .runs import SCHEDULE_SLACK, WARMUP_FRACTION
-
-PLOTS = ("curves.png", "generation.png", "memory.png")
+from .tables import code_path_lines, failures_section, lstm_versus_peers, runs_section, sweep_section
 
 
 def write_results(records: list[dict], path: Path) -> None:
@@ -51,153 +51,6 @@ def quality_target_check(records: list[dict]) -> dict | None:
         "verdict": f"{'met' if met else 'not met'}: {lstm['eval_perplexity']:.1f}, {ratio:.2f}x GPT-2's "
         f"{gpt2['eval_perplexity']:.1f}",
     }
-
-
-# -- plots ---------------------------------------------------------------------------------------------------
-
-
-def _interp(x: float, xs: list[float], ys: list[float]) -> float:
-    if x <= xs[0]:
-        return ys[0]
-    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
-        if x <= x1:
-            return y0 + (y1 - y0) * (x - x0) / max(x1 - x0, 1e-12)
-    return ys[-1]
-
-
-def step_axes(record: dict) -> tuple[list[float], list[float]]:
-    """Seconds and tokens at each logged step, interpolated between the points where the run recorded them
-    (start, every validation point, the end): `train_log.json` holds (step, loss) only."""
-    anchors = [(0, 0.0, 0)] + [(p["step"], p["seconds"], p["tokens_seen"]) for p in record["eval_curve"]]
-    anchors.append((record["train_steps"], record["train_seconds"], record["train_tokens"]))
-    anchors = sorted(set(anchors))
-    steps = [a[0] for a in anchors]
-    seconds = [_interp(s, steps, [a[1] for a in anchors]) for s, _ in record["train_log"]]
-    tokens = [_interp(s, steps, [a[2] for a in anchors]) for s, _ in record["train_log"]]
-    return seconds, tokens
-
-
-def _smooth(values: list[float], weight: float) -> list[float]:
-    out, avg = [], None
-    for v in values:
-        avg = v if avg is None else weight * avg + (1 - weight) * v
-        out.append(avg)
-    return out
-
-
-def _finish(plt, fig, axes, path: Path) -> None:
-    """Grid and legend on every panel, then save the figure to `path` and close it."""
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
-def _plot_training(plt, records: list[dict], path: Path) -> None:
-    """Training loss and validation perplexity against wall-clock and tokens."""
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-    for rec in records:
-        seconds, tokens = step_axes(rec)
-        loss = _smooth([loss for _, loss in rec["train_log"]], 0.9)
-        label = f"{rec['name']} ({rec['batching']})"
-        axes[0, 0].plot(seconds, loss, label=label)
-        axes[0, 1].plot(tokens, loss, label=label)
-        curve = [
-            *rec["eval_curve"],
-            {
-                "seconds": rec["train_seconds"],
-                "tokens_seen": rec["train_tokens"],
-                "validation_perplexity_fixed_window": rec["eval_perplexity"],
-            },
-        ]
-        perplexity = [p["validation_perplexity_fixed_window"] for p in curve]
-        axes[1, 0].plot([p["seconds"] for p in curve], perplexity, marker="o", label=rec["name"])
-        axes[1, 1].plot([p["tokens_seen"] for p in curve], perplexity, marker="o", label=rec["name"])
-    axes[0, 0].set(xlabel="training wall-clock (s)", ylabel="training loss (nats, smoothed)")
-    axes[0, 1].set(xlabel="training tokens", ylabel="training loss (nats, smoothed)")
-    axes[1, 0].set(
-        xlabel="training wall-clock (s)", ylabel="validation perplexity (fixed windows)", yscale="log"
-    )
-    axes[1, 1].set(xlabel="training tokens", ylabel="validation perplexity (fixed windows)", yscale="log")
-    fig.suptitle("Training: loss and validation perplexity against wall-clock and tokens")
-    _finish(plt, fig, axes.flat, path)
-
-
-def _plot_generation(plt, records: list[dict], path: Path) -> None:
-    """Decoded tokens/s against the prompt's context, one panel per batch size."""
-    batches = sorted({g["batch_size"] for rec in records for g in rec["generation"]})
-    fig, axes = plt.subplots(1, len(batches), figsize=(5.5 * len(batches), 4), squeeze=False)
-    for ax, batch in zip(axes[0], batches):
-        for rec in records:
-            points = [
-                (g["context"], g["tokens_per_second"])
-                for g in rec["generation"]
-                if g["batch_size"] == batch and g.get("tokens_per_second")
-            ]
-            if points:
-                ax.plot(*zip(*points), marker="o", label=rec["name"])
-        ax.set(
-            xscale="log",
-            xlabel="prompt context (tokens)",
-            ylabel="decoded tokens/s (whole batch)",
-            title=f"greedy generate(), batch {batch}",
-        )
-    _finish(plt, fig, axes[0], path)
-
-
-def _plot_memory(plt, records: list[dict], path: Path) -> None:
-    """Cache bytes at batch 1 and the peak resident memory at the largest batch, against the context."""
-    largest = max(g["batch_size"] for rec in records for g in rec["generation"])
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for rec in records:
-        cache = [
-            (g["cache_tokens"] or g["context"], g["cache_bytes"])
-            for g in rec["generation"]
-            if g["batch_size"] == 1 and g.get("cache_bytes")
-        ]
-        rss = [
-            (g["context"], g["peak_rss_increase_bytes"] / 1e6)
-            for g in rec["generation"]
-            if g["batch_size"] == largest and g.get("peak_rss_increase_bytes") is not None
-        ]
-        if cache:
-            axes[0].plot(*zip(*cache), marker="o", label=rec["name"])
-        if rss:
-            axes[1].plot(*zip(*rss), marker="o", label=rec["name"])
-    axes[0].set(
-        xscale="log",
-        yscale="log",
-        xlabel="tokens in the cache (prompt + generated)",
-        ylabel="state / KV-cache bytes",
-        title="cache size, batch 1",
-    )
-    axes[1].set(
-        xscale="log",
-        xlabel="prompt context (tokens)",
-        ylabel="MB",
-        title=f"peak resident memory above the loaded model, batch {largest}",
-    )
-    _finish(plt, fig, axes, path)
-
-
-def draw_plots(records: list[dict], output_dir: Path) -> list[str]:
-    """Draw `PLOTS` into `output_dir`: curves.png (loss and validation perplexity against wall-clock and
-    tokens), generation.png (tokens/s against context at each batch size) and memory.png (cache bytes and peak
-    memory against context).
-
-    Returns:
-        `list[str]`: the file names written.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    for name, draw in zip(PLOTS, (_plot_training, _plot_generation, _plot_memory)):
-        draw(plt, records, output_dir / name)
-    return list(PLOTS)
 
 
 # -- REPORT.md -----------------------------------------------------------------------------------------------
@@ -320,7 +173,7 @@ def _generation_sentences(records: list[dict]) -> list[str]:
 
 def _title_section(options: argparse.Namespace, summary: dict) -> list[str]:
     return [
-        f"# {options.run_name}: hf_lstm against parameter-matched small Transformers",
+        f"# {options.run_name}: hf_lstm against parameter-matched peers",
         "",
         f"Generated by `hf-lstm compare` on {summary['date']}. Command:",
         "",
@@ -341,26 +194,32 @@ def _recipe(record: dict) -> str:
 
 
 def _setup_section(options: argparse.Namespace, records: list[dict], summary: dict) -> list[str]:
-    wall_clock = options.budget == "wall_clock"
-    budget = (
-        f"equal wall-clock: {options.budget_minutes:g} min of training per model"
-        if wall_clock
-        else f"equal training tokens: {options.budget_tokens:,} per model"
-    )
-    schedule = (
-        f"over the steps a timed warm-up predicts for the budget (x{SCHEDULE_SLACK:.2f}); the clock stops "
-        "the run."
-        if wall_clock
-        else "over exactly the budget's steps."
+    texts = {
+        "wall_clock": f"equal wall-clock, {options.budget_minutes:g} min of training per model",
+        "tokens": f"equal training tokens, {options.budget_tokens or 0:,} per model",
+    }
+    budget = "; and, as a second set of runs, ".join(texts[b] for b in options.budgets)
+    schedule = {
+        "wall_clock": f"over the steps a timed warm-up predicts for the budget (x{SCHEDULE_SLACK:.2f}), the "
+        "clock stopping the run",
+        "tokens": "over exactly the budget's steps",
+    }
+    schedule = " (wall-clock) / ".join(schedule[b] for b in options.budgets) + "."
+    tuning = (
+        f"{options.lr_sweep} learning rates per family (spaced by 2x around its recipe's), chosen on "
+        "validation perplexity"
+        if options.lr_sweep > 1
+        else "none: each family's recipe rate"
     )
     return [
         "## Setup",
         "",
         f"- Data: `{summary['dataset']}`; one `{summary['tokenizer']}` tokenizer "
         f"({summary['vocab_size']:,} ids) trained once and used by every model.",
-        f"- Size: target {options.target_params:,} total parameters (the vocabulary is shared, so the total "
-        f"is the matched count), each family within {options.tolerance:.0%}; non-embedding counts exclude "
-        "token and position embeddings (and an untied output matrix).",
+        f"- Size: target {max(options.target_params):,} total parameters in the main tables (the "
+        "vocabulary is shared, so the total is the matched count), each family within "
+        f"{options.tolerance:.0%}; non-embedding counts exclude token and position embeddings (and an "
+        "untied output matrix).",
         f"- Budget: {budget}. Schedule (same rule for every model, whatever its optimizer): cosine with "
         f"{WARMUP_FRACTION:.0%} warm-up " + schedule,
         f"- Curves: about {options.curve_points} checkpoints per run, saved inside the training clock (a "
@@ -368,10 +227,17 @@ def _setup_section(options: argparse.Namespace, records: list[dict], summary: di
         "budget.",
         "- Recipes: "
         + "; ".join(_recipe(r) for r in records)
-        + ". hf_lstm's stream batching carries the state across windows; Transformers read independent "
-        "shuffled blocks.",
+        + ". hf_lstm's stream batching carries the state across windows; every other family reads "
+        "independent shuffled blocks.",
+        f"- Tuning, the same for every family: {tuning}. Seeds: {options.seeds} per family "
+        f"({options.seed}..{options.seed + options.seeds - 1}) at the chosen rate.",
+        "- Sizes: "
+        + ", ".join(f"{t:,}" for t in options.target_params)
+        + " total parameters; the tables below the next one show every size, budget and seed, the "
+        "main tables the largest size, the first budget and the first seed.",
         f"- Machine: {summary['machine']}; torch {summary['torch']}, {summary['num_threads']} thread(s); "
-        f"fp32 matmul peak measured in this run: {summary['matmul_peak_flops'] / 1e9:.0f} GFLOP/s.",
+        f"fp32 matmul peak measured in this run: {summary['matmul_peak_flops'] / 1e9:.0f} GFLOP/s; load "
+        f"average at the end of the run (1, 5, 15 min): {summary.get('load_average')}.",
         "",
     ]
 
@@ -453,8 +319,11 @@ def _generation_section(options: argparse.Namespace, records: list[dict], image_
         "## Generation speed",
         "",
         f"Greedy `generate()`, {options.new_tokens} new tokens, steady decoding rate (prefill excluded; "
-        f"median of {options.repeats} interleaved repeats), tokens/s summed over the batch.",
+        f"median of {options.repeats} interleaved repeats), tokens/s summed over the batch. The code path "
+        "that ran each model, beside its training speed (what is importable here and what its model file "
+        "selects on this device):",
         "",
+        *code_path_lines(records),
     ]
     contexts = _contexts(records)
     for batch in _batch_sizes(records):
@@ -500,49 +369,74 @@ def _memory_section(options: argparse.Namespace, records: list[dict], image_pref
     return [*lines, "", f"![memory]({image_prefix}memory.png)", ""]
 
 
-CAVEATS = [
-    "## Caveats",
-    "",
-    "- CPU only, one machine, one seed per model: differences of a few percent are within what another seed "
-    "or a quieter machine could change. Timings on a shared CPU move with the neighbours' load; the "
-    "generation figures are interleaved across models to share that noise, the training runs are not "
-    "(they run one after another).",
-    "- The budget is short: these are the models' quality after this budget, not at convergence; the "
-    "recipes (batch, optimizer, rate) are the defaults of `hf-lstm compare`, chosen once from a small sweep "
-    '(docs/COMPARE.md, "Recipes") and not tuned per model in this run.',
-    "- The fixed-window protocol gives every model the same context (at most one window); the stateful "
-    "number is reported for recurrent models because it is the protocol of the published RNN results, not "
-    "because it compares with the Transformers' fixed-window number.",
-    "- GPT-2 learns one embedding per position and is built with exactly the positions it trains on, so it "
-    "cannot take longer prompts; Llama's rotary positions cost no parameters, so it is built with enough "
-    "positions for the longest prompt, but beyond its training block its output is extrapolation.",
-]
+def caveats(options: argparse.Namespace) -> list[str]:
+    """The caveats section, worded for what this run did (seeds, sweep, families)."""
+    seeds = (
+        f"{options.seeds} seeds per family (mean and spread in the tables)"
+        if options.seeds > 1
+        else "one seed per model: differences of a few percent are within what another seed could change"
+    )
+    tuning = (
+        f"each family's learning rate was chosen from {options.lr_sweep} (the same number for every family); "
+        "batch, optimizer and schedule are the recipes' and were not swept"
+        if options.lr_sweep > 1
+        else "the recipes (batch, optimizer, rate) are the defaults of `hf-lstm compare`, hf_lstm's and "
+        'GPT-2\'s chosen once from a small sweep (docs/COMPARE.md, "Recipes"), every other family taking '
+        "GPT-2's untuned: run with --lr_sweep N for the same tuning budget everywhere"
+    )
+    return [
+        "## Caveats",
+        "",
+        f"- CPU only, one machine, {seeds}. Timings on a shared CPU move with the neighbours' load; the "
+        "generation figures are interleaved across models to share that noise, the training runs are not "
+        "(they run one after another).",
+        "- The budget is short: these are the models' quality after this budget, not at convergence; "
+        f"{tuning}.",
+        "- The fixed-window protocol gives every model the same context (at most one window); the stateful "
+        "number is reported for hf_lstm because it is the protocol of the published RNN results, not "
+        "because it compares with the other models' fixed-window number.",
+        "- GPT-2 learns one embedding per position and is built with exactly the positions it trains on, so "
+        "it cannot take longer prompts; Llama's rotary positions cost no parameters, so it is built with "
+        "enough positions for the longest prompt, but beyond its training block its output is extrapolation "
+        "(so is RecurrentGemma's local attention beyond the block).",
+        "- Mamba, Mamba-2, xLSTM, RWKV and RecurrentGemma run transformers' pure-PyTorch paths here (see the "
+        "code paths): their fused GPU kernels would change their speeds, not their quality.",
+    ]
 
 
 def write_report(
     options: argparse.Namespace, records: list[dict], summary: dict, image_prefix: str = ""
 ) -> str:
-    """REPORT.md: setup, the result table, generation and memory tables, plots, the reading and the caveats.
+    """REPORT.md: setup, the result table, generation and memory tables, plots, every size/budget/seed, the
+    learning-rate sweep, the families that did not complete, the reading and the caveats.
 
     Args:
         options (`argparse.Namespace`): `hf-lstm compare`'s options.
-        records (`list[dict]`): the records of results.json.
+        records (`list[dict]`): the records of results.json (every run; the main ones have `main: true`).
         summary (`dict`): the run's date, command line, data, tokenizer, machine and quality target check.
         image_prefix (`str`, *optional*): the folder of the plots, relative to the report ("" beside it).
     """
-    lines = [
+    main = [r for r in records if r.get("main")]
+    size = [f"![quality against size]({image_prefix}{SIZE_PLOT})", ""] if _has_sizes(records) else []
+    sections = [
         *_title_section(options, summary),
-        *_setup_section(options, records, summary),
-        *_result_section(options, records, summary, image_prefix),
-        *_generation_section(options, records, image_prefix),
-        *_memory_section(options, records, image_prefix),
-        "## Reading",
-        "",
-        *reading(records, summary),
-        "",
-        *CAVEATS,
+        *failures_section(records),
     ]
-    return "\n".join(lines) + "\n"
+    if main:
+        sections += [
+            *_setup_section(options, main, summary),
+            *_result_section(options, main, summary, image_prefix),
+            *_generation_section(options, main, image_prefix),
+            *_memory_section(options, main, image_prefix),
+        ]
+    sections += [*runs_section(records), *size, *sweep_section(records)]
+    sections += ["## Reading", "", *(reading(main, summary) if main else []), *lstm_versus_peers(records)]
+    return "\n".join([*sections, "", *caveats(options)]) + "\n"
+
+
+def _has_sizes(records: list[dict]) -> bool:
+    done = [r for r in records if r.get("status") == "ok" and r.get("role") == "final"]
+    return len({r["target_parameters"] for r in done}) > 1
 
 
 def publish_report(options: argparse.Namespace, records: list[dict], summary: dict, output_dir: Path) -> Path:
@@ -555,8 +449,9 @@ def publish_report(options: argparse.Namespace, records: list[dict], summary: di
     published = Path(options.publish_report)
     assets = published.parent / published.stem.lower()
     assets.mkdir(parents=True, exist_ok=True)
-    for name in PLOTS:
-        shutil.copy(output_dir / name, assets / name)
+    for name in (*PLOTS, SIZE_PLOT):
+        if (output_dir / name).is_file():
+            shutil.copy(output_dir / name, assets / name)
     write_results(
         [{k: v for k, v in r.items() if k != "train_log"} for r in records], assets / "results.json"
     )
@@ -576,10 +471,12 @@ def copy_model_cards(
     cards_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for rec in records:
+        if not rec.get("main"):
+            continue  # one card per family: its main run
         source = Path(rec["model_dir"]) / "README.md"
         if not source.is_file():
             continue
-        target = cards_dir / f"{run_name}-{rec['name']}.md"
+        target = cards_dir / f"{run_name}-{rec['name'].replace(':', '-')}.md"
         text = source.read_text().rstrip() + "\n\n## In the comparison\n\n"
         text += (
             f"Trained by `hf-lstm compare` ({run_name}) as the `{rec['name']}` entry: {rec['shape']}, "

@@ -17,6 +17,7 @@ import torch
 
 from ..configuration_hf_lstm import is_hf_lstm
 from ..settings import TrainingSettings
+from .families import FAMILIES, get_family
 from .matching import MatchedShape, format_overrides
 
 SCHEDULE_SLACK = 1.10
@@ -27,18 +28,12 @@ WARMUP_FRACTION = 0.05
 DATA_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainingSettings) if f.metadata["group"] == "data")
 TOKENIZER_OPTIONS = ("tokenizer_name", "tokenizer_type", "tokenizer_vocab_size", "trust_remote_code")
 
-# Each family's training recipe for a budget of minutes, as `TrainingSettings` fields; the model shape comes
-# from the parameter matching (with `matching.FAMILY_CONFIG`: tied embeddings, no dropout), and everything can
-# be overridden with --hf_lstm_train_args / --transformer_train_args (applied last, so they win). Batch and
-# rates come from a small sweep on PTB at 4M parameters and 5 minutes (docs/COMPARE.md, "Recipes"), the best
-# of each family's runs; Llama was not swept and takes GPT-2's. Earlier reports (docs/COMPARE-ptb-4M-sgd.md
-# and the git history) trained hf_lstm with SGD, or AdamW 3e-3, from embeddings initialised as small as the
-# recurrent weights, which held it back (docs/TRAINING.md, "Initialisation").
-RECIPES = {
-    "hf_lstm": {"batching": "stream", "optimizer": "adamw", "learning_rate": 6e-3},
-    "gpt2": {"batching": "blocks", "optimizer": "adamw", "learning_rate": 2e-3, "weight_decay": 0.1},
-    "llama": {"batching": "blocks", "optimizer": "adamw", "learning_rate": 2e-3, "weight_decay": 0.1},
-}
+# Each family's training recipe (`families.Family.recipe`), as `TrainingSettings` fields; the model shape
+# comes from the parameter matching (tied embeddings, no dropout), and everything can be overridden with
+# --hf_lstm_train_args / --transformer_train_args (applied last, so they win). Earlier reports
+# (docs/COMPARE-ptb-4M-sgd.md and the git history) trained hf_lstm with SGD, or AdamW 3e-3, from embeddings
+# initialised as small as the recurrent weights, which held it back (docs/TRAINING.md, "Initialisation").
+RECIPES = {name: get_family(name).recipe for name in FAMILIES}
 
 
 def prepare_tokenizer(options: argparse.Namespace, output_dir: Path):
@@ -125,7 +120,7 @@ class BudgetPlan:
         return fields
 
 
-def plan_budget(options: argparse.Namespace, timing: dict) -> BudgetPlan:
+def plan_budget(options: argparse.Namespace, timing: dict, budget: str | None = None) -> BudgetPlan:
     """Plan one run's budget: equal tokens (exactly the budget's steps), or equal wall-clock (the steps the
     warm-up predicts, x `SCHEDULE_SLACK`, the clock stopping the run).
 
@@ -136,9 +131,10 @@ def plan_budget(options: argparse.Namespace, timing: dict) -> BudgetPlan:
         options (`argparse.Namespace`): `hf-lstm compare`'s options (budget, budget_minutes, budget_tokens,
             curve_points).
         timing (`dict`): `estimate_step_seconds`'s measurement (step_seconds, tokens_per_step).
+        budget (`str`, *optional*): `"wall_clock"` or `"tokens"` (default: `options.budget`).
     """
     minutes = None
-    if options.budget == "tokens":
+    if (budget or options.budget) == "tokens":
         steps = max(1, math.ceil(options.budget_tokens / timing["tokens_per_step"]))
         expected_steps = steps
     else:
@@ -163,43 +159,49 @@ def family_settings(
     tokenizer_dir: Path,
     model_dir: Path,
     plan: BudgetPlan | None = None,
+    learning_rate: float | None = None,
+    seed: int | None = None,
 ) -> TrainingSettings:
     """The settings of one family's training run.
 
     In order, later fields winning: the data options of `hf-lstm compare`, the shared tokenizer, the matched
     shape, the batch and windows every model shares, the family's `RECIPES` entry, the user's extra
-    `--hf_lstm_train_args` or `--transformer_train_args`, and the budget `plan` (none: the settings the
-    warm-up is timed with).
+    `--hf_lstm_train_args` or `--transformer_train_args` (the latter for every family but hf_lstm), the
+    budget `plan` (none: the settings the warm-up is timed with), and the `learning_rate` and `seed` of this
+    run (a point of the learning-rate sweep, a seed of several).
 
     Args:
         options (`argparse.Namespace`): `hf-lstm compare`'s options.
-        shape (`MatchedShape`): the family's matched configuration (its `model_type` is the family).
+        shape (`MatchedShape`): the family's matched configuration (`name` is the family).
         tokenizer_dir (`Path`): the folder of the shared tokenizer.
         model_dir (`Path`): where the run writes its model.
         plan (`BudgetPlan`, *optional*): the budget of the run.
+        learning_rate (`float`, *optional*): overrides the recipe and the extra arguments.
+        seed (`int`, *optional*): overrides `--seed`.
     """
-    family = shape.model_type
+    family = get_family(shape.name)
     fields = {name: getattr(options, name) for name in DATA_OPTIONS}
     fields.update(
         trust_remote_code=options.trust_remote_code,
         tokenizer_name=str(tokenizer_dir),
         output_dir=str(model_dir),
-        model_type=family,
+        model_type=family.model_type,
         config_overrides=format_overrides(shape.overrides),
-        seed=options.seed,
+        seed=options.seed if seed is None else seed,
         per_device_train_batch_size=options.per_device_train_batch_size,
         bptt=options.bptt,
         block_size=options.block_size,
         eval_window=options.eval_window,
         lr_scheduler_type="cosine",
         sample_max_new_tokens=options.sample_max_new_tokens,
-        **RECIPES[family],
+        **family.recipe,
     )
-    fields.update(
-        settings_given(options.hf_lstm_train_args if is_hf_lstm(family) else options.transformer_train_args)
-    )
+    extra = options.hf_lstm_train_args if is_hf_lstm(family.model_type) else options.transformer_train_args
+    fields.update(settings_given(extra))
     if plan is not None:
         fields.update(plan.settings_fields())
+    if learning_rate is not None:
+        fields["learning_rate"] = learning_rate
     return TrainingSettings(**fields)
 
 
@@ -242,6 +244,30 @@ def estimate_step_seconds(settings: TrainingSettings, tokenizer, seconds: float)
     return {"step_seconds": step_seconds, "timed_steps": steps, "tokens_per_step": inputs.numel()}
 
 
+@dataclass(frozen=True)
+class Shared:
+    """What every training run of a comparison shares: the tokenizer (and its folder), the validation stream
+    the curves are measured on, and the output folder."""
+
+    tokenizer: object
+    tokenizer_dir: Path
+    validation: torch.LongTensor
+    output_dir: Path
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of a family: its budget, learning rate (None: the recipe's), seed (None: `--seed`),
+    the folder name under OUTPUT_DIR/models and its role (`"final"`: a run the results count; `"sweep"`: a
+    learning rate the sweep tried and did not choose)."""
+
+    budget: str
+    learning_rate: float | None = None
+    seed: int | None = None
+    folder: str | None = None
+    role: str = "final"
+
+
 def train_one(
     options: argparse.Namespace,
     shape: MatchedShape,
@@ -249,28 +275,35 @@ def train_one(
     tokenizer_dir: Path,
     validation: torch.LongTensor,
     output_dir: Path,
+    spec: RunSpec | None = None,
 ) -> dict:
     """Estimate the budget, train one family's model through `hf_lstm.training.train`, measure its validation
     curve, and return its record of results.json (without the generation measurements)."""
     from ..training import train
+    from .generation import reset_peak_memory, resident_and_peak_bytes
 
-    family = shape.model_type
-    model_dir = output_dir / "models" / family
+    spec = spec or RunSpec(options.budget)
+    model_dir = output_dir / "models" / (spec.folder or get_family(shape.name).slug)
     if model_dir.exists():
         shutil.rmtree(model_dir)  # a stale folder would be taken for a checkpoint to resume
     timing = estimate_step_seconds(
-        family_settings(options, shape, tokenizer_dir, model_dir), tokenizer, options.timing_seconds
+        family_settings(options, shape, tokenizer_dir, model_dir, None, spec.learning_rate, spec.seed),
+        tokenizer,
+        options.timing_seconds,
     )
-    plan = plan_budget(options, timing)
-    settings = family_settings(options, shape, tokenizer_dir, model_dir, plan)
+    plan = plan_budget(options, timing, spec.budget)
+    settings = family_settings(options, shape, tokenizer_dir, model_dir, plan, spec.learning_rate, spec.seed)
     print(
-        f"\n=== {family}: {shape.describe()}, {shape.num_parameters:,} parameters "
+        f"\n=== {shape.name}: {shape.describe()}, {shape.num_parameters:,} parameters "
         f"({shape.relative_error:+.1%} of the target); {timing['step_seconds']:.3f} s/step in the warm-up, "
         f"schedule {plan.schedule_steps} steps\n    hf-lstm train {shlex.join(settings.to_argv())}",
         flush=True,
     )
+    tracked = reset_peak_memory()
     results = train(settings)
-    record = training_record(shape, settings, results, options.budget, timing, plan)
+    peak = resident_and_peak_bytes()[1] if tracked else None
+    record = training_record(shape, settings, results, spec.budget, timing, plan)
+    record.update(seed=settings.seed, role=spec.role, train_peak_rss_bytes=peak)
     record["eval_curve"] = checkpoint_curve(model_dir, validation, settings, tokenizer.eos_token_id)
     record["train_log"] = json.loads((model_dir / "train_log.json").read_text())
     record["model_dir"] = str(model_dir)
@@ -288,7 +321,8 @@ def training_record(
     """A model's results.json fields about its shape and training: the match, the settings (with the command
     line that reruns it), the budget, and `hf_lstm.training.train`'s results."""
     return {
-        "name": shape.model_type,
+        "name": shape.name,
+        "status": "ok",
         "model_type": results["model_type"],
         "shape": shape.describe(),
         "config_overrides": shape.overrides,
@@ -314,15 +348,19 @@ def training_record(
         "model_flops_utilization_own_peak": results["model_flops_utilization"],
         "matmul_peak_flops_own": results["matmul_peak_flops"],
         "eval_perplexity": results["validation_perplexity_fixed_window"],
-        "validation_perplexity_fixed_window": results["validation_perplexity_fixed_window"],
-        "test_perplexity_fixed_window": results.get("test_perplexity_fixed_window"),
-        "validation_perplexity_stateful": results.get("validation_perplexity_stateful"),
-        "test_perplexity_stateful": results.get("test_perplexity_stateful"),
-        "validation_bits_per_byte_fixed_window": results.get("validation_bits_per_byte_fixed_window"),
-        "test_bits_per_byte_fixed_window": results.get("test_bits_per_byte_fixed_window"),
+        **{key: results.get(key) for key in RESULT_KEYS},
         "eval_window": results["eval_window"],
         "final_train_loss": results["final_train_loss"],
     }
+
+
+RESULT_KEYS = tuple(
+    f"{split}_{metric}_{protocol}"
+    for metric in ("perplexity", "bits_per_byte")
+    for protocol in ("fixed_window", "stateful")
+    for split in ("validation", "test")
+)
+"""The quality numbers a record takes from `hf_lstm.training.train`'s results (None where not measured)."""
 
 
 def checkpoint_curve(
