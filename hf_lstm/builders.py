@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
 from . import data
@@ -276,3 +277,28 @@ def build_scheduler(
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     return get_scheduler(kind, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
+
+
+def make_accelerator(settings) -> Accelerator:
+    """The run's `Accelerator`: gradient accumulation, trackers, `--mixed_precision` (refused for fp16 without
+    CUDA, where Accelerate would quietly compute in fp32), and CPU data parallelism where there is no GPU."""
+    # Without an accelerator, say so: Accelerate then sets up CPU data parallelism (gloo) under a
+    # multi-process launch instead of treating every process as a lone run.
+    has_accelerator = (
+        torch.cuda.is_available()
+        or torch.backends.mps.is_available()
+        or (hasattr(torch, "xpu") and torch.xpu.is_available())
+    )
+    if settings.mixed_precision == "fp16" and not torch.cuda.is_available():
+        # Accelerate would quietly train in fp32 here: fp16 autocast with a loss scaler is CUDA's
+        raise ValueError(
+            "--mixed_precision fp16 needs a CUDA GPU (fp16 autocast with a loss scaler); this machine has "
+            "none: use --mixed_precision bf16 or no"
+        )
+    return Accelerator(
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        mixed_precision=settings.mixed_precision,
+        log_with=settings.report_to if settings.with_tracking else None,
+        project_dir=settings.output_dir,
+        cpu=not has_accelerator,
+    )

@@ -77,35 +77,82 @@ def flops_per_token(model: torch.nn.Module, context_length: int = 0, training: b
     return forward * (3.0 if training else 1.0)
 
 
-def measure_matmul_peak(
-    size: int = 2048, seconds: float = 0.5, dtype: torch.dtype = torch.float32, repeats: int | None = None
-) -> float:
-    """FLOP/s of a large square matrix product on this machine right now (best of repeated runs).
+# The element type a run's matrix products compute in, named as Accelerate names mixed precision.
+PEAK_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-    One untimed product warms up first. The inputs come from a private generator, so the global random
-    state (dropout, data order) is left untouched.
+
+def compute_dtype(
+    device: torch.device | str = "cpu",
+    mixed_precision: str | None = "no",
+    weights: torch.dtype = torch.float32,
+) -> str:
+    """The element type a run's matrix products compute in, which its MFU must be measured against.
+
+    bf16 or fp16 under mixed precision (autocast) or with weights of that type; TF32 for fp32 products on a
+    CUDA device where torch allows TF32 (`torch.backends.cuda.matmul.allow_tf32`, which
+    `torch.set_float32_matmul_precision("high")` turns on); fp32 otherwise.
 
     Args:
-        size (`int`, *optional*, defaults to 2048): the matrices are `size x size`.
+        device (`torch.device` or `str`, *optional*, defaults to `"cpu"`): where the products run.
+        mixed_precision (`str`, *optional*, defaults to `"no"`): Accelerate's setting (`"no"`, `"bf16"`,
+            `"fp16"`; `None` counts as `"no"`).
+        weights (`torch.dtype`, *optional*, defaults to `torch.float32`): the model's parameter type.
+
+    Returns:
+        `str`: a key of `PEAK_DTYPES`.
+    """
+    if mixed_precision in ("bf16", "fp16"):
+        return mixed_precision
+    if weights in (torch.bfloat16, torch.float16):
+        return "bf16" if weights == torch.bfloat16 else "fp16"
+    if torch.device(device).type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "fp32"
+
+
+def measure_matmul_peak(
+    size: int | None = None,
+    seconds: float = 0.5,
+    dtype: torch.dtype | str = torch.float32,
+    repeats: int | None = None,
+    device: torch.device | str = "cpu",
+) -> float:
+    """FLOP/s of a large square matrix product on `device` in `dtype`, right now (best of repeated runs).
+
+    One untimed product warms up first. The inputs come from a private generator, so the global random
+    state (dropout, data order) is left untouched. On a GPU every product is timed between synchronisations,
+    with matrices large enough (8192 by default) for the tensor cores to reach their peak; a 2048 product
+    would measure a GPU at a small fraction of it and every MFU against it would be too high.
+
+    Args:
+        size (`int`, *optional*): the matrices are `size x size` (default 2048 on a CPU, 8192 on a GPU).
         seconds (`float`, *optional*, defaults to 0.5): keep timing products until this much time has passed
             (at least one).
-        dtype (`torch.dtype`, *optional*, defaults to `torch.float32`): the element type.
+        dtype (`torch.dtype` or `str`, *optional*, defaults to `torch.float32`): the element type, or a key of
+            `PEAK_DTYPES` ("tf32" is an fp32 product with TF32 as torch allows it now).
         repeats (`int`, *optional*): time exactly this many products instead (`seconds` is then ignored); for
             short measurements interleaved with others, as `hf-lstm bench` does.
+        device (`torch.device` or `str`, *optional*, defaults to `"cpu"`): where to measure.
 
     Returns:
         `float`: the best FLOP/s (2 x size^3 per product).
     """
+    device = torch.device(device)
+    dtype = PEAK_DTYPES[dtype] if isinstance(dtype, str) else dtype
+    size = size or (8192 if device.type == "cuda" else 2048)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     generator = torch.Generator().manual_seed(0)
-    a = torch.randn(size, size, dtype=dtype, generator=generator)
-    b = torch.randn(size, size, dtype=dtype, generator=generator)
+    a = torch.randn(size, size, generator=generator).to(device, dtype)
+    b = torch.randn(size, size, generator=generator).to(device, dtype)
     torch.mm(a, b)  # warm up
+    sync()
     best = float("inf")
     deadline = time.perf_counter() + seconds
     runs = 0
     while True:
         start = time.perf_counter()
         torch.mm(a, b)
+        sync()
         best = min(best, time.perf_counter() - start)
         runs += 1
         if (runs >= repeats) if repeats is not None else (time.perf_counter() > deadline):

@@ -150,9 +150,10 @@ def _training_section(results: dict, command: list[str]) -> str:
 wall-clock: {results["train_seconds"]:.0f} s
 - speed: {results["train_tokens_per_second"]:.0f} tokens/s, \
 model FLOP utilisation {results["model_flops_utilization"]:.0%}
-  (matrix-product FLOPs against a fp32 matmul peak of {results["matmul_peak_flops"] / 1e9:.0f} GFLOP/s \
-measured in the run)
-- hardware: CPU {machine_summary()}, {torch.get_num_threads()} torch threads, \
+  (matrix-product FLOPs against a {results.get("matmul_peak_dtype", "fp32")} matmul peak of \
+{results["matmul_peak_flops"] / 1e9:.0f} GFLOP/s measured in the run on that device; mixed precision: \
+{results.get("mixed_precision", "no")})
+- hardware: {results.get("device") or "CPU " + machine_summary()}, {torch.get_num_threads()} torch threads, \
 {results["num_processes"]} process(es);
   torch {torch.__version__}
 

@@ -221,6 +221,14 @@ class TrainingSettings:
         None, "Clip the gradient norm (0: no clipping; default 0.25 for sgd, 1.0 for adamw).", "training"
     )
     seed: int = option(42, "Random seed (weights, dropout, data order).", "training")
+    mixed_precision: str | None = option(
+        None,
+        "Accelerate's mixed precision: no, bf16 (autocast; on a CPU too) or fp16 (autocast with a loss "
+        "scaler; CUDA only). Default: what `accelerate launch --mixed_precision` or `accelerate config` set, "
+        "else no.",
+        "training",
+        choices=("no", "bf16", "fp16"),
+    )
     nonfinite_loss: str = option(
         "stop",
         "On a NaN/inf loss: stop (keeping the last good checkpoint) or skip the batch.",

@@ -32,11 +32,13 @@ from .builders import (
     build_tokenizer,
     check_model_folder,
     load_model,
+    make_accelerator,
 )
 from .configuration_hf_lstm import is_hf_lstm
 from .evaluation import baseline_bits_per_byte, bits_per_byte, evaluate_splits, fixed_window_perplexity
-from .flops import flops_per_token, measure_matmul_peak
+from .flops import compute_dtype, flops_per_token, measure_matmul_peak
 from .microscope.space import write_space_app
+from .machine import gpu_name, machine_summary
 from .model_folder import print_sample, print_summary, write_model_folder
 from .modeling_hf_lstm import LSTMCache
 from .settings import TrainingSettings
@@ -93,7 +95,8 @@ class Run:
     steps_per_epoch: int
     num_epochs: int
     train_flops: float
-    peak: float
+    peak: float  # FLOP/s of a large matrix product on the run's device, in the type its products compute in
+    peak_dtype: str  # that type: fp32, tf32, bf16 or fp16 (`flops.compute_dtype`)
     state: dict = field(
         default_factory=lambda: {
             "completed_steps": 0,
@@ -148,16 +151,13 @@ def train(settings: TrainingSettings) -> dict:
 
 
 def _set_up(settings: TrainingSettings) -> Run:
-    accelerator = _make_accelerator(settings)
+    accelerator = make_accelerator(settings)
     output_dir = Path(settings.output_dir)
     if settings.model_name_or_path:  # before any data work: a damaged folder fails at once
         check_model_folder(settings.model_name_or_path)
     _claim_output_dir(settings, output_dir, accelerator)
-    resume_dir = (
-        checkpointing.resolve(settings.resume_from_checkpoint, output_dir)
-        if settings.resume_from_checkpoint
-        else None
-    )
+    resume = settings.resume_from_checkpoint
+    resume_dir = checkpointing.resolve(resume, output_dir) if resume else None
     if settings.resume_from_checkpoint and resume_dir is None:
         accelerator.print(f"no checkpoint in {output_dir} yet: starting from scratch")
     set_seed(settings.seed)
@@ -189,6 +189,7 @@ def _set_up(settings: TrainingSettings) -> Run:
         tokenizer.save_pretrained(output_dir)
     prepared, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(prepared)
+    peak_dtype = compute_dtype(accelerator.device, accelerator.mixed_precision, unwrapped.dtype)
     run = Run(
         settings,
         accelerator,
@@ -204,7 +205,8 @@ def _set_up(settings: TrainingSettings) -> Run:
         steps_per_epoch,
         math.ceil(total_steps / steps_per_epoch),
         flops_per_token(unwrapped, context_length=settings.context_length, training=True),
-        measure_matmul_peak(seconds=0.3),
+        measure_matmul_peak(seconds=0.3, dtype=peak_dtype, device=accelerator.device),
+        peak_dtype,
     )
     run.keep_best, run.eval_every = settings.best_model_plan("validation" in streams, total_steps)
     if state is not None:
@@ -223,7 +225,7 @@ def _set_up(settings: TrainingSettings) -> Run:
     accelerator.print(
         f"{type(unwrapped).__name__}: {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}, batching "
         f"{settings.batching}, {world} process(es), {total_steps} steps ({steps_per_epoch} per epoch), "
-        f"matmul peak {run.peak / 1e9:.0f} GFLOP/s"
+        f"{run.peak_dtype} matmul peak {run.peak / 1e9:.0f} GFLOP/s on {accelerator.device.type}"
     )
     return run
 
@@ -245,22 +247,6 @@ def _claim_output_dir(settings: TrainingSettings, output_dir: Path, accelerator:
         output_dir.mkdir(parents=True, exist_ok=True)
         checkpointing.remove_leftovers(output_dir)
     accelerator.wait_for_everyone()
-
-
-def _make_accelerator(settings: TrainingSettings) -> Accelerator:
-    # Without an accelerator, say so: Accelerate then sets up CPU data parallelism (gloo) under a
-    # multi-process launch instead of treating every process as a lone run.
-    has_accelerator = (
-        torch.cuda.is_available()
-        or torch.backends.mps.is_available()
-        or (hasattr(torch, "xpu") and torch.xpu.is_available())
-    )
-    return Accelerator(
-        gradient_accumulation_steps=settings.gradient_accumulation_steps,
-        log_with=settings.report_to if settings.with_tracking else None,
-        project_dir=settings.output_dir,
-        cpu=not has_accelerator,
-    )
 
 
 def _load_data(settings: TrainingSettings, accelerator: Accelerator, output_dir: Path):
@@ -650,7 +636,8 @@ def _evaluate(run: Run) -> dict:
     seconds = max(state["train_seconds"], 1e-9)
     # A peak measured once at start is too low if the machine was busy just then (MFU above 100% is the tell):
     # measure again now and keep the better of the two.
-    peak = max(run.peak, measure_matmul_peak(seconds=0.3))
+    device = run.accelerator.device
+    peak = max(run.peak, measure_matmul_peak(seconds=0.3, dtype=run.peak_dtype, device=device))
     return {
         "model_type": model.config.model_type,
         "num_parameters": sum(p.numel() for p in model.parameters()),
@@ -661,6 +648,9 @@ def _evaluate(run: Run) -> dict:
         "train_tokens_per_second": state["tokens_seen"] / seconds,
         "model_flops_utilization": run.train_flops * state["tokens_seen"] / seconds / peak,
         "matmul_peak_flops": peak,
+        "matmul_peak_dtype": run.peak_dtype,
+        "device": gpu_name() if device.type == "cuda" else f"CPU {machine_summary()}",
+        "mixed_precision": run.accelerator.mixed_precision,
         "num_processes": run.accelerator.num_processes,
         "final_train_loss": state["log"][-1][1] if state["log"] else None,
         "eval_seconds": round(time.perf_counter() - eval_start, 1),
