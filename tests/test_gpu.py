@@ -1,0 +1,110 @@
+"""On a CUDA GPU: the fused cuDNN kernel against the readable equations, padding, the cache, reduced
+precision and mixed-precision training through the CLI. CI has no GPU, so every test here skips there
+(`-m gpu` selects them on a machine that has one: `pytest -m gpu tests/test_gpu.py`)."""
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from conftest import CELL_TYPES, FUSED_CELL_TYPES, tiny_config, tiny_train_args
+from hf_lstm import LSTMForCausalLM
+from test_training import run_cli
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)"),
+]
+CUDA = torch.device("cuda")
+
+
+@pytest.fixture(autouse=True)
+def _exact_fp32():
+    """fp32 products without TF32, so fused and reference agree to fp32 rounding."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+def twins(cell_type, **overrides):
+    config = dict(vocab_size=40, hidden_size=64, **overrides)
+    fused = LSTMForCausalLM(tiny_config(cell_type, implementation="fused", **config)).to(CUDA)
+    reference = LSTMForCausalLM(tiny_config(cell_type, implementation="reference", **config)).to(CUDA)
+    reference.load_state_dict(fused.state_dict())
+    return fused, reference
+
+
+@pytest.mark.parametrize("cell_type", FUSED_CELL_TYPES)
+def test_cudnn_and_the_equations_agree_on_logits_and_gradients(cell_type):
+    fused, reference = twins(cell_type)
+    ids = torch.randint(2, 40, (4, 33), device=CUDA)
+    out_f, out_r = fused(ids, labels=ids), reference(ids, labels=ids)
+    assert (out_f.logits - out_r.logits).abs().max() <= 2e-4
+    out_f.loss.backward()
+    out_r.loss.backward()
+    grads = dict(reference.named_parameters())
+    for name, p in fused.named_parameters():
+        assert torch.allclose(p.grad, grads[name].grad, atol=1e-5), name
+
+
+@pytest.mark.parametrize("cell_type", CELL_TYPES)
+def test_a_left_padded_batch_gives_what_each_row_gives_alone(cell_type):
+    model = LSTMForCausalLM(tiny_config(cell_type)).to(CUDA).eval()
+    a = torch.randint(2, 40, (1, 7), device=CUDA)
+    b = torch.randint(2, 40, (1, 4), device=CUDA)
+    ids = torch.cat([torch.cat([torch.zeros(1, 3, dtype=torch.long, device=CUDA), b], 1), a])
+    mask = (ids != 0).long()
+    mask[1] = 1
+    batch = model(ids, attention_mask=mask).logits
+    assert (batch[0, 3:] - model(b).logits[0]).abs().max() <= 1e-5
+    assert (batch[1] - model(a).logits[0]).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("cell_type", CELL_TYPES)
+def test_cached_and_uncached_greedy_decoding_give_the_same_tokens(cell_type):
+    model = LSTMForCausalLM(tiny_config(cell_type)).to(CUDA).eval()
+    prompt = torch.randint(2, 40, (2, 5), device=CUDA)
+    kwargs = dict(max_new_tokens=12, do_sample=False, pad_token_id=0)
+    cached = model.generate(prompt, use_cache=True, **kwargs)
+    uncached = model.generate(prompt, use_cache=False, **kwargs)
+    assert torch.equal(cached, uncached)
+    beams = model.generate(prompt, num_beams=3, **kwargs)
+    assert beams.shape[0] == 2
+
+
+BF16_NOT_COMPACTED = pytest.mark.xfail(
+    reason="open (issue 16): torch's flatten_parameters() skips bf16 weights (torch.backends.cudnn."
+    "CUDNN_TENSOR_DTYPES has no bf16), so cuDNN warns and compacts them at every call; not yet checked on a GPU",
+    strict=False,
+)
+
+
+@pytest.mark.parametrize("dtype", [pytest.param(torch.bfloat16, marks=BF16_NOT_COMPACTED), torch.float16])
+@pytest.mark.parametrize("cell_type", FUSED_CELL_TYPES)
+def test_reduced_precision_models_train_a_step_and_generate_without_the_compaction_warning(cell_type, dtype):
+    model = LSTMForCausalLM(tiny_config(cell_type, hidden_size=64)).to(CUDA)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = model.to(dtype)
+        ids = torch.randint(2, 40, (4, 17), device=CUDA)
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        torch.optim.SGD(model.parameters(), lr=0.1).step()
+        out = model.eval().generate(ids[:, :3], max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert torch.isfinite(loss) and out.shape == (4, 8)
+    compaction = [w for w in caught if "contiguous chunk of memory" in str(w.message)]
+    assert not compaction, compaction[0].message
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_training_through_the_cli(corpus, tmp_path, precision):
+    out = tmp_path / precision
+    process = run_cli(tiny_train_args(corpus, out, "--max_train_steps", "6", "--mixed_precision", precision))
+    printed, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, printed
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["mixed_precision"] == precision and results["matmul_peak_dtype"] == precision
+    assert results["device"] == torch.cuda.get_device_name(0)
+    assert 0 < results["model_flops_utilization"] < 1, results  # the peak is the GPU's, in that type
