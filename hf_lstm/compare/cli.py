@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -331,6 +332,8 @@ def write_outputs(options: argparse.Namespace, records: list[dict], summary: dic
     """results.json, the plots and REPORT.md in `output_dir`; the published report and the model cards where
     asked."""
     write_results(records, output_dir / "results.json")
+    (output_dir / "options.json").write_text(json.dumps(vars(options), indent=1, default=str))
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     draw_plots(records, output_dir)
     (output_dir / "REPORT.md").write_text(write_report(options, records, summary))
     report_link = None

@@ -82,8 +82,11 @@ def _llama_shape(layers: int, width: int, block: int, positions: int) -> dict:
 
 
 def _mamba_shape(layers: int, width: int, block: int, positions: int) -> dict:
-    # the released configs' rules: expand 2, dt rank ceil(width / 16), state 16, convolution 4
+    # the released configs' rules: expand 2, dt rank ceil(width / 16), state 16, convolution 4; full sequences
+    # scanned by mamba.py's parallel scan (pure PyTorch) where `mambapy` is installed: transformers' own
+    # fallback for CPUs (the sequential loop's backward costs ~15x its forward on this CPU)
     return {
+        "use_mambapy": True,
         "tie_word_embeddings": True,
         "hidden_size": width,
         "num_hidden_layers": layers,
@@ -273,16 +276,14 @@ def code_path(model) -> str:
         return f"{model_type}: PyTorch, attention {model.config._attn_implementation}"
     if model_type in ("mamba", "mamba2"):
         packages = _installed("mamba_ssm", "causal_conv1d", "mambapy")
-        fused = packages["mamba_ssm"] and device == "cuda"
-        what = (
-            "fused CUDA kernels (mamba_ssm)"
-            if fused
-            else (
-                "PyTorch reference scan, one step per token"
-                if model_type == "mamba"
-                else "PyTorch reference chunked scan (SSD)"
-            )
-        )
+        if packages["mamba_ssm"] and device == "cuda":
+            what = "fused CUDA kernels (mamba_ssm)"
+        elif model_type == "mamba2":
+            what = "PyTorch reference chunked scan (SSD)"
+        elif packages["mambapy"] and getattr(model.config, "use_mambapy", False):
+            what = "PyTorch: mamba.py parallel scan (pscan) over full sequences, one step per decoded token"
+        else:
+            what = "PyTorch reference scan, one step per token"
         return f"{model_type}: {what}; {_kernel_note(packages)}"
     if model_type == "xlstm":
         packages = _installed("xlstm")

@@ -120,7 +120,7 @@ def _quality_sentence(records: list[dict], summary: dict) -> str:
         return f"- Only {best['name']} was trained: validation perplexity {best['eval_perplexity']:.1f}."
     budget = (
         f"{summary['budget_minutes']:g} minutes of training each"
-        if summary["budget"] == "wall_clock"
+        if best.get("budget", summary["budget"]) == "wall_clock"
         else f"{summary['budget_tokens']:,} training tokens each"
     )
     gaps = ", ".join(f"{r['name']} {r['eval_perplexity']:.1f}" for r in rest)
@@ -352,20 +352,25 @@ def _memory_section(options: argparse.Namespace, records: list[dict], image_pref
         "## Memory",
         "",
         "State or KV-cache bytes held after generation (batch 1; tokens in the cache = prompt + generated "
-        "- 1) and the peak resident memory of each `generate()` call above the loaded model (high-water mark "
-        "reset before the call).",
+        "- 1), measured on the actual tensors: every tensor the returned cache holds (keys and values; "
+        "Mamba's convolution and SSM states; xLSTM's matrix memory; RWKV's state) plus the state a model "
+        "keeps on its own modules (RecurrentGemma's RG-LRU and convolution states). Then the peak resident "
+        "memory of each `generate()` call above the loaded model (high-water mark reset before the call), "
+        "and the process's peak resident memory during the model's training run (data, model, optimizer, "
+        "activations; the process also holds the tokenizer and the corpus).",
         "",
         "| model | "
         + " | ".join(f"cache @ {c}" for c in contexts)
         + " | "
         + " | ".join(f"peak RSS +, batch {largest} @ {c}" for c in contexts)
-        + " |",
-        "|---|" + "---:|" * (2 * len(contexts)),
+        + " | peak RSS, training |",
+        "|---|" + "---:|" * (2 * len(contexts) + 1),
     ]
     for r in records:
         cache = [_bytes((generation_at(r, 1, c) or {}).get("cache_bytes")) for c in contexts]
         rss = [_bytes((generation_at(r, largest, c) or {}).get("peak_rss_increase_bytes")) for c in contexts]
-        lines.append(f"| {r['name']} | " + " | ".join(cache + rss) + " |")
+        train = _bytes(r.get("train_peak_rss_bytes"))
+        lines.append(f"| {r['name']} | " + " | ".join([*cache, *rss, train]) + " |")
     return [*lines, "", f"![memory]({image_prefix}memory.png)", ""]
 
 
