@@ -22,7 +22,8 @@ from . import render  # noqa: E402
 
 INTRO = """# The LSTM microscope
 Type a prompt and generate. Then **click any token** to see what the model expected next there and how much of
-that token survives in memory later on. Hover a heatmap cell for its value, a token label for its means."""
+that token survives in memory later on. Hover a heatmap column for that token's value in every unit shown, a
+token label for its means, a point of the memory curve for its value."""
 EXAMPLE = "the company said it expects to report a loss for the third quarter because"
 TOKEN_COLORS = {"prompt": "#e5e7eb", "generated": "#bbf7d0", "selected": "#fdba74"}
 
@@ -72,12 +73,13 @@ class Microscope:
                     status = "generating …" if token_ids is None else "generated; reading the gates …"
                     yield (prompt + text, status, skip, skip, skip, skip, skip, skip)
                 reading = R.read(loaded, token_ids, ids.shape[1])
-                view = self._view(loaded, reading, ids.shape[1] - 1, order, units, count)
-            new = len(token_ids) - ids.shape[1]
-            status = (
-                f"generated {new} tokens; read {len(token_ids)} tokens in {reading.seconds * 1000:.0f} ms"
-            )
-            yield (prompt + text, status, *view, reading)
+                position = ids.shape[1] - 1  # where generation started: its distribution gave the first token
+                view = self._view(loaded, reading, position, order, units, count, memory=False)
+                new, ms = len(token_ids) - ids.shape[1], reading.seconds * 1e3
+                status = f"generated {new} tokens; read {len(token_ids)} tokens in {ms:.0f} ms"
+                yield (prompt + text, status, *view, reading)  # the heatmaps first: the memory takes longer
+                memory = self._memory(loaded, reading, position)
+            yield (skip, skip, skip, skip, skip, skip, memory, skip)
         except R.MicroscopeError as error:
             yield (skip, f"⚠️ {error}", skip, skip, skip, skip, skip, skip)
         except Exception as error:  # the page says what broke and the app keeps serving
@@ -105,22 +107,29 @@ class Microscope:
             raise R.MicroscopeError(self.model_message)
         return self.loaded
 
-    def _view(self, loaded, reading, position, order, units, count) -> tuple:
-        """(tokens, position, heatmaps, next-token label, memory) for `position`."""
+    def _view(self, loaded, reading, position, order, units, count, memory=True) -> tuple:
+        """(tokens, position, heatmaps, next-token label, memory) for `position` (memory left as it is when
+        `memory` is False)."""
         tokens = [
             (text, "selected" if t == position else "prompt" if t < reading.prompt_length else "generated")
             for t, text in enumerate(reading.tokens)
         ]
         label = render.next_token_label(reading, position)
         if reading.cell_type is None:
-            return tokens, position, render.heatmaps(reading, [], position), label, ""
+            return tokens, position, render.heatmaps(reading, [], position), label, gr.skip()
         hidden = reading.panels[0][R.STATE_PANEL[reading.cell_type]].shape[1]
         picked = R.parse_units(units, hidden)
         rows = [R.unit_order(reading, k, order, int(count), picked) for k in range(len(reading.panels))]
+        shown = self._memory(loaded, reading, position) if memory else gr.skip()
+        return tokens, position, render.heatmaps(reading, rows, position), label, shown
+
+    @staticmethod
+    def _memory(loaded, reading, position) -> str:
+        """The "what would it remember" panel for the token at `position`."""
+        if reading.cell_type is None:
+            return ""
         carried = R.carry(reading, position)
-        sensitivity = R.sensitivity(loaded, reading, position)
-        memory = render.memory_html(reading, position, carried, sensitivity)
-        return tokens, position, render.heatmaps(reading, rows, position), label, memory
+        return render.memory_html(reading, position, carried, R.sensitivity(loaded, reading, position))
 
 
 def build_app(source: str | None, trust_remote_code: bool = False, check_folder: Callable | None = None):

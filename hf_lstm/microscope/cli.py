@@ -12,7 +12,12 @@ def parser() -> argparse.ArgumentParser:
         prog="hf-lstm microscope",
         description="Watch a trained model's gates token by token in the browser (a Gradio app).",
     )
-    p.add_argument("model", nargs="?", help="a folder written by `hf-lstm train --output_dir`, or a Hub id")
+    p.add_argument(
+        "model",
+        nargs="?",
+        metavar="MODEL_DIR_OR_HUB_ID",
+        help="a folder written by `hf-lstm train --output_dir`, or a Hub id",
+    )
     p.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
     p.add_argument(

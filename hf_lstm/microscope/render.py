@@ -1,12 +1,16 @@
 """What the microscope draws: heatmaps of the gates (units x tokens) and the curve of what a token leaves in
-memory, as inline SVG. Every cell and point carries a `<title>`, so hovering shows its value in any browser
-without JavaScript. Carried into a Space with `reading` (standard library and numpy only).
+memory, as inline SVG. Every token column and every point carries a `<title>`, so hovering shows the values in
+any browser without JavaScript. A heatmap panel is one small PNG (one pixel per value) scaled up, so a page
+of 600 tokens stays light. Carried into a Space with `reading` (standard library and numpy only).
 """
 
 from __future__ import annotations
 
+import base64
 import html
 import math
+import struct
+import zlib
 
 import numpy as np
 
@@ -30,11 +34,33 @@ ROW = 8  # pixels per unit in a heatmap
 LEFT = 118  # room for the panel names
 
 
-def _color(stops, x: float) -> str:
-    x = min(max(float(x), 0.0), 1.0) * (len(stops) - 1)
-    k = min(int(x), len(stops) - 2)
-    a, b, w = stops[k], stops[k + 1], x - k
-    return "#%02x%02x%02x" % tuple(round(a[j] + (b[j] - a[j]) * w) for j in range(3))
+def _colors(stops, x: np.ndarray) -> np.ndarray:
+    """`x` in [0, 1] (any shape) as RGB bytes (shape + (3,)), interpolating linearly between `stops`."""
+    grid = np.linspace(0.0, 1.0, len(stops))
+    x = np.clip(np.nan_to_num(x, nan=0.5), 0.0, 1.0)
+    return (
+        np.stack([np.interp(x, grid, [c[j] for c in stops]) for j in range(3)], axis=-1)
+        .round()
+        .astype(np.uint8)
+    )
+
+
+def _png(rgb: np.ndarray) -> str:
+    """An (height, width, 3) uint8 image as a PNG data URI (one pixel per value; the SVG scales it up)."""
+    height, width, _ = rgb.shape
+    rows = b"".join(b"\x00" + rgb[r].tobytes() for r in range(height))  # filter 0 per row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+    return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
 def _column_width(tokens: int) -> int:
@@ -59,32 +85,35 @@ def heatmaps(reading: Reading, units: list[list[int]], position: int | None = No
 
 
 def _layer_svg(reading: Reading, layer: int, panels: dict, units: list[int], position: int | None) -> str:
+    """One layer: each panel an image (units x tokens, one pixel per value, scaled up crisply), under a
+    transparent column per token whose tooltip lists that token's value in every unit shown."""
     tokens = reading.tokens
-    cw = _column_width(len(tokens))
-    height = ROW * len(units)
-    gap = 10
+    cw, height, gap = _column_width(len(tokens)), ROW * len(units), 10
     width = LEFT + cw * len(tokens) + 4
-    total = len(panels) * (height + gap) + 70
+    bottom = len(panels) * (height + gap)
     out = [
         f"<svg class='heatmap' data-layer='{layer}' xmlns='http://www.w3.org/2000/svg' width='{width}' "
-        f"height='{total}' style='font:10px sans-serif'>"
+        f"height='{bottom + 70}' style='font:10px sans-serif'>"
     ]
     for k, (name, values) in enumerate(panels.items()):
         top = k * (height + gap)
-        shown = values[:, units]  # (tokens, units)
+        shown = values[:, units].astype(np.float64)  # (tokens, units)
         gate = name not in ("cell", "hidden")
         scale = 1.0 if gate else max(float(np.abs(shown).max()), 1e-6)
-        out.append(f"<text x='2' y='{top + height / 2 + 3}'>{LABELS[name]}</text>")
-        for row, unit in enumerate(units):
-            for t in range(len(tokens)):
-                v = float(shown[t, row])
-                fill = _color(VIRIDIS, v) if gate else _color(DIVERGING, 0.5 + 0.5 * v / scale)
-                tip = html.escape(f"unit {unit} · #{t} {tokens[t]!r} · {name} {v:.3f}")
-                out.append(
-                    f"<rect x='{LEFT + t * cw}' y='{top + row * ROW}' width='{cw}' height='{ROW}' "
-                    f"fill='{fill}'><title>{tip}</title></rect>"
-                )
-    bottom = len(panels) * (height + gap)
+        rgb = _colors(VIRIDIS, shown.T) if gate else _colors(DIVERGING, 0.5 + 0.5 * shown.T / scale)
+        out.append(
+            f"<text x='2' y='{top + height / 2 + 3}'>{LABELS[name]}</text>"
+            f"<image class='panel' data-panel='{name}' x='{LEFT}' y='{top}' width='{cw * len(tokens)}' "
+            f"height='{height}' preserveAspectRatio='none' style='image-rendering:pixelated' "
+            f"href='{_png(rgb)}'/>"
+        )
+        for t in range(len(tokens)):
+            values_at = ", ".join(f"unit {u} {v:.3f}" for u, v in zip(units, shown[t]))
+            tip = html.escape(f"#{t} {tokens[t]!r}, {LABELS[name]}: {values_at}")
+            out.append(
+                f"<rect x='{LEFT + t * cw}' y='{top}' width='{cw}' height='{height}' fill='transparent'>"
+                f"<title>{tip}</title></rect>"
+            )
     if position is not None:
         out.append(
             f"<rect class='selected' x='{LEFT + position * cw}' y='0' width='{cw}' height='{bottom - gap}' "
