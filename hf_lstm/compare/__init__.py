@@ -10,7 +10,8 @@ What one run does, in order, and the module that does it:
    once, in `hf_lstm.settings.TrainingSettings`); one tokenizer is trained on its training split (or
    `--tokenizer_name` is used) and saved to `OUTPUT_DIR/tokenizer`, then handed to every model's training run,
    so every model sees the same ids.
-2. **Parameter matching** (`matching`). For each family a small grid (depth, width on a step of 8) is searched
+2. **Parameter matching** (`matching`, with each family's shape rule from `families`). For each family a
+   small grid (its preferred depths, widths on its step, e.g. 8; Mamba-2's 32 for heads of 64) is searched
    for the configuration whose *total* parameter count is nearest `--target_params` (the vocabulary is shared,
    so the total is the fair count); counts are exact, taken from the very model `hf-lstm train` would build
    (constructed on the meta device). Non-embedding counts are reported too.
@@ -22,14 +23,19 @@ What one run does, in order, and the module that does it:
    training steps, inflated by `runs.SCHEDULE_SLACK`, and the run is stopped by the clock, so if the estimate
    holds it stops at ~91% of the cosine, where the rate is ~2-3% of its peak. `schedule_completed` in the
    results says where each run really stopped. Each record keeps the `hf-lstm train` command line that reruns
-   its model (`train_argv`).
+   its model (`train_argv`). `sweeps` repeats this for every size (`--target_params 1M,4M`), budget
+   (`--budget both`), learning rate of the sweep (`--lr_sweep N`, the same N for every family, chosen on
+   validation) and seed (`--seeds N`); a family that cannot be matched, trained or loaded is kept as a record
+   with the stage and the reason.
 4. **Generation speed and memory** (`generation`), side by side in this process: greedy `generate()` at batch
    1 and 8 for each prompt context, the models interleaved (A, B, C, A, B, C, ...) and the median of
    `--repeats` kept, so a neighbour stealing the CPU slows every model alike. Tokens/s is the steady decoding
    rate (the prompt's prefill is timed separately). A context that does not fit a model's positions is
    recorded as null with the reason. Cache bytes come from the cache that `generate()` returns; peak resident
    memory is the process's high-water mark, reset before each call (Linux `clear_refs`).
-5. **Outputs** (`report`): `results.json` (one record per model), `REPORT.md` with tables, plots (PNG) and a
+5. **Outputs** (`report`, `tables`, `plots`): `results.json` (one record per run, failures included; each
+   family's main run, the one generation is measured on, has `main: true`), `REPORT.md` with tables (code
+   path beside speed; mean and spread over seeds), plots (PNG) and a
    reading generated from the numbers, and optionally each model's card copied to `--model_cards_dir` and the
    report published (with its plots) to `--publish_report`.
 
