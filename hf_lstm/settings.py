@@ -107,6 +107,17 @@ RANGES = {
 """The allowed values of every numeric option (None, where a field allows it, means "not set")."""
 
 
+# The regularisation a new hf_lstm model gets on a user's corpus (`--regularization auto`): chosen by the
+# sweep in docs/TRAINING.md ("A recipe for small corpora"), 1.0M characters of Shakespeare, plays held out.
+SMALL_CORPUS_RECIPE = {
+    "embedding_dropout": 0.1,
+    "input_dropout": 0.3,
+    "hidden_dropout": 0.25,
+    "output_dropout": 0.4,
+    "weight_dropout": 0.3,
+}
+
+
 def option(default, help: str, group: str, choices: tuple | None = None):
     """A field that is also a command-line option: its default, help text, argparse group and choices."""
     return field(default=default, metadata={"help": help, "group": group, "choices": choices})
@@ -146,6 +157,14 @@ class TrainingSettings:
         'Comma-separated config changes for a new model, e.g. "hidden_size=650,num_hidden_layers=2,'
         'cell_type=lstm".',
         "model",
+    )
+    regularization: str = option(
+        "auto",
+        "Dropouts of a new hf_lstm model: small_corpus (the recipe measured on a small corpus, "
+        "SMALL_CORPUS_RECIPE; docs/TRAINING.md), none, or auto: small_corpus for your own corpus, none for "
+        "the built-in PTB (its published recipes set their own). --config_overrides wins over either.",
+        "model",
+        choices=("auto", "small_corpus", "none"),
     )
     tokenizer_name: str | None = option(
         None, "Use this tokenizer (folder or Hub id) instead of training one.", "model"
@@ -352,6 +371,16 @@ class TrainingSettings:
         if keep is None:
             keep = not self.uses_builtin_ptb and has_validation
         return bool(keep), self.eval_steps or (max(1, total_steps // 10) if keep else None)
+
+    def regularization_overrides(self) -> dict:
+        """The config fields `--regularization` sets on a new hf_lstm model (under `--config_overrides`, which
+        win): `SMALL_CORPUS_RECIPE`, or nothing (a saved model or `--config_name` keeps its own)."""
+        if self.model_name_or_path or self.config_name or not self.trains_hf_lstm:
+            return {}
+        kind = self.regularization
+        if kind == "auto":
+            kind = "none" if self.uses_builtin_ptb else "small_corpus"
+        return dict(SMALL_CORPUS_RECIPE) if kind == "small_corpus" else {}
 
     @property
     def uses_builtin_ptb(self) -> bool:

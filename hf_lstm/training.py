@@ -33,6 +33,7 @@ from .builders import (
     check_model_folder,
     load_model,
     make_accelerator,
+    parse_config_overrides,
 )
 from .configuration_hf_lstm import is_hf_lstm
 from .evaluation import baseline_bits_per_byte, bits_per_byte, evaluate_splits, fixed_window_perplexity
@@ -320,7 +321,10 @@ def _model_for(settings: TrainingSettings, tokenizer):
         model = build_model(
             settings.model_type,
             vocab=TokenIds.of(tokenizer),
-            config_overrides=settings.config_overrides,
+            config_overrides={
+                **settings.regularization_overrides(),
+                **parse_config_overrides(settings.config_overrides or ""),
+            },
             config_name=settings.config_name,
             trust_remote_code=settings.trust_remote_code,
             min_positions=max(settings.block_size, settings.eval_window),

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from hf_lstm.builders import bpe_vocab_size_for
+from hf_lstm.settings import SMALL_CORPUS_RECIPE, TrainingSettings
 from hf_lstm.training import main
 
 
@@ -69,6 +70,40 @@ def test_a_users_corpus_gets_byte_level_bpe_sized_to_it(best_run):
     assert bpe_vocab_size_for(150_000) == 1024 and bpe_vocab_size_for(5_000_000) == 8192
     text = "zebras speak fluent quokka"  # nothing is unknown to byte-level BPE
     assert tokenizer.decode(tokenizer(text).input_ids) == text
+
+
+def test_a_new_model_on_a_users_corpus_gets_the_small_corpus_recipe(best_run):
+    out, _ = best_run
+    config = json.loads((out / "config.json").read_text())
+    assert SMALL_CORPUS_RECIPE and all(config[k] == v for k, v in SMALL_CORPUS_RECIPE.items())
+    assert config["hidden_size"] == 16  # what --config_overrides set is kept beside it
+
+
+def test_the_regularization_option_chooses_the_recipe(corpus, tmp_path):
+    def plan(*extra):
+        settings = TrainingSettings.from_argv(own_text_args(corpus, tmp_path / "x", *extra))
+        return settings.regularization_overrides()
+
+    assert plan() == SMALL_CORPUS_RECIPE and plan("--regularization", "none") == {}
+    assert TrainingSettings.from_argv(["--dataset_name", "ptb"]).regularization_overrides() == {}
+    assert (
+        TrainingSettings.from_argv(
+            ["--dataset_name", "ptb", "--regularization", "small_corpus"]
+        ).regularization_overrides()
+        == SMALL_CORPUS_RECIPE
+    )
+    assert plan("--model_type", "gpt2") == {}  # a Transformer keeps its own dropouts
+    # a saved model keeps what it was trained with
+    assert plan("--model_name_or_path", str(tmp_path)) == {}
+
+
+def test_config_overrides_win_over_the_recipe(corpus, tmp_path):
+    out = tmp_path / "run"
+    extra = ("--max_train_steps", "1", "--config_overrides", "hidden_size=16,input_dropout=0.05")
+    assert main(own_text_args(corpus, out, *extra)) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["input_dropout"] == 0.05
+    assert config["output_dropout"] == SMALL_CORPUS_RECIPE["output_dropout"]
 
 
 def test_bits_per_byte_and_its_baselines_are_reported(best_run):
