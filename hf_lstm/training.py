@@ -212,6 +212,8 @@ def _set_up(settings: TrainingSettings) -> Run:
     run.keep_best, run.eval_every = settings.best_model_plan("validation" in streams, total_steps)
     if state is not None:
         run.state = state
+        if accelerator.scaler is not None and "grad_scaler" in state:
+            accelerator.scaler.load_state_dict(state["grad_scaler"])
     if resume_dir is not None:
         run.best_weights = checkpointing.load_best_weights(resume_dir)
     if carried is not None:
@@ -547,6 +549,8 @@ def _handle_early_stop(run: Run, stop_reason: str | None) -> None:
 
 
 def _save_checkpoint(run: Run, name: str, with_cache: bool = True) -> None:
+    if run.accelerator.scaler is not None:  # fp16's loss scale: a resumed run goes on with the same one
+        run.state["grad_scaler"] = run.accelerator.scaler.state_dict()
     checkpointing.save_training_checkpoint(
         run.accelerator,
         run.output_dir,

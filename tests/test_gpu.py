@@ -108,3 +108,13 @@ def test_mixed_precision_training_through_the_cli(corpus, tmp_path, precision):
     assert results["mixed_precision"] == precision and results["matmul_peak_dtype"] == precision
     assert results["device"] == torch.cuda.get_device_name(0)
     assert 0 < results["model_flops_utilization"] < 1, results  # the peak is the GPU's, in that type
+
+
+def test_an_fp16_checkpoint_carries_the_loss_scale(corpus, tmp_path):
+    out = tmp_path / "fp16"
+    extra = ("--max_train_steps", "4", "--checkpointing_steps", "2", "--mixed_precision", "fp16")
+    process = run_cli(tiny_train_args(corpus, out, *extra))
+    printed, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, printed
+    state = json.loads((out / "step_4" / "trainer_state.json").read_text())
+    assert state["grad_scaler"]["scale"] > 0
