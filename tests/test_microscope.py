@@ -166,12 +166,13 @@ def test_a_transformer_folder_generates_and_shows_its_distribution_without_gates
     assert "no gates" in render.heatmaps(reading, [], 0)
 
 
-def run_python(script: str, cwd, **env) -> subprocess.CompletedProcess:
-    """`script` in a fresh interpreter of this venv, in `cwd`, offline."""
+def run_python(script: str, cwd, path) -> subprocess.CompletedProcess:
+    """`script` in a fresh interpreter of this venv, in `cwd`, offline, with `path` first on its sys.path."""
+    paths = [str(path), *filter(None, [os.environ.get("PYTHONPATH")])]
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(script)],
         cwd=cwd,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(paths)},
         capture_output=True,
         text=True,
         timeout=300,
@@ -189,7 +190,7 @@ def test_a_folder_loaded_with_its_own_code_in_a_fresh_process_shows_its_gates(wo
         reading = R.read(loaded, [3, 4, 5, 6], 2)
         print(type(loaded.model).__module__, list(reading.panels[0]), len(R.carry(reading, 1)[0]))
     """
-    run = run_python(script, tmp_path, PYTHONPATH=str(tmp_path / "app"))
+    run = run_python(script, tmp_path, tmp_path / "app")
     assert run.returncode == 0, run.stderr[-3000:]
     module, *rest = run.stdout.split(" ", 1)
     assert module.startswith("transformers_modules.") and rest == ["['update', 'reset', 'hidden'] 3\n"]
@@ -215,7 +216,7 @@ def test_the_space_app_runs_from_the_folder_without_hf_lstm(word_tokenizer, tmp_
         scope_model = [f for f in loaded.fns.values()][0].fn.__self__.loaded
         print(type(loaded).__name__, scope_model.cell_type, type(scope_model.model).__module__.split(".")[0])
     """
-    run = run_python(script, folder, PYTHONPATH=str(folder))
+    run = run_python(script, folder, folder)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.split() == ["Blocks", "lstm", "transformers_modules"]
     config = json.loads((folder / "config.json").read_text())

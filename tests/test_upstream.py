@@ -312,13 +312,14 @@ def test_loading_the_model_without_trust_remote_code_is_one_clear_error(call, tm
 
 
 def test_ci_installs_the_lower_end_of_every_range_pyproject_declares():
-    """.ci/minimum-versions.txt pins each dependency (and the `eval` extra) at the bound pyproject.toml
-    states, so the second CI run tests what the ranges promise."""
+    """.ci/minimum-versions.txt pins each dependency (and the `eval` and `microscope` extras) at the bound
+    pyproject.toml states, so the second CI run tests what the ranges promise."""
     import tomllib
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     declared = {}
-    for requirement in project["dependencies"] + project["optional-dependencies"]["eval"]:
+    extras = project["optional-dependencies"]
+    for requirement in project["dependencies"] + extras["eval"] + extras["microscope"]:
         name, lower = re.match(r"([\w-]+)>=([\w.]+)", requirement).groups()
         declared[name.replace("-", "_")] = lower
     text = (REPO / ".ci" / "minimum-versions.txt").read_text()
