@@ -233,3 +233,19 @@ def test_the_command_line_lists_the_microscope_and_its_arguments(capsys):
     assert (
         done.value.code == 0 and "MODEL_DIR_OR_HUB_ID" in usage and "--port" in usage and "--share" in usage
     )
+
+
+def test_the_page_starts_and_keeps_serving_whatever_it_is_given(word_tokenizer, tmp_path):
+    from hf_lstm.microscope.app import Microscope
+
+    (tmp_path / "empty").mkdir()
+    scope = Microscope(str(tmp_path / "empty"))
+    assert "is not a model folder" in scope.model_message and scope.loaded is None
+    sampling = ("", 5, False, 1.0, 0, 1.0, 0, "most-changing", "", 8)
+    assert "is not a model folder" in list(scope.generate(*sampling))[-1][1]  # the page says why, not a crash
+    assert "Loaded" in scope.load(str(saved_model(tmp_path / "lstm", word_tokenizer)))
+    assert "Type a prompt first" in list(scope.generate(*sampling))[-1][1]
+    assert "Still showing" in scope.load("someone/no-such-lstm")
+    *_, heatmaps, memory = list(scope.generate("the cat sat", *sampling[1:]))
+    assert "generated " in heatmaps[1] and "<svg class='heatmap'" in heatmaps[4]
+    assert "<svg class='memory'" in memory[6]  # the memory panel follows the heatmaps

@@ -56,7 +56,7 @@ def folders(tmp_path_factory, corpus, word_tokenizer):
     from hf_lstm.training import main
 
     root = tmp_path_factory.mktemp("microscope")
-    args = tiny_train_args(corpus, root / "lstm", "--max_train_steps", "60", "--sample_max_new_tokens", "0")
+    args = tiny_train_args(corpus, root / "lstm", "--max_train_steps", "20", "--sample_max_new_tokens", "0")
     assert main([*args, "--write_space_app"]) == 0
     assert (root / "lstm" / "app.py").is_file() and (root / "lstm" / "microscope" / "app.py").is_file()
     for cell in ("gru", "rnn"):
