@@ -13,6 +13,7 @@ import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .configuration_hf_lstm import is_hf_lstm
+from .flops import mfu_text
 from .machine import machine_summary
 
 PROTOCOLS = {
@@ -149,7 +150,7 @@ def _training_section(results: dict, command: list[str]) -> str:
 - steps: {results["train_steps"]:,}; tokens: {results["train_tokens"]:,}; \
 wall-clock: {results["train_seconds"]:.0f} s
 - speed: {results["train_tokens_per_second"]:.0f} tokens/s, \
-model FLOP utilisation {results["model_flops_utilization"]:.0%}
+{mfu_text(results["model_flops_utilization"])}
   (matrix-product FLOPs against a {results.get("matmul_peak_dtype", "fp32")} matmul peak of \
 {results["matmul_peak_flops"] / 1e9:.0f} GFLOP/s measured in the run on that device; mixed precision: \
 {results.get("mixed_precision", "no")})

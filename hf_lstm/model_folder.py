@@ -12,6 +12,7 @@ import torch
 from safetensors import SafetensorError
 
 from . import checkpointing
+from .flops import mfu_text
 from .model_card import write_model_card
 
 # Published Penn Treebank word-level perplexities (validation, test), for the summary printed after training.
@@ -53,8 +54,8 @@ def print_summary(results: dict, eval_window: int, with_ptb_references: bool = F
     PTB with its word vocabulary)."""
     lines = [
         f"\ntrained {results['train_steps']} steps, {results['train_tokens']:,} tokens in "
-        f"{results['train_seconds']:.0f} s ({results['train_tokens_per_second']:.0f} tokens/s, MFU "
-        f"{results['model_flops_utilization']:.0%}), batching: {results['batching']}",
+        f"{results['train_seconds']:.0f} s ({results['train_tokens_per_second']:.0f} tokens/s, "
+        f"{mfu_text(results['model_flops_utilization'])}), batching: {results['batching']}",
         f"{'perplexity':<52}{'validation':>12}{'test':>10}",
     ]
 

@@ -31,6 +31,11 @@ def test_the_compute_type_follows_mixed_precision_weights_and_tf32():
         torch.backends.cuda.matmul.allow_tf32 = allowed
 
 
+def test_an_mfu_above_one_is_printed_as_not_known():
+    assert flops.mfu_text(0.42) == "MFU 42%"
+    assert flops.mfu_text(1.69).startswith("MFU not known: 169%") and "peak" in flops.mfu_text(1.69)
+
+
 @pytest.mark.parametrize("dtype", ["fp32", "bf16", torch.float32])
 def test_the_peak_is_measured_in_the_type_asked_for(dtype):
     assert flops.measure_matmul_peak(64, repeats=2, dtype=dtype) > 0
