@@ -326,7 +326,8 @@ def test_an_unknown_experiment_is_refused_with_the_choices(capsys):
 def test_an_unknown_command_is_refused_with_the_choices(capsys):
     assert cli.main(["trian"]) == 2
     err = capsys.readouterr().err
-    assert "hf-lstm: unknown command 'trian'; choose one of train, compare, bench, experiment" in err
+    choices = "train, compare, bench, microscope, experiment"
+    assert f"hf-lstm: unknown command 'trian'; choose one of {choices}" in err
 
 
 def test_help_lists_every_command_and_every_experiment(capsys):
