@@ -103,7 +103,7 @@ def reading(records: list[dict], summary: dict) -> list[str]:
             lines.append(
                 f"- {rec['name']} reading validation as one stream with its state carried (the RNN "
                 f"literature's protocol) scores {rec['validation_perplexity_stateful']:.1f}, against "
-                f"{rec['eval_perplexity']:.1f} in fixed windows; Transformers have no stateful number."
+                f"{rec['eval_perplexity']:.1f} in fixed windows (the only protocol the other families get)."
             )
     speeds = ", ".join(f"{r['name']} {r['train_tokens_per_second']:,.0f}" for r in records)
     lines.append(
