@@ -58,6 +58,8 @@ def test_generation_streams_text_then_ends_with_every_token_id(loaded):
     assert token_ids[: ids.shape[1]] == ids[0].tolist() and ids.shape[1] < len(token_ids) <= ids.shape[1] + 6
     expected = loaded.model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
     assert token_ids == expected[0].tolist()  # the same tokens as a plain greedy generate()
+    ids, pieces = generated(loaded, new=30, stop_at_eos=False)
+    assert len(pieces[-1][1]) == ids.shape[1] + 30  # on through end-of-text tokens
 
 
 def test_the_panels_adapt_to_the_cell_type_and_hold_the_models_own_gates(loaded):
@@ -241,7 +243,7 @@ def test_the_page_starts_and_keeps_serving_whatever_it_is_given(word_tokenizer, 
     (tmp_path / "empty").mkdir()
     scope = Microscope(str(tmp_path / "empty"))
     assert "is not a model folder" in scope.model_message and scope.loaded is None
-    sampling = ("", 5, False, 1.0, 0, 1.0, 0, "most-changing", "", 8)
+    sampling = ("", 5, False, 1.0, 0, 1.0, 0, True, "most-changing", "", 8)
     assert "is not a model folder" in list(scope.generate(*sampling))[-1][1]  # the page says why, not a crash
     assert "Loaded" in scope.load(str(saved_model(tmp_path / "lstm", word_tokenizer)))
     assert "Type a prompt first" in list(scope.generate(*sampling))[-1][1]

@@ -243,18 +243,21 @@ def test_the_first_heatmap_follows_a_40_token_generation_of_the_readme_model(pag
             if (s.includes('reading the gates') && !window.seen.done) window.seen.done = now;
             if (document.querySelector('#heatmaps svg.heatmap rect') && !window.seen.heatmap)
                 window.seen.heatmap = now;
+            if (document.querySelector('#memory svg.memory') && !window.seen.memory) window.seen.memory = now;
         }).observe(document.body, {subtree: true, childList: true, characterData: true}); }"""
     )
+    page.get_by_text("sampling", exact=True).click()
+    page.locator("#stop-at-eos input[type=checkbox]").uncheck()  # 40 tokens, through sentence ends
     generate(page, "the company said it expects to report a loss for the third quarter because")
-    page.wait_for_selector("#heatmaps svg.heatmap rect")
+    page.wait_for_selector("#memory svg.memory")
     seen = page.evaluate("window.seen")
     status = text_of(page, "#status")
-    if "done" in seen:
-        after = f"{(seen['heatmap'] - seen['done']) / 1000:.2f} s after the generation finished"
-    else:  # the browser drew "generation finished" and the heatmap in one frame
-        after = f"in the same frame as the end of generation ({seen})"
+    assert "generated 40 tokens" in status
+    done = seen.get("done", seen["heatmap"])  # no "done": drawn in the same frame as the first heatmap
     print(
-        f"\nmicroscope, {readme_model} (2x256, vocabulary 10k): {status}; first heatmap {after} (target 1 s)"
+        f"\nmicroscope, {readme_model} (2x256, vocabulary 10k): {status}; after the generation finished, "
+        f"first heatmap {(seen['heatmap'] - done) / 1e3:.2f} s (target 1 s), memory panel "
+        f"{(seen['memory'] - done) / 1e3:.2f} s; generation {(done - seen['generating']) / 1e3:.2f} s"
     )
     page.locator(TOKENS).nth(13).click()  # "because"
     wait_for_text(page, "#memory", "What survives of #13")

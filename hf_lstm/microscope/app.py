@@ -60,13 +60,13 @@ class Microscope:
         return self.model_message
 
     def generate(
-        self, prompt, max_new_tokens, do_sample, temperature, top_k, top_p, seed, order, units, count
+        self, prompt, max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop, order, units, count
     ):
         """Stream the generation into the page, then draw everything at the last prompt token."""
         skip = gr.skip()
         try:
             loaded = self._model()
-            sampling = R.Sampling(max_new_tokens, do_sample, temperature, top_k, top_p, seed)
+            sampling = R.Sampling(max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop)
             ids = R.prompt_ids(loaded, prompt, int(max_new_tokens))
             with self.lock:
                 for text, token_ids in R.generate_stream(loaded, ids, sampling):
@@ -142,7 +142,7 @@ def build_app(source: str | None, trust_remote_code: bool = False, check_folder:
             load = gr.Button("Load", elem_id="load", scale=1)
         model_status = gr.Markdown(scope.model_message, elem_id="model-status")
         prompt = gr.Textbox(EXAMPLE, label="prompt", lines=2, elem_id="prompt")
-        with gr.Accordion("sampling", open=False):
+        with gr.Accordion("sampling", open=False, elem_id="sampling"):
             with gr.Row():
                 max_new = gr.Slider(1, 200, 40, step=1, label="max new tokens", elem_id="max-new-tokens")
                 do_sample = gr.Checkbox(True, label="sample (off: greedy)")
@@ -150,6 +150,7 @@ def build_app(source: str | None, trust_remote_code: bool = False, check_folder:
                 top_k = gr.Slider(0, 200, 50, step=1, label="top-k (0: off)")
                 top_p = gr.Slider(0.05, 1.0, 1.0, label="top-p")
                 seed = gr.Number(0, precision=0, label="seed")
+                stop = gr.Checkbox(True, label="stop at the end-of-text token", elem_id="stop-at-eos")
         run = gr.Button("Generate", variant="primary", elem_id="generate")
         generated = gr.Textbox(label="text", lines=3, interactive=False, elem_id="generated")
         status = gr.Markdown("", elem_id="status")
@@ -174,7 +175,7 @@ def build_app(source: str | None, trust_remote_code: bool = False, check_folder:
         views = [tokens, position, heatmaps, next_token, memory]
         load.click(scope.load, model_box, model_status)
         model_box.submit(scope.load, model_box, model_status)
-        sampling = [max_new, do_sample, temperature, top_k, top_p, seed, order, units, count]
+        sampling = [max_new, do_sample, temperature, top_k, top_p, seed, stop, order, units, count]
         run.click(scope.generate, [prompt, *sampling], [generated, status, *views, state])
         prompt.submit(scope.generate, [prompt, *sampling], [generated, status, *views, state])
         tokens.select(scope.select, [state, order, units, count], [status, *views])

@@ -153,6 +153,7 @@ class Sampling:
     top_k: int = 50
     top_p: float = 1.0
     seed: int = 0
+    stop_at_eos: bool = True
 
     def generate_kwargs(self, tokenizer) -> dict:
         """The keyword arguments for `model.generate`."""
@@ -162,6 +163,8 @@ class Sampling:
         else:  # greedy: say so, or the folder's sampling settings warn that they are ignored
             kwargs.update(temperature=None, top_k=None, top_p=None)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if not self.stop_at_eos:  # write on through end-of-text tokens, as the model read its training stream
+            kwargs["eos_token_id"] = None
         return {**kwargs, "pad_token_id": pad}
 
 
@@ -172,7 +175,8 @@ def generate_stream(
     `(new text, every token id: prompt and new)`."""
     from transformers import TextIteratorStreamer
 
-    streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    skip = sampling.stop_at_eos  # show the end-of-text tokens the text runs through
+    streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=skip)
     result: dict = {}
 
     def work():

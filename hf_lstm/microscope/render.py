@@ -99,8 +99,9 @@ def _layer_svg(reading: Reading, layer: int, panels: dict, units: list[int], pos
         top = k * (height + gap)
         shown = values[:, units].astype(np.float64)  # (tokens, units)
         gate = name not in ("cell", "hidden")
-        scale = 1.0 if gate else max(float(np.abs(shown).max()), 1e-6)
-        rgb = _colors(VIRIDIS, shown.T) if gate else _colors(DIVERGING, 0.5 + 0.5 * shown.T / scale)
+        # C_t is unbounded (a few cells grow far beyond the rest): colour tanh(C_t), what o_t lets out
+        state = np.tanh(shown) if name == "cell" else shown
+        rgb = _colors(VIRIDIS, shown.T) if gate else _colors(DIVERGING, 0.5 + 0.5 * state.T)
         out.append(
             f"<text x='2' y='{top + height / 2 + 3}'>{LABELS[name]}</text>"
             f"<image class='panel' data-panel='{name}' x='{LEFT}' y='{top}' width='{cw * len(tokens)}' "
@@ -164,8 +165,8 @@ def memory_html(reading: Reading, position: int, carried: list | None, sensitivi
             if gate
             else "A vanilla RNN has no gate to carry memory: "
         )
-        + "The dashed line is how strongly that token's input still moves h_t, measured exactly by "
-        "forward-mode differentiation (for a vanilla RNN, the vanishing gradient)."
+        + "The dashed line is how strongly that token's input still moves the last layer's h_t, measured "
+        "exactly by automatic differentiation (for a vanilla RNN, the vanishing gradient)."
     )
     return f"<p style='margin:4px 0'>{html.escape(caption)}</p>{_curves_svg(tokens, position, series)}"
 
