@@ -251,3 +251,7 @@ def test_the_page_starts_and_keeps_serving_whatever_it_is_given(word_tokenizer, 
     *_, heatmaps, memory = list(scope.generate("the cat sat", *sampling[1:]))
     assert "generated " in heatmaps[1] and "<svg class='heatmap'" in heatmaps[4]
     assert "<svg class='memory'" in memory[6]  # the memory panel follows the heatmaps
+    reading = heatmaps[7]  # the gr.State value
+    assert scope.show(reading, 2, "most-changing", "", 8)[0] == "token #2 ' sat'"
+    scope.load(str(saved_model(tmp_path / "gru", word_tokenizer, "gru")))
+    assert "generate again" in scope.show(reading, 2, "most-changing", "", 8)[0]  # read by the other model

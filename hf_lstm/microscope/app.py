@@ -97,14 +97,19 @@ class Microscope:
         try:
             position = min(max(int(position or 0), 0), len(reading.token_ids) - 1)
             with self.lock:
-                view = self._view(self._model(), reading, position, order, units, count)
+                loaded = self._model()
+                if loaded.source != reading.source:
+                    raise R.MicroscopeError(f"This text was read by {reading.source}: generate again.")
+                view = self._view(loaded, reading, position, order, units, count)
             return (f"token #{position} {reading.tokens[position]!r}", *view)
         except R.MicroscopeError as error:
             return (f"⚠️ {error}", *[skip] * 5)
+        except Exception as error:  # the page says what broke and the app keeps serving
+            return (f"⚠️ Unexpected error: {type(error).__name__}: {error}", *[skip] * 5)
 
     def _model(self) -> R.Loaded:
         if self.loaded is None:
-            raise R.MicroscopeError(self.model_message)
+            raise R.MicroscopeError(self.model_message.removeprefix("⚠️ "))
         return self.loaded
 
     def _view(self, loaded, reading, position, order, units, count, memory=True) -> tuple:

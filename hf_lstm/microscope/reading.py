@@ -216,6 +216,7 @@ class Reading:
             (tokens, hidden) array.
         top_next (`list[list[tuple[str, float]]]`): per position, the `TOP_K` likeliest next tokens.
         seconds (`float`): how long the pass took.
+        source (`str`): the model that read it.
     """
 
     token_ids: list[int]
@@ -225,6 +226,7 @@ class Reading:
     panels: list[dict[str, np.ndarray]] = field(default_factory=list)
     top_next: list[list[tuple[str, float]]] = field(default_factory=list)
     seconds: float = 0.0
+    source: str = ""
 
 
 def token_texts(tokenizer, token_ids: list[int]) -> list[str]:
@@ -264,6 +266,7 @@ def read(loaded: Loaded, token_ids: list[int], prompt_length: int) -> Reading:
         panels=panels,
         top_next=top_next,
         seconds=time.perf_counter() - start,
+        source=loaded.source,
     )
 
 
