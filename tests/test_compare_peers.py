@@ -106,6 +106,7 @@ def test_every_family_runs_end_to_end_with_the_promised_fields(every_family):
             (2, 48),
         }
         assert r["eval_curve"]
+        assert r["dropout"] == {}, r["name"]  # no family is regularised, hf_lstm on a user corpus included
     by_name = {r["name"]: r for r in records}
     assert "PyTorch" in by_name["mamba"]["code_path"] and "PyTorch" in by_name["rwkv"]["code_path"]
 

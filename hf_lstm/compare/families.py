@@ -31,7 +31,9 @@ ATTENTION = ("gpt2", "llama", "recurrent_gemma")
 # sweep on PTB at 4M parameters and 5 minutes (docs/COMPARE.md, "Recipes"); Llama and every recurrent
 # peer take GPT-2's untuned, and `--lr_sweep N` gives every family the same N learning rates around these.
 TRANSFORMER_RECIPE = {"batching": "blocks", "optimizer": "adamw", "learning_rate": 2e-3, "weight_decay": 0.1}
-LSTM_RECIPE = {"batching": "stream", "optimizer": "adamw", "learning_rate": 6e-3}
+# No dropout for any family: `hf-lstm train`'s default `--regularization auto` gives a new hf_lstm model
+# dropout on every corpus but PTB, which no peer gets here (--hf_lstm_train_args "--regularization auto").
+LSTM_RECIPE = {"batching": "stream", "optimizer": "adamw", "learning_rate": 6e-3, "regularization": "none"}
 
 
 def attention_heads(width: int) -> int:
