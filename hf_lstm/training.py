@@ -453,7 +453,8 @@ def _log(run: Run, loss: float, progress) -> None:
     elapsed = time.perf_counter() - run.window_start
     tokens_per_second = run.window_tokens / max(elapsed, 1e-9)
     mfu = run.train_flops * tokens_per_second / run.peak
-    progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_second:.0f}", mfu=f"{mfu:.0%}")
+    shown = f"{mfu:.0%}" if mfu <= 1 else "unknown (peak measured on a busier machine)"
+    progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_second:.0f}", mfu=shown)
     if run.settings.with_tracking:
         record = {
             "loss": loss,
