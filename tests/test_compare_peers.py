@@ -6,6 +6,8 @@ import argparse
 import json
 
 import pytest
+import transformers
+from packaging.version import Version
 
 from conftest import write_corpus
 from hf_lstm import compare
@@ -119,8 +121,11 @@ def test_recurrent_states_stay_the_same_size_and_attention_caches_grow(every_fam
         assert cache["16"] == cache["48"] > 0, name
         assert by_name[name]["generate_tokens_per_second"]["48"] > 0
     # RecurrentGemma: RG-LRU states (kept on its modules) and a local-attention cache growing to its window
+    # (transformers 5.24 grows that cache token by token; 5.0 allocates the whole window at the first step)
     gemma = by_name["recurrent_gemma"]["cache_bytes"]
-    assert gemma["48"] > gemma["16"] > 0
+    assert gemma["48"] >= gemma["16"] > 0
+    if Version(transformers.__version__) >= Version("5.24"):
+        assert gemma["48"] > gemma["16"]
     assert by_name["llama"]["cache_bytes"]["48"] > by_name["llama"]["cache_bytes"]["16"] > 0
     gpt2 = by_name["gpt2"]
     assert gpt2["generate_tokens_per_second"]["48"] is None

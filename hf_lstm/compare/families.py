@@ -14,6 +14,7 @@ parameter count is the fair count and the vocabulary costs every family about th
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 from dataclasses import dataclass, field
@@ -195,7 +196,20 @@ class Family:
         them. `block_size` is the training block (GPT-2's positions); `max_positions` the longest sequence
         generation will need (Llama's rotary positions)."""
         shape = SHAPES[self.model_type](layers, width, block_size, max_positions or block_size)
-        return {**self.extra_config, **shape}
+        fields = {**self.extra_config, **shape}
+        if not _config_has(self.model_type, "tie_word_embeddings"):
+            # transformers 5.0's MambaConfig has no such field (5.24's has): the model is built, counted and
+            # trained as that version builds it
+            fields.pop("tie_word_embeddings", None)
+        return fields
+
+
+@functools.cache
+def _config_has(model_type: str, name: str) -> bool:
+    """Whether the installed transformers' configuration of `model_type` has the field `name`."""
+    from transformers import AutoConfig
+
+    return hasattr(AutoConfig.for_model(model_type), name)
 
 
 SHAPES = {
