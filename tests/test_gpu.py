@@ -75,7 +75,7 @@ def test_cached_and_uncached_greedy_decoding_give_the_same_tokens(cell_type):
 
 
 BF16_NOT_COMPACTED = pytest.mark.xfail(
-    reason="open (issue 16): torch's flatten_parameters() skips bf16 weights (torch.backends.cudnn."
+    reason="not yet fixed: torch's flatten_parameters() skips bf16 weights (torch.backends.cudnn."
     "CUDNN_TENSOR_DTYPES has no bf16), so cuDNN warns and compacts them at every call; not yet run on a GPU",
     strict=False,
 )

@@ -6,8 +6,9 @@ end of a 40-token generation to the first heatmap is printed for the README's 2x
 
 Skips, saying why, where Chromium or Playwright is missing (`.ci/run` installs Chromium with apt).
 Screenshots go to a temporary folder, or to docs/microscope/ (the ones docs/MICROSCOPE.md shows) with
-`HF_LSTM_SCREENSHOTS=docs`. The speed check uses runs/ptb-lstm (the README's main job) when it is there,
-else a new model of the same shape and PTB vocabulary (the time does not depend on the weights' values).
+`HF_LSTM_SCREENSHOTS=docs`. The speed check uses runs/ptb-lstm (what the README's training command writes)
+when it is there, else a new model of the same shape and PTB vocabulary (the time does not depend on the
+weights' values).
 """
 
 import os
