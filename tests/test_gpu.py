@@ -10,6 +10,7 @@ import torch
 
 from conftest import CELL_TYPES, FUSED_CELL_TYPES, tiny_config, tiny_train_args
 from hf_lstm import LSTMForCausalLM
+from test_modeling import twin_models
 from test_training import run_cli
 
 pytestmark = [
@@ -28,12 +29,9 @@ def _exact_fp32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
-def twins(cell_type, **overrides):
-    config = dict(vocab_size=40, hidden_size=64, **overrides)
-    fused = LSTMForCausalLM(tiny_config(cell_type, implementation="fused", **config)).to(CUDA)
-    reference = LSTMForCausalLM(tiny_config(cell_type, implementation="reference", **config)).to(CUDA)
-    reference.load_state_dict(fused.state_dict())
-    return fused, reference
+def twins(cell_type):
+    """`test_modeling.twin_models` (the same weights, fused and reference) on the GPU, 64 units wide."""
+    return [m.to(CUDA) for m in twin_models(LSTMForCausalLM, cell_type, hidden_size=64)]
 
 
 @pytest.mark.parametrize("cell_type", FUSED_CELL_TYPES)

@@ -263,7 +263,7 @@ def _result_row(r: dict) -> str:
         f"{r['train_tokens']:,}",
         f"{r['train_seconds']:.0f}",
         f"{r['train_tokens_per_second']:,.0f}",
-        f"{r['model_flops_utilization']:.1%}",
+        f"{mfu:.1%}" if (mfu := r["model_flops_utilization"]) <= 1 else "not known (peak measured low)",
         *(format_value(r.get(key), digits=3 if "bits" in key else 1) for key in PERPLEXITIES),
     ]
     return "| " + " | ".join(cells) + " |"
