@@ -83,6 +83,13 @@ class LSTMConfig(PretrainedConfig):
             built on the first such step, rebuilt whenever a weight changes, never saved, and cost one more
             copy of those matrices in memory (37.3 MB for the 10k-vocabulary 2x512 reference model). Set
             `False` where memory matters more than decoding speed; the outputs are the same either way.
+        decode_cuda_graph (`bool`, defaults to `True`):
+            On a CUDA device, in eval mode and without gradients, run each one-token step (embedding, every
+            layer's cell, output layer) as a replay of a CUDA graph captured on the first such step: one
+            launch instead of one per operation, which is what a small model's decoding step costs on a GPU.
+            Captured again when the batch size, dtype or any weight changes; it holds the step's buffers (a
+            few times batch x (hidden_size + vocab_size) values). Peephole cells and `output_gates` take the
+            ordinary path. The tokens are the same either way (docs/PERFORMANCE.md, "On a GPU").
         pad_token_id, bos_token_id, eos_token_id (`int`, *optional*):
             Special token ids, usually those of the tokenizer saved next to the model.
     """
@@ -114,6 +121,7 @@ class LSTMConfig(PretrainedConfig):
         classifier_dropout: float = 0.0,
         use_cache: bool = True,
         decode_cache_weights: bool = True,
+        decode_cuda_graph: bool = True,
         pad_token_id: int | None = None,
         bos_token_id: int | None = None,
         eos_token_id: int | None = None,
@@ -137,6 +145,7 @@ class LSTMConfig(PretrainedConfig):
         self.classifier_dropout = classifier_dropout
         self.use_cache = use_cache
         self.decode_cache_weights = decode_cache_weights
+        self.decode_cuda_graph = decode_cuda_graph
         super().__init__(
             tie_word_embeddings=tie_word_embeddings,
             pad_token_id=pad_token_id,
@@ -181,7 +190,13 @@ class LSTMConfig(PretrainedConfig):
         choice("cell_type", CELL_TYPES)
         choice("implementation", IMPLEMENTATIONS)
         choice("classifier_pooling", POOLINGS)
-        for name in ("bidirectional", "tie_word_embeddings", "use_cache", "decode_cache_weights"):
+        for name in (
+            "bidirectional",
+            "tie_word_embeddings",
+            "use_cache",
+            "decode_cache_weights",
+            "decode_cuda_graph",
+        ):
             flag(name)
         for name in (*_DROPOUTS, "classifier_dropout"):
             probability(name)

@@ -297,6 +297,167 @@ def _reads_copies(enabled: bool, module: nn.Module, matrices: tuple[torch.Tensor
     )
 
 
+class _StepBuffers:
+    """The fixed tensors a captured decoding step reads and writes (`GraphedDecodeStep`)."""
+
+    def __init__(self, batch: int, widths: list[list[int]], vocab_size: int, dtype, device):
+        def flat(width):
+            return torch.zeros(batch, width, dtype=dtype, device=device)
+
+        self.ids = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.mask = torch.ones(batch, dtype=torch.float32, device=device)  # the new column of attention_mask
+        self.mask_is_ones = True
+        total = sum(map(sum, widths))
+        self.state_in, self.state_out = flat(total), flat(total)
+        self.spans, start = [], 0  # per layer, the (start, width) of each state tensor in the packed state
+        for layer in widths:
+            self.spans.append([(start + sum(layer[:k]), width) for k, width in enumerate(layer)])
+            start += sum(layer)
+        self.offsets = [start for layer in self.spans for start, _ in layer]
+        self.state_in_views, self.state_out_views = self.views(self.state_in), self.views(self.state_out)
+        self.logits = torch.zeros(batch, 1, vocab_size, dtype=dtype, device=device)
+        self.checks = torch.zeros(
+            3, dtype=torch.float64, device=device
+        )  # min id, max id, mask values not 0/1
+        pinned = device.type == "cuda"
+        self.host_checks = torch.zeros(3, dtype=torch.float64, pin_memory=pinned)
+        self.returned = None  # the last state handed out: a cache holding its views is copied in one go
+
+    def load_state(self, states: list[tuple[torch.Tensor, ...]]) -> None:
+        """Copy a cache's states into `state_in`: one copy when they are the views of the last state handed
+        out (a cache `generate()` carries from step to step), else one per tensor."""
+        flat = [t for state in states for t in state]
+        if self.returned is not None and all(
+            t._base is self.returned and t.storage_offset() == self.returned.storage_offset() + offset
+            for t, offset in zip(flat, self.offsets)
+        ):
+            self.state_in.copy_(self.returned)
+            return
+        for source, target in zip(states, self.state_in_views):
+            for s, t in zip(source, target):
+                t.copy_(s)
+
+    def handed_out(self) -> tuple[torch.Tensor, list[tuple[torch.Tensor, ...]]]:
+        """Copies of the logits and the new state (views of one tensor), so that the next replay, which
+        overwrites the buffers, changes nothing a caller holds."""
+        logits, state = self.logits.clone(), self.state_out.clone()
+        self.returned = state
+        return logits, self.views(state)
+
+    def views(self, packed: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        """Every layer's state tensors as views of one packed (batch, total width) tensor."""
+        return [tuple(packed[:, start : start + width] for start, width in layer) for layer in self.spans]
+
+
+class GraphedDecodeStep:
+    """The one-token decoding step of `LSTMForCausalLM` on a CUDA device, captured once as CUDA graphs and
+    replayed at every token.
+
+    Why: on a GPU, a small model's decoding step is a few dozen tiny kernels (the embedding, two cell kernels
+    and a matrix product per layer, the output layer), and launching them one by one from Python costs more
+    than running them. A replay launches all of them at once (docs/PERFORMANCE.md, "On a GPU").
+
+    How: the step reads and writes fixed buffers (`_StepBuffers`): the token ids, the new column of the
+    attention mask, and every layer's state packed in one tensor. Each call copies its inputs into them and
+    replays two graphs: `check` (the smallest and largest token id and any mask value other than 0 and 1,
+    copied to the host) and `step` (the cells, reading clamped ids, so a bad id can never fault the device).
+    It waits for `check` only, raises the same `ValueError` as the ordinary path for bad input, and hands out
+    copies of the logits and the state. A padded row (mask 0) keeps its state, and its logits are read from
+    that state, as on the ordinary path.
+
+    The graphs are captured again when the batch size, device, dtype or any weight changes (the same stamps
+    as `ColumnMajorCopies`); `train()`, `eval()` and `.to()` drop them (`drop_decode_copies`). `eager=True`
+    runs the same buffers without capturing: what the tests check on a CPU.
+    """
+
+    def __init__(self, eager: bool = False):
+        self.eager = eager
+        self.clear()
+
+    def clear(self) -> None:
+        self.key, self.buffers, self.graphs = None, None, None
+
+    def __getstate__(self) -> dict:
+        return {"eager": self.eager}  # a copied model captures its own graphs
+
+    def __setstate__(self, state: dict) -> None:
+        self.eager = state.get("eager", False)
+        self.clear()
+
+    def __call__(self, model, input_ids, attention_mask, states):
+        """(logits (batch, 1, vocab), the new state of every layer) after one token per row."""
+        weights = model._decode_weights()
+        key = (input_ids.shape[0], input_ids.device, states[0][0].dtype) + tuple(
+            (id(w), w.data_ptr(), w._version, w.dtype, w.shape) for w in weights
+        )
+        if key != self.key:
+            self._capture(model, input_ids, states, key)
+        b = self.buffers
+        b.ids.copy_(input_ids)
+        if attention_mask is not None:
+            b.mask.copy_(attention_mask[:, -1])
+            b.mask_is_ones = False
+        elif not b.mask_is_ones:
+            b.mask.fill_(1.0)
+            b.mask_is_ones = True
+        b.load_state(states)
+        if self.eager:
+            self._check(b)
+            model._decode_step_into(b)
+            low, high, bad_mask = b.checks.tolist()
+        else:
+            check, step, done = self.graphs
+            check.replay()
+            b.host_checks.copy_(b.checks, non_blocking=True)
+            done.record()
+            step.replay()  # queued behind the check: the device does not wait for the host's verdict
+            done.synchronize()
+            low, high, bad_mask = b.host_checks.tolist()
+        if low < 0 or high >= model.config.vocab_size:
+            raise _token_id_error(int(low if low < 0 else high), model.config.vocab_size)
+        if bad_mask:
+            raise ValueError("attention_mask must contain only 0 (padding) and 1 (real token)")
+        return b.handed_out()
+
+    @staticmethod
+    def _check(b: _StepBuffers) -> None:
+        low, high = torch.aminmax(b.ids)
+        b.checks[0].copy_(low)
+        b.checks[1].copy_(high)
+        b.checks[2].copy_(((b.mask != 0) & (b.mask != 1)).sum())
+
+    def _capture(self, model, input_ids, states, key) -> None:
+        self.clear()
+        widths = [[t.shape[-1] for t in state] for state in states]
+        b = _StepBuffers(
+            input_ids.shape[0], widths, model.config.vocab_size, states[0][0].dtype, input_ids.device
+        )
+        if not self.eager:
+            device = input_ids.device
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):  # warm up outside the capture: library handles, workspaces
+                for _ in range(2):
+                    self._check(b)
+                    model._decode_step_into(b)
+            torch.cuda.current_stream(device).wait_stream(side)
+            check, step = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+            with torch.cuda.graph(check):
+                self._check(b)
+            with torch.cuda.graph(step, pool=check.pool()):
+                model._decode_step_into(b)
+            self.graphs = (check, step, torch.cuda.Event())
+        self.buffers, self.key = b, key
+
+
+def _token_id_error(bad: int, vocab_size: int) -> ValueError:
+    return ValueError(
+        f"input_ids contains token id {bad}, outside [0, vocab_size={vocab_size}); "
+        "check that the tokenizer matches the model (len(tokenizer) must not exceed "
+        "config.vocab_size)"
+    )
+
+
 # ----------------------------------------------------------------------------------------------------------
 # One recurrent layer
 # ----------------------------------------------------------------------------------------------------------
@@ -307,6 +468,44 @@ _TORCH_CELL = {
     "gru": torch.gru_cell,
     "rnn": torch.rnn_tanh_cell,
 }  # one step, no peephole
+
+
+def _compact_bfloat16_weights(rnn: nn.RNNBase) -> None:
+    """Lay a CUDA bfloat16 RNN's weights out in one block, as `flatten_parameters()` does for other dtypes.
+
+    torch's `flatten_parameters()` (which `.to()` calls) skips bfloat16: it asks
+    `torch.backends.cudnn.is_acceptable`, whose `CUDNN_TENSOR_DTYPES` lists float16, float32 and float64
+    only (torch 2.11 to 2.13). cuDNN runs bfloat16 RNNs all the same, so after `model.to(torch.bfloat16)`
+    every call warned that the weights are "not part of single contiguous chunk of memory" and copied them.
+    This does the same flattening for bfloat16, through the same op; where this torch lacks it or refuses,
+    nothing changes."""
+    weights = rnn._flat_weights
+    if not weights or not all(
+        isinstance(w, torch.Tensor) and w.is_cuda and w.dtype == torch.bfloat16 for w in weights
+    ):
+        return
+    flatten = getattr(torch, "_cudnn_rnn_flatten_weight", None)
+    try:
+        from torch.backends.cudnn.rnn import get_cudnn_mode
+
+        if flatten is None or not torch.backends.cudnn.enabled or not torch._use_cudnn_rnn_flatten_weight():
+            return
+        if len({w.data_ptr() for w in weights}) != len(weights):
+            return  # aliased weights (e.g. tied): torch's own path leaves these alone too
+        with torch.cuda.device_of(weights[0]), torch.no_grad():
+            flatten(
+                weights,
+                4 if rnn.bias else 2,
+                rnn.input_size,
+                get_cudnn_mode(rnn.mode),
+                rnn.hidden_size,
+                rnn.proj_size,
+                rnn.num_layers,
+                rnn.batch_first,
+                bool(rnn.bidirectional),
+            )
+    except (ImportError, AttributeError, RuntimeError):
+        return
 
 
 class LSTMRecurrentLayer(nn.Module):
@@ -674,12 +873,14 @@ class LSTMPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.bias)
 
     def drop_decode_copies(self) -> None:
-        """Free the decode-time weight copies (`ColumnMajorCopies`) of every module; the next one-token step
-        rebuilds what it needs. `train()`, `eval()` and `.to()` call it."""
+        """Free the decode-time weight copies (`ColumnMajorCopies`) and captured steps (`GraphedDecodeStep`)
+        of every module; the next one-token step rebuilds what it needs. `train()`, `eval()` and `.to()` call
+        it."""
         for module in self.modules():
-            copies = module.__dict__.get("_decode_copies")
-            if copies is not None:
-                copies.clear()
+            for name in ("_decode_copies", "_decode_graph"):
+                held = module.__dict__.get(name)
+                if held is not None:
+                    held.clear()
 
     def train(self, mode: bool = True):
         self.drop_decode_copies()  # also catches weights changed through `.data`, which bumps no counter
@@ -689,7 +890,11 @@ class LSTMPreTrainedModel(PreTrainedModel):
         # .to(), .float(), .cuda(): a converted weight may land at the address of the one it replaced, with
         # the same version counter, so the copies are dropped rather than trusted to notice
         self.drop_decode_copies()
-        return super()._apply(fn, *args, **kwargs)
+        result = super()._apply(fn, *args, **kwargs)
+        for module in self.modules():
+            if isinstance(module, nn.RNNBase):
+                _compact_bfloat16_weights(module)
+        return result
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """`save_pretrained`, with every Auto class in `config.auto_map` (transformers records only the saved
@@ -903,12 +1108,7 @@ class LSTMModel(LSTMPreTrainedModel):
                 )
             low, high = int(input_ids.min()), int(input_ids.max())
             if low < 0 or high >= config.vocab_size:
-                bad = low if low < 0 else high
-                raise ValueError(
-                    f"input_ids contains token id {bad}, outside [0, vocab_size={config.vocab_size}); "
-                    "check that the tokenizer matches the model (len(tokenizer) must not exceed "
-                    "config.vocab_size)"
-                )
+                raise _token_id_error(low if low < 0 else high, config.vocab_size)
             hidden = self.embed_tokens(input_ids.long())
             if self.training and config.embedding_dropout > 0:
                 hidden = embedding_dropout(hidden, input_ids, config.vocab_size, config.embedding_dropout)
@@ -969,6 +1169,20 @@ def _prepare_mask(attention_mask, batch: int, seq_len: int, past_len: int = 0) -
     """
     if attention_mask is None:
         return None
+    _check_mask_shape(attention_mask, batch, seq_len, past_len)
+    mask = attention_mask[:, -seq_len:]
+    if mask.dtype != torch.bool:
+        if mask.is_floating_point() or bool(((mask != 0) & (mask != 1)).any()):
+            if not bool(((mask == 0) | (mask == 1)).all()):
+                raise ValueError("attention_mask must contain only 0 (padding) and 1 (real token)")
+        mask = mask != 0
+    return None if bool(mask.all()) else mask
+
+
+def _check_mask_shape(attention_mask, batch: int, seq_len: int, past_len: int) -> None:
+    """A mask is a 2-D tensor with one row per sequence and one column per position it covers."""
+    if attention_mask is None:
+        return
     if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2:
         shape = (
             tuple(attention_mask.shape)
@@ -983,13 +1197,6 @@ def _prepare_mask(attention_mask, batch: int, seq_len: int, past_len: int = 0) -
             f"({batch}, {past_len + seq_len}): one row per sequence and one column per position "
             f"({covers} tokens)"
         )
-    mask = attention_mask[:, -seq_len:]
-    if mask.dtype != torch.bool:
-        if mask.is_floating_point() or bool(((mask != 0) & (mask != 1)).any()):
-            if not bool(((mask == 0) | (mask == 1)).all()):
-                raise ValueError("attention_mask must contain only 0 (padding) and 1 (real token)")
-        mask = mask != 0
-    return None if bool(mask.all()) else mask
 
 
 def _check_cache(cache, model: LSTMModel, batch: int) -> None:
@@ -1036,6 +1243,7 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         )
         self.lm_head = nn.Linear(config.embedding_size, config.vocab_size, bias=True)
         self._decode_copies = ColumnMajorCopies()  # of the output matrices; a plain attribute, not saved
+        self._decode_graph = GraphedDecodeStep()  # the one-token step on a CUDA device; not saved either
         self.post_init()
 
     def get_output_embeddings(self):
@@ -1057,6 +1265,37 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
             raise ValueError(f"input_ids is empty (shape {tuple(ids.shape)}); give at least one token")
         return super().generate(inputs, *args, **kwargs)
 
+    _NOT_FOR_A_DECODING_STEP = frozenset(
+        {"cache", "past_key_values", "cache_position", "position_ids", "next_sequence_length", "labels"}
+        | {"is_first_iteration", "inputs_embeds", "token_type_ids"}
+    )
+
+    def prepare_inputs_for_generation(self, input_ids, *args, inputs_embeds=None, **kwargs):
+        """The inputs of one `generate()` step. A decoding step (exactly one token the cache has not read, on
+        the cache's device) is built here: that token, the cache, and `generate()`'s other arguments (the
+        attention mask, `use_cache`, `logits_to_keep`, ...). Everything else (the prompt, `inputs_embeds`, a
+        continued cache) goes through transformers' general version, which on a small model costs more than
+        the step itself (it inspects `forward`'s signature at every step on 5.24), and gives the same inputs
+        for a recurrent model: it ignores positions."""
+        cache = kwargs.get(CACHE_NAME)
+        if (
+            args
+            or inputs_embeds is not None
+            or not isinstance(cache, LSTMCache)
+            or len(cache) == 0
+            or kwargs.get("is_first_iteration")
+            or input_ids.dim() != 2
+            or input_ids.shape[1] != cache.seen_tokens + 1
+            or cache.states[0][0].device != input_ids.device
+        ):
+            return super().prepare_inputs_for_generation(
+                input_ids, *args, inputs_embeds=inputs_embeds, **kwargs
+            )
+        inputs = {k: v for k, v in kwargs.items() if k not in self._NOT_FOR_A_DECODING_STEP}
+        inputs["input_ids"] = input_ids[:, -1:]
+        inputs[CACHE_NAME] = cache
+        return inputs
+
     def _output_layer(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits from the last layer's h_t: the output projection (if any), then the output layer. For one
         position in eval mode without gradients they read column-major copies of their matrices
@@ -1076,6 +1315,72 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         for layer in layers:
             hidden = layer(hidden)
         return hidden
+
+    # -- decoding on a CUDA device: one captured step per token ------------------------------------------
+    def _output_layers(self) -> list[nn.Module]:
+        return [m for m in (self.output_projection, self.lm_head) if m is not None]
+
+    def _decode_weights(self) -> list[torch.Tensor]:
+        """Every tensor a one-token step reads: what a captured step must be recaptured after a change of."""
+        weights = [self.model.embed_tokens.weight]
+        for layer in self.model.layers:
+            weights += [p for _, p in sorted(layer.rnn.named_parameters())]
+        for module in self._output_layers():
+            weights += [p for p in (module.weight, module.bias) if p is not None]
+        return weights
+
+    def _graphs_decode(self, input_ids, inputs_embeds, past, use_cache, extras: dict) -> bool:
+        """Whether this call is a one-token decoding step that `GraphedDecodeStep` runs: on a CUDA device, in
+        eval mode without gradients, one token per row after a cache, with plain cells (LSTM, GRU, vanilla
+        RNN), the fused implementation, plain output layers and no extra outputs (anything else, and any
+        shape error, takes the ordinary path, which explains it)."""
+        config, stack = self.config, self.model
+        here = "cpu" if self._decode_graph.eager else "cuda"  # eager: the same buffers on any device (tests)
+        return bool(
+            config.decode_cuda_graph
+            and isinstance(input_ids, torch.Tensor)
+            and input_ids.device.type in ("cuda", here)
+            and input_ids.dim() == 2
+            and input_ids.shape[1] == 1
+            and not input_ids.is_floating_point()
+            and inputs_embeds is None
+            and not self.training
+            and not torch.is_grad_enabled()
+            and (config.use_cache if use_cache is None else use_cache)
+            and not any(extras.values())
+            and not config.output_hidden_states
+            and config.cell_type in _TORCH_CELL
+            and config.uses_fused_kernel
+            and isinstance(past, LSTMCache)
+            and len(past) == config.num_hidden_layers
+            and all(type(layer) is LSTMRecurrentLayer for layer in stack.layers)
+            and not any(m._forward_hooks or m._forward_pre_hooks for m in self.modules())
+            and all(map(_plain_linear, self._output_layers()))
+            and type(stack.embed_tokens) is nn.Embedding
+            and all(
+                t.dtype == self.lm_head.weight.dtype and t.device == input_ids.device
+                for s in past.states
+                for t in s
+            )
+        )
+
+    def _decode_step_into(self, b: _StepBuffers) -> None:
+        """The one-token step `GraphedDecodeStep` captures: from `b.ids`, `b.mask` and `b.state_in` to
+        `b.logits` and `b.state_out`, every tensor at a fixed address. A row whose mask is 0 keeps its
+        state."""
+        x = F.embedding(b.ids[:, 0].clamp(0, self.config.vocab_size - 1), self.model.embed_tokens.weight)
+        keep = (b.mask != 0).unsqueeze(1)
+        for layer, state, out in zip(self.model.layers, b.state_in_views, b.state_out_views):
+            rnn = layer.rnn
+            weights = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+            cell = _TORCH_CELL[layer.cell_type]
+            new = cell(x, state, *weights) if layer.has_cell_state else (cell(x, state[0], *weights),)
+            for old, value, target in zip(state, new, out):
+                target.copy_(torch.where(keep, value, old))
+            x = out[0]
+        for module in self._output_layers():
+            x = F.linear(x, module.weight, module.bias)
+        b.logits[:, 0].copy_(x)
 
     def forward(
         self,
@@ -1104,10 +1409,25 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         loss_kwargs = {
             k: kwargs.pop(k) for k in ("num_items_in_batch", "shift_labels", "ignore_index") if k in kwargs
         }
+        past = _one_cache(cache, past_key_values)
+        extras = {
+            "labels": labels is not None,
+            "loss": bool(loss_kwargs),
+            "output_hidden_states": output_hidden_states,
+            "output_gates": output_gates,
+            "logits_to_keep": not isinstance(logits_to_keep, int),
+            **{k: True for k in kwargs if k not in ("position_ids", "cache_position", "return_dict")},
+        }
+        if self._graphs_decode(input_ids, inputs_embeds, past, use_cache, extras):
+            _check_cache(past, self.model, input_ids.shape[0])
+            _check_mask_shape(attention_mask, input_ids.shape[0], 1, past.seen_tokens)
+            logits, past.states = self._decode_graph(self, input_ids, attention_mask, past.states)
+            past.seen_tokens += 1
+            return LSTMCausalLMOutput(logits=logits, **{CACHE_NAME: past})
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            cache=_one_cache(cache, past_key_values),
+            cache=past,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
