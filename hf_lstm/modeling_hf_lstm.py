@@ -375,7 +375,7 @@ class GraphedDecodeStep:
         self.clear()
 
     def clear(self) -> None:
-        self.key, self.buffers, self.graphs = None, None, None
+        self.key, self.buffers, self.graphs, self.plan = None, None, None, None
 
     def __getstate__(self) -> dict:
         return {"eager": self.eager}  # a copied model captures its own graphs
@@ -384,9 +384,9 @@ class GraphedDecodeStep:
         self.eager = state.get("eager", False)
         self.clear()
 
-    def __call__(self, model, input_ids, attention_mask, states):
-        """(logits (batch, 1, vocab), the new state of every layer) after one token per row."""
-        weights = model._decode_weights()
+    def __call__(self, model, input_ids, attention_mask, states, weights):
+        """(logits (batch, 1, vocab), the new state of every layer) after one token per row; `weights` are
+        every tensor the step reads (a change in any of them means capturing again)."""
         key = (input_ids.shape[0], input_ids.device, states[0][0].dtype) + tuple(
             (id(w), w.data_ptr(), w._version, w.dtype, w.shape) for w in weights
         )
@@ -1320,47 +1320,68 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
     def _output_layers(self) -> list[nn.Module]:
         return [m for m in (self.output_projection, self.lm_head) if m is not None]
 
-    def _decode_weights(self) -> list[torch.Tensor]:
-        """Every tensor a one-token step reads: what a captured step must be recaptured after a change of."""
-        weights = [self.model.embed_tokens.weight]
-        for layer in self.model.layers:
-            weights += [p for _, p in sorted(layer.rnn.named_parameters())]
-        for module in self._output_layers():
-            weights += [p for p in (module.weight, module.bias) if p is not None]
-        return weights
+    def _decode_plan(self) -> tuple:
+        """What a captured step reads, worked out again only when a module is swapped: (the modules' ids,
+        the modules whose hooks would be skipped, every weight the step reads, whether the modules are the
+        plain ones the step reimplements (`LSTMRecurrentLayer`s of LSTM, GRU or vanilla RNN cells, an
+        `nn.Embedding`, `nn.Linear` output layers), the number of layers)."""
+        stack = self.model
+        layers = list(stack.layers)
+        rnns = [getattr(layer, "rnn", None) for layer in layers]
+        outputs = self._output_layers()
+        identity = tuple(map(id, (stack.embed_tokens, *layers, *rnns, *outputs)))
+        plan = self._decode_graph.plan
+        if plan is not None and plan[0] == identity:
+            return plan
+        plain = (
+            type(stack.embed_tokens) is nn.Embedding
+            and all(type(layer) is LSTMRecurrentLayer and layer.cell_type in _TORCH_CELL for layer in layers)
+            and all(
+                type(layer.rnn) in (nn.LSTM, nn.GRU, nn.RNN) and layer.num_directions == 1 for layer in layers
+            )
+            and all(type(m) is nn.Linear for m in outputs)
+        )
+        weights = [stack.embed_tokens.weight]
+        if plain:
+            for rnn in rnns:
+                weights += [rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0]
+            weights += [p for m in outputs for p in (m.weight, m.bias) if p is not None]
+        modules = [self, stack, stack.embed_tokens, *layers, *rnns, *outputs]
+        self._decode_graph.plan = (identity, modules, weights, plain, len(layers))
+        return self._decode_graph.plan
 
     def _graphs_decode(self, input_ids, inputs_embeds, past, use_cache, extras: dict) -> bool:
         """Whether this call is a one-token decoding step that `GraphedDecodeStep` runs: on a CUDA device, in
         eval mode without gradients, one token per row after a cache, with plain cells (LSTM, GRU, vanilla
-        RNN), the fused implementation, plain output layers and no extra outputs (anything else, and any
-        shape error, takes the ordinary path, which explains it)."""
-        config, stack = self.config, self.model
-        here = "cpu" if self._decode_graph.eager else "cuda"  # eager: the same buffers on any device (tests)
-        return bool(
-            config.decode_cuda_graph
-            and isinstance(input_ids, torch.Tensor)
-            and input_ids.device.type in ("cuda", here)
+        RNN), the fused implementation, plain modules without hooks and no extra outputs (anything else,
+        and any shape error, takes the ordinary path, which explains it). Cheap: it runs at every step."""
+        if not (
+            isinstance(input_ids, torch.Tensor)
+            and input_ids.device.type in ("cuda", "cpu" if self._decode_graph.eager else "cuda")
             and input_ids.dim() == 2
             and input_ids.shape[1] == 1
             and not input_ids.is_floating_point()
             and inputs_embeds is None
             and not self.training
             and not torch.is_grad_enabled()
-            and (config.use_cache if use_cache is None else use_cache)
-            and not any(extras.values())
-            and not config.output_hidden_states
-            and config.cell_type in _TORCH_CELL
-            and config.uses_fused_kernel
             and isinstance(past, LSTMCache)
-            and len(past) == config.num_hidden_layers
-            and all(type(layer) is LSTMRecurrentLayer for layer in stack.layers)
-            and not any(m._forward_hooks or m._forward_pre_hooks for m in self.modules())
-            and all(map(_plain_linear, self._output_layers()))
-            and type(stack.embed_tokens) is nn.Embedding
+            and not any(extras.values())
+        ):
+            return False
+        config = self.config
+        _, modules, weights, plain, num_layers = self._decode_plan()
+        return bool(
+            plain
+            and config.decode_cuda_graph
+            and (config.use_cache if use_cache is None else use_cache)
+            and not config.output_hidden_states
+            and config.implementation != "reference"
+            and len(past) == num_layers
+            and not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
             and all(
-                t.dtype == self.lm_head.weight.dtype and t.device == input_ids.device
-                for s in past.states
-                for t in s
+                t.dtype == weights[-1].dtype and t.device == input_ids.device
+                for state in past.states
+                for t in state
             )
         )
 
@@ -1421,7 +1442,8 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         if self._graphs_decode(input_ids, inputs_embeds, past, use_cache, extras):
             _check_cache(past, self.model, input_ids.shape[0])
             _check_mask_shape(attention_mask, input_ids.shape[0], 1, past.seen_tokens)
-            logits, past.states = self._decode_graph(self, input_ids, attention_mask, past.states)
+            weights = self._decode_plan()[2]
+            logits, past.states = self._decode_graph(self, input_ids, attention_mask, past.states, weights)
             past.seen_tokens += 1
             return LSTMCausalLMOutput(logits=logits, **{CACHE_NAME: past})
         outputs = self.model(

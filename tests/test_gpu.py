@@ -72,14 +72,7 @@ def test_cached_and_uncached_greedy_decoding_give_the_same_tokens(cell_type):
     assert beams.shape[0] == 2
 
 
-BF16_NOT_COMPACTED = pytest.mark.xfail(
-    reason="not yet fixed: torch's flatten_parameters() skips bf16 weights (torch.backends.cudnn."
-    "CUDNN_TENSOR_DTYPES has no bf16), so cuDNN warns and compacts them at every call; not yet run on a GPU",
-    strict=False,
-)
-
-
-@pytest.mark.parametrize("dtype", [pytest.param(torch.bfloat16, marks=BF16_NOT_COMPACTED), torch.float16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("cell_type", FUSED_CELL_TYPES)
 def test_reduced_precision_models_train_a_step_and_generate_without_the_compaction_warning(cell_type, dtype):
     model = LSTMForCausalLM(tiny_config(cell_type, hidden_size=64)).to(CUDA)
@@ -116,3 +109,67 @@ def test_an_fp16_checkpoint_carries_the_loss_scale(corpus, tmp_path):
     assert process.returncode == 0, printed
     state = json.loads((out / "step_4" / "trainer_state.json").read_text())
     assert state["grad_scaler"]["scale"] > 0
+
+
+def graphed_and_ordinary(cell_type, dtype=torch.float32, hidden_size=64):
+    """The same model twice on the GPU: one-token steps as CUDA-graph replays, and on the ordinary path."""
+    graphed = LSTMForCausalLM(tiny_config(cell_type, hidden_size=hidden_size)).to(CUDA, dtype).eval()
+    ordinary = LSTMForCausalLM(tiny_config(cell_type, hidden_size=hidden_size, decode_cuda_graph=False))
+    ordinary.load_state_dict(graphed.state_dict())
+    return graphed, ordinary.to(CUDA, dtype).eval()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch", [1, 8])
+@pytest.mark.parametrize("cell_type", FUSED_CELL_TYPES)
+def test_cuda_graph_decoding_gives_the_tokens_of_the_ordinary_path(cell_type, batch, dtype):
+    graphed, ordinary = graphed_and_ordinary(cell_type, dtype)
+    ids = torch.randint(2, 40, (batch, 6), device=CUDA)
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0  # one left-padded row
+    for kwargs in (dict(do_sample=False), dict(do_sample=True, top_k=8), dict(num_beams=2, do_sample=False)):
+        outs = []
+        for model in (graphed, ordinary):
+            torch.manual_seed(3)
+            outs.append(model.generate(ids, attention_mask=mask, max_new_tokens=20, pad_token_id=0, **kwargs))
+        assert torch.equal(*outs), kwargs
+    assert graphed._decode_graph.graphs is not None, "the steps were replayed from a captured graph"
+
+
+@pytest.mark.parametrize("cell_type", FUSED_CELL_TYPES)
+def test_a_replayed_step_gives_the_logits_and_state_of_the_ordinary_path(cell_type):
+    graphed, ordinary = graphed_and_ordinary(cell_type)
+    ids = torch.randint(2, 40, (3, 9), device=CUDA)
+    with torch.no_grad():
+        caches = [m(ids[:, :-1], use_cache=True).cache for m in (graphed, ordinary)]
+        outs = [m(ids[:, -1:], cache=c) for m, c in zip((graphed, ordinary), caches)]
+    assert (outs[0].logits - outs[1].logits).abs().max() <= 1e-5
+    for a, b in zip(caches[0].states, caches[1].states):
+        assert all((x - y).abs().max() <= 1e-6 for x, y in zip(a, b))
+
+
+def test_a_bad_token_id_is_refused_before_it_reaches_the_device_and_the_gpu_stays_usable():
+    graphed, _ = graphed_and_ordinary("lstm")
+    with torch.no_grad():
+        cache = graphed(torch.randint(2, 40, (2, 4), device=CUDA), use_cache=True).cache
+        graphed(torch.tensor([[3], [4]], device=CUDA), cache=cache)  # captured
+        with pytest.raises(ValueError, match="token id 40, outside"):
+            graphed(torch.tensor([[3], [40]], device=CUDA), cache=cache)
+        out = graphed(torch.tensor([[3], [4]], device=CUDA), cache=cache)
+    torch.cuda.synchronize()
+    assert torch.isfinite(out.logits).all() and cache.seen_tokens == 6
+
+
+def test_cuda_graph_decoding_after_training_steps_reads_the_new_weights():
+    graphed, ordinary = graphed_and_ordinary("lstm")
+    ids = torch.randint(2, 40, (2, 8), device=CUDA)
+    kwargs = dict(max_new_tokens=10, do_sample=False, pad_token_id=0)
+    assert torch.equal(graphed.generate(ids, **kwargs), ordinary.generate(ids, **kwargs))
+    for model in (graphed, ordinary):
+        model.train()
+        for _ in range(3):
+            model(ids, labels=ids).loss.backward()
+            torch.optim.SGD(model.parameters(), lr=2.0).step()
+            model.zero_grad()
+        model.eval()
+    assert torch.equal(graphed.generate(ids, **kwargs), ordinary.generate(ids, **kwargs))

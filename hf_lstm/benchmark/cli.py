@@ -11,8 +11,11 @@ import torch
 
 from ..flops import matmul_parameters
 from ..machine import load_average, machine_facts
+from .cuda import CUDA_SECTIONS
 from .measuring import Report, reference_model
 from .sections import SECTIONS
+
+ALL_SECTIONS = {**SECTIONS, **CUDA_SECTIONS}
 
 
 # ---------------------------------------- Command line ---------------------------------------------------
@@ -27,6 +30,7 @@ def _tiny(args: argparse.Namespace) -> None:
     args.reference_batch, args.reference_seq_len = 2, 8
     args.ptb_train_steps, args.ptb_eval_tokens = min(args.ptb_train_steps, 5), 500
     args.batch_sizes, args.batch_tokens = "1,2", 3
+    args.train_batches, args.decode_batches = "2", "1,2"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,7 +41,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
+        "--sections",
+        default=None,
+        help=f"comma-separated subset of {','.join(ALL_SECTIONS)} (default: {','.join(SECTIONS)} on a CPU, "
+        f"{','.join(CUDA_SECTIONS)} with --device cuda)",
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="where the cuda_* sections run (cuda: the 2x1024 model by default; docs/PERFORMANCE.md, "
+        '"On a GPU")',
     )
     p.add_argument("--json", default=None, help="also write every measurement to this JSON file")
     p.add_argument(
@@ -51,7 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     m = p.add_argument_group("model")
     m.add_argument("--vocab_size", type=int, default=10000)
-    m.add_argument("--hidden_size", type=int, default=512)
+    m.add_argument("--hidden_size", type=int, default=None, help="512 (1024 with --device cuda)")
     m.add_argument("--embedding_size", type=int, default=None)
     m.add_argument("--num_layers", type=int, default=2)
     m.add_argument("--cell_type", default="lstm", choices=["lstm", "gru", "rnn", "peephole"])
@@ -66,7 +80,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     c.add_argument("--memory_long_tokens", type=int, default=20000)
     c.add_argument("--train_batch", type=int, default=32)
     c.add_argument("--bptt", type=int, default=128)
-    c.add_argument("--peak_size", type=int, default=2048)
+    c.add_argument("--peak_size", type=int, default=None, help="2048 on a CPU, 8192 on a GPU")
     c.add_argument("--reference_batch", type=int, default=16)
     c.add_argument("--reference_seq_len", type=int, default=256)
     c.add_argument(
@@ -90,15 +104,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     c.add_argument("--ptb_eval_tokens", type=int, default=0, help="0: the whole validation split")
     c.add_argument("--batch_sizes", default="1,8,32,128")
     c.add_argument("--batch_tokens", type=int, default=32)
-    args = p.parse_args(argv)
+    c.add_argument("--train_batches", default="64,256", help="cuda_train: batch sizes (x --bptt tokens)")
+    c.add_argument("--decode_batches", default="1,64", help="cuda_decode: batch sizes")
+    return _resolve(p, p.parse_args(argv))
+
+
+def _resolve(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """The defaults that depend on the device and `--tiny`, the lists parsed, the sections checked."""
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        p.error("--device cuda: torch sees no CUDA device here (torch.cuda.is_available() is False)")
+    args.hidden_size = args.hidden_size or (1024 if cuda else 512)
+    args.peak_size = args.peak_size or (8192 if cuda else 2048)
     if args.tiny:
         _tiny(args)
     args.embedding_size = args.embedding_size or args.hidden_size
     args.batch_sizes = [int(b) for b in str(args.batch_sizes).split(",")]
-    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = [s for s in args.sections if s not in SECTIONS]
+    args.train_batches = [int(b) for b in str(args.train_batches).split(",")]
+    args.decode_batches = [int(b) for b in str(args.decode_batches).split(",")]
+    sections = args.sections or ",".join(CUDA_SECTIONS if cuda else SECTIONS)
+    args.sections = [s.strip() for s in sections.split(",") if s.strip()]
+    unknown = [s for s in args.sections if s not in ALL_SECTIONS]
     if unknown:
-        p.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+        p.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(ALL_SECTIONS)}")
     return args
 
 
@@ -132,15 +160,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     machine = report.machine
     print(f"# {report.command}")
+    if args.device == "cuda":
+        machine.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
     print(
         f"# {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} "
         f"({machine['torch_threads']} threads), load average {machine['load_average_start']}"
+        + (
+            f"; {machine['gpu']}, CUDA {machine['cuda']}, cuDNN {machine['cudnn']}"
+            if args.device == "cuda"
+            else ""
+        )
     )
     print(f"# model: {report.model}")
     print(f"{'figure':<62} {'value':>10} {'unit':<8} {'target':<9} {'met':<7}")
     started = time.perf_counter()
     for name in args.sections:
-        SECTIONS[name](model, args, report)
+        ALL_SECTIONS[name](model, args, report)
     machine["load_average_end"] = load_average()
     machine["seconds"] = round(time.perf_counter() - started, 1)
     judged = [m for m in report.measurements if m.met is not None]
