@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_file, save_file
 
 CHECKPOINT_PATTERN = re.compile(r"^(step|epoch)_(\d+)$")
 STATE_FILE = "trainer_state.json"
@@ -63,11 +63,46 @@ def temporary_path(output_dir: Path, name: str) -> Path:
     return Path(output_dir) / f".tmp-{name}"
 
 
+def _storage_key(t: torch.Tensor) -> tuple:
+    return (t.device, t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
+
+
+def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights to write, each tensor once: tied weights under the alphabetically first of their names (as
+    safetensors' `save_model` chose, so checkpoints written before load the same), every tensor a contiguous
+    CPU tensor of its own.
+
+    Not `save_model` itself: on a CUDA device cuDNN packs an RNN's weights into one buffer
+    (`flatten_parameters`), so each weight is a view that does not cover its storage, which `save_model`
+    refuses ("None is covering the entire storage")."""
+    names: dict[tuple, list[str]] = {}
+    state = model.state_dict()
+    for name, tensor in state.items():
+        names.setdefault(_storage_key(tensor), []).append(name)
+    return {
+        min(group): state[min(group)].detach().to("cpu", copy=True).contiguous() for group in names.values()
+    }
+
+
+def load_model_tensors(model: torch.nn.Module, path: str) -> tuple[list[str], list[str]]:
+    """Load weights written by `model_tensors` into `model` in place; returns (missing, unexpected) names. A
+    tied weight counts as present when any of its names is in the file."""
+    tensors = load_file(path)
+    state = model.state_dict()
+    groups: dict[tuple, list[str]] = {}
+    for name, tensor in state.items():
+        groups.setdefault(_storage_key(tensor), []).append(name)
+    missing = [n for group in groups.values() if not any(g in tensors for g in group) for n in group]
+    unexpected = [n for n in tensors if n not in state]
+    model.load_state_dict({n: t for n, t in tensors.items() if n in state}, strict=False)
+    return missing, unexpected
+
+
 def write_model_and_optimizer(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Weights and optimizer state (identical on every process under data parallelism: the main process
     writes)."""
     folder.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(folder / "model.safetensors"))
+    save_file(model_tensors(model), str(folder / "model.safetensors"))
     tensors, scalars = _flatten_optimizer_state(optimizer.state_dict())
     save_file(tensors, str(folder / "optimizer.safetensors"))
     _write_json(folder / "optimizer.json", scalars)
@@ -245,7 +280,7 @@ def read_trainer_state(folder: Path) -> dict:
 def load_model_and_optimizer(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Load weights and optimizer state in place; a `CheckpointError` if a file is damaged or does not fit."""
     try:
-        missing, unexpected = load_model(model, str(folder / "model.safetensors"), strict=False)
+        missing, unexpected = load_model_tensors(model, str(folder / "model.safetensors"))
     except Exception as error:  # shape mismatches, truncated files
         raise CheckpointError(
             f"{folder}/model.safetensors does not fit this model or is damaged: {error}"

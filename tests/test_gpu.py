@@ -36,7 +36,7 @@ def twins(cell_type):
 
 @pytest.mark.parametrize("cell_type", FUSED_CELL_TYPES)
 def test_cudnn_and_the_equations_agree_on_logits_and_gradients(cell_type):
-    fused, reference = twins(cell_type)
+    fused, reference = (m.train() for m in twins(cell_type))  # cuDNN's backward runs in training mode only
     ids = torch.randint(2, 40, (4, 33), device=CUDA)
     out_f, out_r = fused(ids, labels=ids), reference(ids, labels=ids)
     assert (out_f.logits - out_r.logits).abs().max() <= 2e-4
@@ -56,8 +56,11 @@ def test_a_left_padded_batch_gives_what_each_row_gives_alone(cell_type):
     mask = (ids != 0).long()
     mask[1] = 1
     batch = model(ids, attention_mask=mask).logits
-    assert (batch[0, 3:] - model(b).logits[0]).abs().max() <= 1e-5
-    assert (batch[1] - model(a).logits[0]).abs().max() <= 1e-5
+    tolerance = (
+        5e-5  # cuDNN sums packed and unpacked sequences in different orders (1.8e-5 seen, vanilla RNN)
+    )
+    assert (batch[0, 3:] - model(b).logits[0]).abs().max() <= tolerance
+    assert (batch[1] - model(a).logits[0]).abs().max() <= tolerance
 
 
 @pytest.mark.parametrize("cell_type", CELL_TYPES)
@@ -101,7 +104,7 @@ def test_mixed_precision_training_through_the_cli(corpus, tmp_path, precision):
     assert 0 < results["model_flops_utilization"] < 1, results  # the peak is the GPU's, in that type
 
 
-def test_an_fp16_checkpoint_carries_the_loss_scale(corpus, tmp_path):
+def test_an_fp16_checkpoint_carries_the_loss_scale_and_resumes(corpus, tmp_path):
     out = tmp_path / "fp16"
     extra = ("--max_train_steps", "4", "--checkpointing_steps", "2", "--mixed_precision", "fp16")
     process = run_cli(tiny_train_args(corpus, out, *extra))
@@ -109,6 +112,11 @@ def test_an_fp16_checkpoint_carries_the_loss_scale(corpus, tmp_path):
     assert process.returncode == 0, printed
     state = json.loads((out / "step_4" / "trainer_state.json").read_text())
     assert state["grad_scaler"]["scale"] > 0
+    more = ("--max_train_steps", "6", "--checkpointing_steps", "2", "--mixed_precision", "fp16")
+    resumed = run_cli(tiny_train_args(corpus, out, *more, "--resume_from_checkpoint", "latest"))
+    printed, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, printed
+    assert json.loads((out / "step_6" / "trainer_state.json").read_text())["completed_steps"] == 6
 
 
 def graphed_and_ordinary(cell_type, dtype=torch.float32, hidden_size=64):

@@ -375,7 +375,6 @@ def checkpoint_curve(
 
     The checkpoints are deleted afterwards unless `keep` (each holds the optimizer state too).
     """
-    from safetensors.torch import load_model
     from transformers import AutoModelForCausalLM
 
     from .. import checkpointing
@@ -385,7 +384,7 @@ def checkpoint_curve(
     curve = []
     for folder in checkpointing.list_checkpoints(model_dir):
         state = checkpointing.read_trainer_state(folder)
-        load_model(model, str(folder / "model.safetensors"), strict=False)
+        checkpointing.load_model_tensors(model, str(folder / "model.safetensors"))
         metrics = fixed_window_perplexity(
             model,
             validation,
