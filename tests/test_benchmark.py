@@ -208,3 +208,24 @@ def test_int8_perplexity_change_on_a_saved_trained_folder(tmp_path):
     float_ppl, int8_ppl = (figures[f"quant.ptb_perplexity_{k}"]["value"] for k in ("float", "int8"))
     assert 1 < float_ppl < 2 * len(tokenizer) and abs(int8_ppl / float_ppl - 1) < 0.05
     assert figures["quant.ptb_perplexity_change"]["value"] == pytest.approx(100 * (int8_ppl / float_ppl - 1))
+
+
+def test_the_gpu_sections_run_anywhere_and_report_graph_floor_and_peers(tmp_path):
+    """`--device cuda`'s sections at a toy size on the CPU (the decoding step then runs its fixed buffers
+    eagerly): every figure is there, the graph and ordinary steps agree, and `--device cuda` without a GPU is
+    refused in one line."""
+    path = tmp_path / "gpu.json"
+    sections = "cuda_train,cuda_decode"
+    assert benchmark.main(["--device", "cpu", "--tiny", "--sections", sections, "--json", str(path)]) == 0
+    figures = {f["key"]: f for f in json.loads(path.read_text())["figures"]}
+    for name in ("lstm", "gpt2", "llama"):
+        assert figures[f"cuda_train.{name}_tokens_per_s_2"]["value"] > 0
+    for batch in (1, 2):
+        for key in ("generate_tokens_per_s", "before_tokens_per_s", "call_us", "floor_us", "call_vs_floor"):
+            assert math.isfinite(figures[f"cuda_decode.{key}_{batch}"]["value"]), key
+        assert figures[f"cuda_decode.same_tokens_{batch}"]["met"] is True
+    assert figures["cuda_decode.speedup_1"]["target"] == ">= 4"
+    assert "cuda_decode.llama_generate_tokens_per_s_1" in figures
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            benchmark.parse_args(["--device", "cuda"])

@@ -27,6 +27,12 @@ Sections (each printed label starts with the number of its target in docs/PERFOR
     quant      int8 dynamic quantisation: decode speed-up over the float32 step (also at 1 thread) and Penn
                Treebank perplexity change (reported)
     batch      decode tokens/s at several batch sizes (reported)
+
+With `--device cuda` (module `cuda`; docs/PERFORMANCE.md, "On a GPU"), the 2x1024 model on the GPU:
+
+    cuda_train   training tok/s and MFU under bf16 autocast against parameter-matched GPT-2 and Llama
+    cuda_decode  generate() with and without the CUDA-graph step, against the code before it, the bare model
+                 call and the replayed step alone (the launch floor); prefill apart; bf16; GPT-2 and Llama
 """
 
 from .cli import main, parse_args
