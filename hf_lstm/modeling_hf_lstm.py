@@ -407,11 +407,12 @@ class GraphedDecodeStep:
             low, high, bad_mask = b.checks.tolist()
         else:
             check, step, done = self.graphs
-            check.replay()
-            b.host_checks.copy_(b.checks, non_blocking=True)
-            done.record()
-            step.replay()  # queued behind the check: the device does not wait for the host's verdict
-            done.synchronize()
+            with torch.cuda.device(input_ids.device):  # the streams of the model's GPU, whichever is current
+                check.replay()
+                b.host_checks.copy_(b.checks, non_blocking=True)
+                done.record()
+                step.replay()  # queued behind the check: the device does not wait for the host's verdict
+                done.synchronize()
             low, high, bad_mask = b.host_checks.tolist()
         if low < 0 or high >= model.config.vocab_size:
             raise _token_id_error(int(low if low < 0 else high), model.config.vocab_size)
@@ -433,21 +434,24 @@ class GraphedDecodeStep:
             input_ids.shape[0], widths, model.config.vocab_size, states[0][0].dtype, input_ids.device
         )
         if not self.eager:
-            device = input_ids.device
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):  # warm up outside the capture: library handles, workspaces
-                for _ in range(2):
-                    self._check(b)
-                    model._decode_step_into(b)
-            torch.cuda.current_stream(device).wait_stream(side)
-            check, step = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
-            with torch.cuda.graph(check):
-                self._check(b)
-            with torch.cuda.graph(step, pool=check.pool()):
-                model._decode_step_into(b)
-            self.graphs = (check, step, torch.cuda.Event())
+            with torch.cuda.device(input_ids.device):  # capture on the model's GPU, whichever is current
+                self.graphs = self._captured(model, b)
         self.buffers, self.key = b, key
+
+    def _captured(self, model, b: _StepBuffers) -> tuple:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm up outside the capture: library handles, workspaces
+            for _ in range(2):
+                self._check(b)
+                model._decode_step_into(b)
+        torch.cuda.current_stream().wait_stream(side)
+        check, step = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        with torch.cuda.graph(check):
+            self._check(b)
+        with torch.cuda.graph(step, pool=check.pool()):
+            model._decode_step_into(b)
+        return check, step, torch.cuda.Event()
 
 
 def _token_id_error(bad: int, vocab_size: int) -> ValueError:
