@@ -316,9 +316,8 @@ class _StepBuffers:
         self.offsets = [start for layer in self.spans for start, _ in layer]
         self.state_in_views, self.state_out_views = self.views(self.state_in), self.views(self.state_out)
         self.logits = torch.zeros(batch, 1, vocab_size, dtype=dtype, device=device)
-        self.checks = torch.zeros(
-            3, dtype=torch.float64, device=device
-        )  # min id, max id, mask values not 0/1
+        # the smallest and largest token id, and how many mask values are neither 0 nor 1
+        self.checks = torch.zeros(3, dtype=torch.float64, device=device)
         pinned = device.type == "cuda"
         self.host_checks = torch.zeros(3, dtype=torch.float64, pin_memory=pinned)
         self.returned = None  # the last state handed out: a cache holding its views is copied in one go
