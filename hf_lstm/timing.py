@@ -24,10 +24,16 @@ def interleaved(runs: dict, repeats: int, warmup: bool = True) -> dict[str, floa
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def timed(fn) -> float:
-    """Seconds taken by `fn()`."""
+def timed(fn, device: torch.device | None = None) -> float:
+    """Seconds taken by `fn()`; on a CUDA `device`, with the device's queue drained before and after (its
+    work is asynchronous)."""
+    sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else None
+    if sync:
+        sync(device)
     start = time.perf_counter()
     fn()
+    if sync:
+        sync(device)
     return time.perf_counter() - start
 
 

@@ -45,6 +45,7 @@ from .measuring import (
     best_of_layouts,
     generate_per_token,
     gpt2_matched,
+    transformer_matched,
     layout_seconds,
     plain_read_seconds,
     reference_model,
@@ -70,6 +71,7 @@ __all__ = [
     "plain_read_seconds",
     "generate_per_token",
     "gpt2_matched",
+    "transformer_matched",
     "reference_model",
     "step_loop",
 ]

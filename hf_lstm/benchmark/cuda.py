@@ -19,49 +19,19 @@ the same fixed-buffer step run eagerly, so the "floor" there is not a launch flo
 
 from __future__ import annotations
 
-import time
 
 import torch
 
 from ..flops import flops_per_token, matmul_parameters, matmul_weights, measure_matmul_peak
-from ..timing import interleaved
-from .measuring import Measurement, Report, generate_per_token, prompt, reference_model
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _seconds(fn, device: torch.device) -> float:
-    """Wall seconds of `fn()`, the device's queue drained before and after."""
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
-
-
-def transformer_matched(kind: str, model, block_size: int):
-    """A new `kind` ("gpt2" or "llama") causal LM with about as many parameters as `model`, in the shape
-    `hf-lstm compare` gives it (`hf_lstm.compare.match_parameters`), seed 0."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from ..compare import count_parameters, match_parameters
-
-    vocab_size = model.config.vocab_size
-    shape = match_parameters(
-        kind,
-        count_parameters(model)[0],
-        vocab_size,
-        tolerance=float("inf"),
-        block_size=block_size,
-        eval_window=block_size,
-    )
-    special = {k: getattr(model.config, k, None) for k in ("pad_token_id", "bos_token_id", "eos_token_id")}
-    config = AutoConfig.for_model(kind, vocab_size=vocab_size, **special, **shape.overrides)
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config)
+from ..timing import interleaved, timed
+from .measuring import (
+    Measurement,
+    Report,
+    generate_per_token,
+    prompt,
+    reference_model,
+    transformer_matched,
+)
 
 
 def _shape(model) -> str:
@@ -99,7 +69,7 @@ def section_cuda_train(model, args, report: Report) -> None:
             optimizers[name].step()
             optimizers[name].zero_grad(set_to_none=True)
 
-        return _seconds(run, device)
+        return timed(run, device)
 
     peak = measure_matmul_peak(args.peak_size, dtype=torch.bfloat16, repeats=10, device=device)
     report.add(
@@ -140,7 +110,7 @@ def call_loop(model, ids: torch.Tensor, new_tokens: int) -> float:
         out = model(ids, use_cache=True, logits_to_keep=1)
         cache, token = out.cache, out.logits[:, -1].argmax(-1, keepdim=True)
         model(token, cache=cache)  # the first step captures
-        return _seconds(lambda: _loop(model, cache, token, new_tokens), device) / new_tokens
+        return timed(lambda: _loop(model, cache, token, new_tokens), device) / new_tokens
 
 
 def _loop(model, cache, token, n):
@@ -155,11 +125,11 @@ def replay_floor(model, ids: torch.Tensor, new_tokens: int) -> float:
     graph = model._decode_graph
     if graph.graphs is not None:
         step = graph.graphs[1]
-        return _seconds(lambda: [step.replay() for _ in range(new_tokens)], ids.device) / new_tokens
+        return timed(lambda: [step.replay() for _ in range(new_tokens)], ids.device) / new_tokens
     buffers = graph.buffers
     with torch.no_grad():
         return (
-            _seconds(lambda: [model._decode_step_into(buffers) for _ in range(new_tokens)], ids.device)
+            timed(lambda: [model._decode_step_into(buffers) for _ in range(new_tokens)], ids.device)
             / new_tokens
         )
 
@@ -169,7 +139,7 @@ def copy_bandwidth(device: torch.device, nbytes: int = 2**30) -> float:
     source = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
     target = torch.empty_like(source)
     target.copy_(source)
-    best = min(_seconds(lambda: target.copy_(source), device) for _ in range(5))
+    best = min(timed(lambda: target.copy_(source), device) for _ in range(5))
     return 2 * nbytes / best
 
 
@@ -312,7 +282,7 @@ def _prefill_rows(model, args, report: Report) -> None:
                 with torch.no_grad():
                     model(ids, use_cache=True, logits_to_keep=1)
 
-            seconds = interleaved({"prefill": lambda run=run: _seconds(run, device)}, args.repeats)["prefill"]
+            seconds = interleaved({"prefill": lambda run=run: timed(run, device)}, args.repeats)["prefill"]
             report.add(
                 Measurement(
                     f"cuda_decode.prefill_{batch}x{length}",

@@ -89,17 +89,17 @@ def reference_model(args, **overrides):
     return LSTMForCausalLM(config).eval()
 
 
-def gpt2_matched(model, block_size: int):
-    """A new `GPT2LMHeadModel` (seed 0) with `block_size` positions and about as many parameters as `model`,
-    in the shape `hf-lstm compare` gives it (`hf_lstm.compare.match_parameters`: GPT-2's recipe, tied, no
-    dropout) for `model`'s vocabulary and total parameter count."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+def transformer_matched(kind: str, model, block_size: int):
+    """A new `kind` ("gpt2", "llama") causal LM (seed 0) with `block_size` positions and about as many
+    parameters as `model`, in the shape `hf-lstm compare` gives it (`hf_lstm.compare.match_parameters`: the
+    family's recipe, tied, no dropout) for `model`'s vocabulary and total parameter count."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     from ..compare import count_parameters, match_parameters
 
     vocab_size = model.config.vocab_size
     shape = match_parameters(
-        "gpt2",
+        kind,
         count_parameters(model)[0],
         vocab_size,
         tolerance=float("inf"),
@@ -107,8 +107,14 @@ def gpt2_matched(model, block_size: int):
         eval_window=block_size,
     )
     special = {k: getattr(model.config, k, None) for k in ("pad_token_id", "bos_token_id", "eos_token_id")}
+    config = AutoConfig.for_model(kind, vocab_size=vocab_size, **special, **shape.overrides)
     torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, **special, **shape.overrides))
+    return AutoModelForCausalLM.from_config(config)
+
+
+def gpt2_matched(model, block_size: int):
+    """`transformer_matched("gpt2", model, block_size)`: the GPT-2 the CPU training section compares with."""
+    return transformer_matched("gpt2", model, block_size)
 
 
 class NaiveLSTM(nn.Module):
