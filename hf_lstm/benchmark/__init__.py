@@ -28,7 +28,8 @@ Sections (each printed label starts with the number of its target in docs/PERFOR
                Treebank perplexity change (reported)
     batch      decode tokens/s at several batch sizes (reported)
 
-With `--device cuda` (module `cuda`; docs/PERFORMANCE.md, "On a GPU"), the 2x1024 model on the GPU:
+With `--device cuda` (module `cuda`; docs/PERFORMANCE.md, "On a GPU", where the targets G1-G4 its labels
+start with are listed), the 2x1024 model on the GPU:
 
     cuda_train   training tok/s and MFU under bf16 autocast against parameter-matched GPT-2 and Llama
     cuda_decode  generate() with and without the CUDA-graph step, against the code before it, the bare model

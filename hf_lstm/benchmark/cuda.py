@@ -192,7 +192,7 @@ def section_cuda_decode(model, args, report: Report) -> None:
         report.add(
             Measurement(
                 f"cuda_decode.same_tokens_{batch}",
-                f"3d. graph and ordinary step give the same 32 greedy tokens (batch {batch})",
+                f"G4. graph and ordinary step give the same 32 greedy tokens (batch {batch})",
                 float(same),
                 "bool",
                 "== 1",
@@ -215,7 +215,7 @@ def _decode_rows(batch: int, t: dict, weight_bytes: int, bandwidth: float) -> li
     rows = [
         Measurement(
             f"cuda_decode.generate_tokens_per_s_{batch}",
-            f"generate() greedy, CUDA-graph step (batch {batch})",
+            f"{'G3. ' if batch >= 64 else ''}generate() greedy, CUDA-graph step (batch {batch})",
             batch / t["graph"],
             "tok/s",
             ">= 100k" if batch >= 64 else "",
@@ -238,7 +238,7 @@ def _decode_rows(batch: int, t: dict, weight_bytes: int, bandwidth: float) -> li
         ),
         Measurement(
             f"cuda_decode.speedup_{batch}",
-            f"3b. generate() CUDA-graph step / before (batch {batch})",
+            f"G2. generate() CUDA-graph step / before (batch {batch})",
             t["before"] / t["graph"],
             "x",
             ">= 4" if batch == 1 else "report",
@@ -261,7 +261,7 @@ def _decode_rows(batch: int, t: dict, weight_bytes: int, bandwidth: float) -> li
         ),
         Measurement(
             f"cuda_decode.call_vs_floor_{batch}",
-            f"3a. model call / replay floor (batch {batch})",
+            f"G1. model call / replay floor (batch {batch})",
             t["call"] / t["floor"],
             "x",
             "<= 1.5" if batch == 1 else "report",
