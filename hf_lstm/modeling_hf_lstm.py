@@ -270,13 +270,67 @@ class ColumnMajorCopies:
 
     def of(self, *matrices: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The column-major copies of `matrices`, made now if any of them changed since the last call."""
-        stamps = tuple((id(w), w.data_ptr(), w._version, w.dtype, w.device, w.shape) for w in matrices)
+        stamps = _stamps(matrices)
         if stamps != self.stamps:
             self.clear()  # free the stale copies first: never more than one extra copy of the weights
             with torch.no_grad():
                 self.matrices = tuple(w.detach().t().contiguous().t() for w in matrices)
             self.stamps = stamps
         return self.matrices
+
+
+class InputProductRows:
+    """The first layer's input product x_t W_ih^T + b_ih for the tokens one-token steps have read lately, at
+    batch 1 (eval mode, no gradient, CPU: where `ColumnMajorCopies` are read).
+
+    Why: x_t is the token's embedding, so this product depends on the token alone, and a step that finds it
+    here reads W_hh but not W_ih: 4.2 of the 37.3 MB the reference model's step reads per token, and the
+    rest then fits this CPU's cache better (docs/PERFORMANCE.md, 1d). It is computed the first time its token
+    is read, by the op the cell itself would use (`F.linear` on the same copy of W_ih), and the cell is handed
+    it through its own input product (zero input columns, this row as the bias), so a step gives bit for bit
+    what it gives without it.
+
+    Memory: one row of `gate_width` numbers per token kept (8 KB for the reference model's 4 x 512 LSTM gates
+    in float32), at most `max_rows` tokens, the least recently read dropped first: 32 MB at most for the
+    reference model. All rows are dropped when the embedding, W_ih or b_ih changes (the stamps
+    `ColumnMajorCopies` uses), with `.to()`, `train()` and `eval()`; `decode_cache_weights=False` turns them
+    off with the copies.
+    """
+
+    max_rows = 4096
+
+    def __init__(self):
+        self.clear()
+
+    def clear(self) -> None:
+        self.stamps, self.rows = None, {}
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.clear()
+
+    def product(self, token: int, x, w_ih, b_ih, sources: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """x W_ih^T + b_ih for `token`, whose input row is `x` (1, input_size): the kept row, or one computed
+        now and kept. `sources` are the tensors the row depends on (the embedding matrix and the parameters
+        `w_ih` and `b_ih` come from): a change in any of them drops every row."""
+        stamps = _stamps(sources)
+        if stamps != self.stamps:
+            self.rows, self.stamps = {}, stamps
+        row = self.rows.pop(token, None)  # taken out and put back last: the dict is kept in order of use
+        if row is None:
+            row = F.linear(x, w_ih, b_ih)[0]
+            if len(self.rows) >= self.max_rows:
+                del self.rows[next(iter(self.rows))]  # the least recently read
+        self.rows[token] = row
+        return row
+
+
+def _stamps(tensors) -> tuple:
+    """What identifies the values of `tensors` without reading them: each one's identity, storage, version
+    counter (bumped by every in-place change: optimizer steps, `load_state_dict`), dtype, device and shape."""
+    return tuple((id(w), w.data_ptr(), w._version, w.dtype, w.device, w.shape) for w in tensors)
 
 
 def _plain_linear(module: nn.Module) -> bool:
@@ -386,9 +440,7 @@ class GraphedDecodeStep:
     def __call__(self, model, input_ids, attention_mask, states, weights):
         """(logits (batch, 1, vocab), the new state of every layer) after one token per row; `weights` are
         every tensor the step reads (a change in any of them means capturing again)."""
-        key = (input_ids.shape[0], input_ids.device, states[0][0].dtype) + tuple(
-            (id(w), w.data_ptr(), w._version, w.dtype, w.shape) for w in weights
-        )
+        key = (input_ids.shape[0], input_ids.device, states[0][0].dtype) + _stamps(weights)
         if key != self.key:
             self._capture(model, input_ids, states, key)
         b = self.buffers
@@ -544,7 +596,8 @@ class LSTMRecurrentLayer(nn.Module):
         )
         if self.cell_type == "peephole":
             self.peephole_weight = nn.Parameter(torch.empty(self.num_directions, 3, self.hidden_size))
-        self._decode_copies = ColumnMajorCopies()  # a plain attribute: no state_dict entry
+        self._decode_copies = ColumnMajorCopies()  # plain attributes: no state_dict entry
+        self._input_rows = InputProductRows()
 
     @property
     def has_cell_state(self) -> bool:
@@ -583,7 +636,8 @@ class LSTMRecurrentLayer(nn.Module):
         one_step = seq_len == 1 and self.num_directions == 1
         if one_step and mask is None and not (use_reference or output_gates or self._drops_weights):
             if self.cell_type in _TORCH_CELL:
-                return self._decode_step(x, state, decode_cache_weights)
+                final = self._decode_step(x[:, 0], tuple(s[0] for s in state), decode_cache_weights)
+                return final[0].unsqueeze(1), tuple(s.unsqueeze(0) for s in final), None
         params = self._parameters_for_pass()
         use_reference = use_reference or output_gates or one_step
         run = self._run_reference if use_reference else self._run_fused
@@ -616,25 +670,30 @@ class LSTMRecurrentLayer(nn.Module):
         return self.training and self.weight_dropout > 0
 
     # -- decoding: one token, one call -------------------------------------------------------------------
-    def _decode_step(self, x, state, decode_cache_weights=False):
-        """One token, no padding: torch's single-step cell (`torch.lstm_cell`, `torch.gru_cell`,
+    def _decode_step(self, x, state, decode_cache_weights=False, token=None, embedding=None):
+        """One token, no padding: from x (batch, input_size) and the state, a tuple of (batch, H) tensors
+        ((h, C) or (h,)), to the new state. torch's single-step cell (`torch.lstm_cell`, `torch.gru_cell`,
         `torch.rnn_tanh_cell`: the equations of the cells above in one call). Decoding at batch 1 is bound by
         reading the weights once per token, so in eval mode without gradients the cell reads column-major
-        copies of `weight_ih` and `weight_hh` (`ColumnMajorCopies`: the same matrices, read ~1.7x faster)."""
+        copies of `weight_ih` and `weight_hh` (`ColumnMajorCopies`: the same matrices, read ~1.7x faster),
+        and, given `token` (batch 1: x is that token's row of the matrix `embedding`), the input product kept
+        for it (`InputProductRows`)."""
         rnn = self.rnn
-        w_ih, w_hh = rnn.weight_ih_l0, rnn.weight_hh_l0
+        w_ih, w_hh, b_ih = rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0
         if _reads_copies(decode_cache_weights, self, (w_ih, w_hh)):
             w_ih, w_hh = self._decode_copies.of(w_ih, w_hh)
+            if token is not None:
+                sources = (embedding, rnn.weight_ih_l0, b_ih)
+                b_ih = self._input_rows.product(token, x, w_ih, b_ih, sources)
+                # the cell's input product over zero columns is its bias: the kept x W_ih^T + b_ih
+                x, w_ih = x[:, :0], w_ih[:, :0]
         elif not decode_cache_weights:
             self._decode_copies.clear()  # turned off: free their memory
-        weights = (w_ih, w_hh, rnn.bias_ih_l0, rnn.bias_hh_l0)
+            self._input_rows.clear()
+        cell = _TORCH_CELL[self.cell_type]
         if self.has_cell_state:
-            h, c = _TORCH_CELL[self.cell_type](x[:, 0], (state[0][0], state[1][0]), *weights)
-            final = (h.unsqueeze(0), c.unsqueeze(0))
-        else:
-            h = _TORCH_CELL[self.cell_type](x[:, 0], state[0][0], *weights)
-            final = (h.unsqueeze(0),)
-        return h.unsqueeze(1), final, None
+            return cell(x, state, w_ih, w_hh, b_ih, rnn.bias_hh_l0)
+        return (cell(x, state[0], w_ih, w_hh, b_ih, rnn.bias_hh_l0),)
 
     # -- fused: torch's kernel --------------------------------------------------------------------------
     def _run_fused(self, x, lengths, state, params, output_gates):
@@ -816,6 +875,7 @@ def _one_cache(cache: LSTMCache | None, past_key_values: LSTMCache | None) -> LS
 # Models
 # ----------------------------------------------------------------------------------------------------------
 
+_TOKEN_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 _IGNORED_KWARGS = {"position_ids", "cache_position", "return_dict", "output_attentions"}
 
 AUTO_MAP = {
@@ -880,7 +940,7 @@ class LSTMPreTrainedModel(PreTrainedModel):
         of every module; the next one-token step rebuilds what it needs. `train()`, `eval()` and `.to()` call
         it."""
         for module in self.modules():
-            for name in ("_decode_copies", "_decode_graph"):
+            for name in ("_decode_copies", "_input_rows", "_decode_graph"):
                 held = module.__dict__.get(name)
                 if held is not None:
                     held.clear()
@@ -1096,7 +1156,7 @@ class LSTMModel(LSTMPreTrainedModel):
                 raise ValueError(
                     f"input_ids must be a torch.Tensor of token ids, got {type(input_ids).__name__}"
                 )
-            if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+            if input_ids.dtype not in _TOKEN_DTYPES:
                 raise ValueError(
                     f"input_ids must be an integer tensor (torch.long), got dtype {input_ids.dtype}"
                 )
@@ -1353,29 +1413,29 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         self._decode_graph.plan = (identity, modules, weights, plain, len(layers))
         return self._decode_graph.plan
 
-    def _graphs_decode(self, input_ids, inputs_embeds, past, use_cache, extras: dict) -> bool:
-        """Whether this call is a one-token decoding step that `GraphedDecodeStep` runs: on a CUDA device, in
-        eval mode without gradients, one token per row after a cache, with plain cells (LSTM, GRU, vanilla
-        RNN), the fused implementation, plain modules without hooks and no extra outputs (anything else,
-        and any shape error, takes the ordinary path, which explains it). Cheap: it runs at every step."""
+    def _decode_route(self, input_ids, inputs_embeds, past, use_cache, extras: dict) -> str | None:
+        """How a one-token decoding step runs, when this call is one: in eval mode without gradients, one
+        token per row after a cache, with plain cells (LSTM, GRU, vanilla RNN), the fused implementation,
+        plain modules without hooks and no extra outputs. "graph" on a CUDA device (`GraphedDecodeStep`,
+        unless `decode_cuda_graph` is off), "direct" on a CPU (`_direct_step`); None otherwise: the ordinary
+        path, which also explains any error. Cheap: it runs at every step."""
         if not (
             isinstance(input_ids, torch.Tensor)
-            and input_ids.device.type in ("cuda", "cpu" if self._decode_graph.eager else "cuda")
+            and input_ids.device.type in ("cuda", "cpu")
             and input_ids.dim() == 2
             and input_ids.shape[1] == 1
-            and not input_ids.is_floating_point()
+            and input_ids.dtype in _TOKEN_DTYPES
             and inputs_embeds is None
             and not self.training
             and not torch.is_grad_enabled()
             and isinstance(past, LSTMCache)
             and not any(extras.values())
         ):
-            return False
+            return None
         config = self.config
         _, modules, weights, plain, num_layers = self._decode_plan()
-        return bool(
+        if not (
             plain
-            and config.decode_cuda_graph
             and (config.use_cache if use_cache is None else use_cache)
             and not config.output_hidden_states
             and config.implementation != "reference"
@@ -1386,7 +1446,49 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
                 for state in past.states
                 for t in state
             )
-        )
+        ):
+            return None
+        if input_ids.is_cuda or self._decode_graph.eager:
+            return "graph" if config.decode_cuda_graph else None
+        return "direct"
+
+    def _graph_step(self, input_ids, attention_mask, past: LSTMCache) -> LSTMCausalLMOutput:
+        """A one-token decoding step on a CUDA device: `GraphedDecodeStep` replays it."""
+        _check_cache(past, self.model, input_ids.shape[0])
+        _check_mask_shape(attention_mask, input_ids.shape[0], 1, past.seen_tokens)
+        weights = self._decode_plan()[2]
+        logits, past.states = self._decode_graph(self, input_ids, attention_mask, past.states, weights)
+        past.seen_tokens += 1
+        return LSTMCausalLMOutput(logits=logits, **{CACHE_NAME: past})
+
+    def _direct_step(self, input_ids, attention_mask, past: LSTMCache) -> LSTMCausalLMOutput | None:
+        """A one-token decoding step on a CPU, with no more Python than it needs: the embedding, each layer's
+        `_decode_step`, the output layer. The same ops on the same tensors as the ordinary path (the same
+        results, bit for bit), without the module calls, dropout layers and output classes a sequence needs.
+        At batch 1 the first layer reads its input product from `InputProductRows`. None when a row is
+        padded at this position or the cache does not fit: the ordinary path handles or explains those."""
+        batch, stack = input_ids.shape[0], self.model
+        if attention_mask is not None:
+            _check_mask_shape(attention_mask, batch, 1, past.seen_tokens)
+            if not bool((attention_mask[:, -1] == 1).all()):
+                return None
+        expected = (batch, stack.layers[0].hidden_size)
+        if any(t.shape != expected for state in past.states for t in state):
+            return None
+        token = int(input_ids) if batch == 1 else None
+        low, high = (token, token) if batch == 1 else map(int, torch.aminmax(input_ids))
+        vocab_size = self.config.vocab_size
+        if low < 0 or high >= vocab_size:
+            raise _token_id_error(low if low < 0 else high, vocab_size)
+        copies, embedding = self.config.decode_cache_weights, stack.embed_tokens.weight
+        x = F.embedding(input_ids[:, 0].long(), embedding)
+        states = []
+        for layer, state in zip(stack.layers, past.states):
+            states.append(layer._decode_step(x, state, copies, token, embedding))
+            x, token = states[-1][0], None  # only the first layer's input is a token's embedding
+        past.states = states
+        past.seen_tokens += 1
+        return LSTMCausalLMOutput(logits=self._output_layer(x.unsqueeze(1)), **{CACHE_NAME: past})
 
     def _decode_step_into(self, b: _StepBuffers) -> None:
         """The one-token step `GraphedDecodeStep` captures: from `b.ids`, `b.mask` and `b.state_in` to
@@ -1442,13 +1544,12 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
             "logits_to_keep": not isinstance(logits_to_keep, int),
             **{k: True for k in kwargs if k not in ("position_ids", "cache_position", "return_dict")},
         }
-        if self._graphs_decode(input_ids, inputs_embeds, past, use_cache, extras):
-            _check_cache(past, self.model, input_ids.shape[0])
-            _check_mask_shape(attention_mask, input_ids.shape[0], 1, past.seen_tokens)
-            weights = self._decode_plan()[2]
-            logits, past.states = self._decode_graph(self, input_ids, attention_mask, past.states, weights)
-            past.seen_tokens += 1
-            return LSTMCausalLMOutput(logits=logits, **{CACHE_NAME: past})
+        route = self._decode_route(input_ids, inputs_embeds, past, use_cache, extras)
+        if route is not None:
+            step = self._graph_step if route == "graph" else self._direct_step
+            output = step(input_ids, attention_mask, past)
+            if output is not None:
+                return output
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,

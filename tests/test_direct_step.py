@@ -1,0 +1,190 @@
+"""The direct one-token step on a CPU (`LSTMForCausalLM._direct_step`) and the first layer's kept input
+products (`InputProductRows`): bit for bit what the ordinary path gives, at batch 1 and above, kept rows
+dropped whenever what they were computed from changes, and every bad input refused as before."""
+
+import pytest
+import torch
+from test_decode_step import TOLERANCE, WITH_CACHE, decode, make, twin
+
+from hf_lstm.modeling_hf_lstm import InputProductRows
+
+
+def ordinary(model):
+    """A twin of `model` that takes the ordinary path at every step (a hook on the embedding rules out the
+    direct step), with the decode-time copies but no kept rows."""
+    other = twin(model)
+    other.model.embed_tokens.register_forward_hook(lambda module, args, output: None)
+    return other
+
+
+def rows(model) -> dict:
+    return model.model.layers[0]._input_rows.rows
+
+
+def ids_with_repeats(model, batch=1, length=10):
+    ids = torch.randint(2, model.config.vocab_size, (batch, length))
+    if length >= 8:
+        ids[:, 5:8] = ids[:, 1:4]  # tokens read again: their products come from the kept rows
+    return ids
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("embedding_size", [None, 20])
+@pytest.mark.parametrize("cell_type", WITH_CACHE)
+def test_the_direct_step_gives_the_ordinary_paths_logits_bit_for_bit(cell_type, embedding_size, batch):
+    model = make(cell_type, embedding_size=embedding_size)
+    ids = ids_with_repeats(model, batch)
+    fast = decode(model, ids)
+    assert torch.equal(fast, decode(ordinary(model), ids))
+    assert (fast - decode(twin(model, implementation="reference"), ids)).abs().max() < TOLERANCE
+    # rows are kept at batch 1 only, one per distinct token read by a one-token step (not the first)
+    assert len(rows(model)) == (len(set(ids[0, 1:].tolist())) if batch == 1 else 0)
+
+
+def test_a_kept_row_is_the_products_own_value():
+    model = make()
+    ids = ids_with_repeats(model)
+    decode(model, ids)
+    layer = model.model.layers[0]
+    w_ih = layer._decode_copies.matrices[0]  # the cell's copy of W_ih: the same op on the same bytes
+    for token, row in rows(model).items():
+        x = model.model.embed_tokens.weight[token : token + 1]
+        with torch.no_grad():
+            assert torch.equal(row, torch.nn.functional.linear(x, w_ih, layer.rnn.bias_ih_l0)[0])
+            exact = (x.double() @ layer.rnn.weight_ih_l0.double().t())[0] + layer.rnn.bias_ih_l0.double()
+        assert (row.double() - exact).abs().max() < TOLERANCE
+
+
+@pytest.mark.parametrize("cell_type", WITH_CACHE)
+def test_greedy_generate_at_batch_1_equals_the_reference_path(cell_type):
+    model = make(cell_type, vocab_size=200)
+    reference = twin(model, implementation="reference", decode_cache_weights=False)
+    prompt = torch.randint(2, 200, (1, 5))
+    kwargs = dict(max_new_tokens=40, min_new_tokens=40, do_sample=False, pad_token_id=0)
+    assert torch.equal(model.generate(prompt, **kwargs), reference.generate(prompt, **kwargs))
+    assert rows(model), "generate() read the kept rows"
+
+
+def _in_place_updates(model):
+    """Optimizer steps in eval mode: nothing drops the rows, so the version counters must be seen."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(2):
+        ids = torch.randint(2, model.config.vocab_size, (2, 6))
+        model(ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def _load_other_weights(model):
+    model.load_state_dict({k: v + 0.05 * torch.randn_like(v) for k, v in model.state_dict().items()})
+
+
+def _double_through_data(model):
+    model.model.embed_tokens.weight.data.mul_(2)  # bumps no version counter: eval() is the documented step
+    model.eval()
+
+
+def _round_trip_through_bfloat16(model):
+    model.to(torch.bfloat16).to(torch.float32)
+
+
+@pytest.mark.parametrize(
+    "change", [_in_place_updates, _load_other_weights, _double_through_data, _round_trip_through_bfloat16]
+)
+@pytest.mark.parametrize("cell_type", WITH_CACHE)
+def test_rows_are_dropped_when_what_they_came_from_changes(cell_type, change):
+    model = make(cell_type, embedding_size=20)
+    ids = ids_with_repeats(model)
+    before = decode(model, ids)
+    assert rows(model)
+    change(model)
+    after = decode(model, ids)
+    assert (after - before).abs().max() > 1e-3, "the change reached the outputs"
+    assert torch.equal(after, decode(ordinary(model), ids))
+
+
+def test_rows_follow_resize_token_embeddings_and_dtype():
+    model = make()
+    decode(model, ids_with_repeats(model))
+    model.resize_token_embeddings(57)
+    model.eval()
+    ids = ids_with_repeats(model)
+    ids[0, -3:] = 56  # the new token, read twice
+    assert torch.equal(decode(model, ids), decode(ordinary(model), ids))
+    model.to(torch.float64)
+    fast = decode(model, ids)
+    assert fast.dtype == torch.float64 and all(r.dtype == torch.float64 for r in rows(model).values())
+    assert torch.equal(fast, decode(ordinary(model), ids))
+
+
+def test_the_least_recently_read_row_goes_first_when_full():
+    model = make()
+    model.model.layers[0]._input_rows.max_rows = 3
+    ids = torch.tensor([[2, 5, 6, 7, 5, 8, 9]])
+    fast = decode(model, ids)
+    assert list(rows(model)) == [5, 8, 9]  # 6 and 7 dropped; 5 was read again after them
+    assert torch.equal(fast, decode(ordinary(model), ids))
+
+
+def test_no_rows_when_the_copies_are_off_in_training_or_with_gradients():
+    model = make(decode_cache_weights=False)
+    decode(model, ids_with_repeats(model))
+    assert not rows(model)
+    model = make()
+    ids = ids_with_repeats(model)
+    out = model(ids[:, :1], use_cache=True)
+    model(ids[:, 1:2], cache=out.cache, use_cache=True).logits.sum().backward()  # gradients on
+    assert not rows(model) and model.model.layers[0].rnn.weight_ih_l0.grad is not None
+    decode(model, ids)
+    assert rows(model)
+    model.config.decode_cache_weights = False  # turned off: the next step frees them
+    decode(model, ids)
+    assert not rows(model)
+
+
+def test_rows_are_never_saved_or_copied(tmp_path):
+    model = make()
+    decode(model, ids_with_repeats(model))
+    expected = set(make().state_dict())
+    assert rows(model) and set(model.state_dict()) == expected
+    assert not model.model.layers[0]._input_rows.__getstate__()
+    model.drop_decode_copies()
+    assert not rows(model)
+    assert InputProductRows.max_rows == 4096  # the bound docs/PERFORMANCE.md states
+
+
+def test_a_padded_position_takes_the_ordinary_path_and_keeps_the_state():
+    model = make()
+    ids = ids_with_repeats(model, batch=2, length=4)
+    with torch.no_grad():
+        out = model(ids[:, :3], use_cache=True)
+        mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+        padded = model(ids[:, 3:], attention_mask=mask, cache=out.cache, use_cache=True)
+        alone = model(ids[:1], use_cache=True)
+    state_second_row = [s[1] for s in padded.cache.states[0]]
+    assert torch.allclose(padded.logits[0, -1], alone.logits[0, -1], atol=TOLERANCE)
+    with torch.no_grad():
+        before = model(ids[1:, :3], use_cache=True).cache.states[0]
+    assert all(torch.allclose(a, b[0], atol=TOLERANCE) for a, b in zip(state_second_row, before))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_bad_input_is_refused_and_leaves_the_cache_as_it_was(batch):
+    model = make()
+    ids = ids_with_repeats(model, batch, length=3)
+    with torch.no_grad():
+        out = model(ids, use_cache=True)
+        cache = out.cache
+        seen, states = cache.seen_tokens, [tuple(t.clone() for t in s) for s in cache.states]
+        bad = ids[:, :1].clone()
+        bad[-1, 0] = model.config.vocab_size
+        with pytest.raises(ValueError, match="vocab_size"):
+            model(bad, cache=cache, use_cache=True)
+        with pytest.raises(ValueError, match="only 0"):
+            model(ids[:, :1], attention_mask=torch.full((batch, 4), 2), cache=cache, use_cache=True)
+        with pytest.raises(ValueError, match="attention_mask has shape"):
+            model(ids[:, :1], attention_mask=torch.ones(batch, 2), cache=cache, use_cache=True)
+        with pytest.raises(ValueError, match="does not fit"):
+            model(torch.cat([ids[:, :1], ids[:1, :1]]), cache=cache, use_cache=True)
+    assert cache.seen_tokens == seen
+    assert all(torch.equal(a, b) for s, t in zip(cache.states, states) for a, b in zip(s, t))
