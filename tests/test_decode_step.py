@@ -1,6 +1,7 @@
 """The one-token decode step and its decode-time weight copies (`ColumnMajorCopies`): the same outputs as the
 parameters give, rebuilt whenever a weight changes, never built for training, never saved."""
 
+import contextlib
 import copy
 import pickle
 
@@ -48,6 +49,17 @@ def ids_for(model, batch=2, length=6):
     return torch.randint(2, model.config.vocab_size, (batch, length))
 
 
+@contextlib.contextmanager
+def threads(n: int):
+    """torch's intra-op thread count set to `n` inside the block (the output layer's copy depends on it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("embedding_size", [None, 20])
 @pytest.mark.parametrize("cell_type", WITH_CACHE)
 def test_the_copies_give_what_the_parameters_give(cell_type, embedding_size):
@@ -65,7 +77,8 @@ def test_the_copies_give_what_the_parameters_give(cell_type, embedding_size):
 
 def test_the_copies_are_the_same_matrices_stored_column_major():
     model = make()
-    decode(model, ids_for(model))
+    with threads(1):
+        decode(model, ids_for(model))
     rnn = model.model.layers[0].rnn
     w_ih, w_hh = model.model.layers[0]._decode_copies.matrices
     for copy_, param in ((w_ih, rnn.weight_ih_l0), (w_hh, rnn.weight_hh_l0)):
@@ -73,6 +86,26 @@ def test_the_copies_are_the_same_matrices_stored_column_major():
         assert copy_.t().is_contiguous() and copy_.data_ptr() != param.data_ptr()
     (w_out,) = model._decode_copies.matrices
     assert torch.equal(w_out, model.lm_head.weight) and w_out.t().is_contiguous()
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("n", [2, 3])
+def test_on_several_threads_the_output_layer_is_read_in_column_blocks(n, batch):
+    # vocab 40 in 3 blocks: 14 + 14 + 12, the last padded with zeros that never reach the logits
+    model = make(embedding_size=20)
+    ids = ids_for(model, batch=batch)
+    with threads(n):
+        fast = decode(model, ids)
+        blocks, w_out = model._decode_copies.matrices
+        assert w_out.shape == (n, 20, -(-40 // n)) and w_out.is_contiguous()
+        restored = w_out.transpose(1, 2).reshape(-1, 20)
+        assert torch.equal(restored[:40], model.lm_head.weight) and not restored[40:].any()
+        assert blocks.shape == (n, 32, -(-20 // n))  # the projection too
+        plain = decode(twin(model, decode_cache_weights=False), ids)
+        assert fast.shape == plain.shape and (fast - plain).abs().max() < TOLERANCE
+    with threads(1):  # the thread count changed: column-major again
+        assert (decode(model, ids) - plain).abs().max() < TOLERANCE
+        assert model._decode_copies.matrices[1].shape == (40, 20)
 
 
 def test_peephole_keeps_its_reference_path():
@@ -152,7 +185,8 @@ def test_resize_token_embeddings_rebuilds_the_copies():
     model.eval()
     ids = ids_for(model)
     ids[0, -1] = 56  # a new token id
-    fast = decode(model, ids)
+    with threads(1):
+        fast = decode(model, ids)
     assert fast.shape[-1] == 57 and model._decode_copies.matrices[0].shape == (57, 32)
     assert (fast - decode(twin(model, decode_cache_weights=False), ids)).abs().max() < TOLERANCE
 
