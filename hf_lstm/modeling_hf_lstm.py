@@ -361,8 +361,10 @@ def _stamps(tensors) -> tuple:
 
 def _plain_linear(module: nn.Module) -> bool:
     """An `nn.Linear` exactly, with no hook: one whose product a step may compute itself (an int8 or adapter
-    module, or a hooked one, runs as itself)."""
-    return type(module) is nn.Linear and not (module._forward_hooks or module._forward_pre_hooks)
+    module, or a hooked one, runs as itself; so does every module while torch holds a global module hook)."""
+    return type(module) is nn.Linear and not (
+        module._forward_hooks or module._forward_pre_hooks or any(_GLOBAL_HOOKS)
+    )
 
 
 def _reads_copies(enabled: bool, module: nn.Module, matrices: tuple[torch.Tensor, ...]) -> bool:
@@ -901,6 +903,13 @@ def _one_cache(cache: LSTMCache | None, past_key_values: LSTMCache | None) -> LS
 # Models
 # ----------------------------------------------------------------------------------------------------------
 
+_GLOBAL_HOOKS = tuple(
+    getattr(torch.nn.modules.module, name, {})
+    for name in ("_global_forward_hooks", "_global_forward_pre_hooks")
+)
+"""torch's hooks on every module (`nn.modules.module.register_module_forward_hook` and its pre-hook twin),
+dictionaries it fills in place; a one-token step that skips module calls checks them too (a test registers
+one and counts its calls, so a change in torch shows)."""
 _TOKEN_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 _IGNORED_KWARGS = {"position_ids", "cache_position", "return_dict", "output_attentions"}
 
@@ -1411,15 +1420,16 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         return [m for m in (self.output_projection, self.lm_head) if m is not None]
 
     def _decode_plan(self) -> tuple:
-        """What a captured step reads, worked out again only when a module is swapped: (the modules' ids,
-        the modules whose hooks would be skipped, every weight the step reads, whether the modules are the
-        plain ones the step reimplements (`LSTMRecurrentLayer`s of LSTM, GRU or vanilla RNN cells, an
-        `nn.Embedding`, `nn.Linear` output layers), the number of layers)."""
+        """What a one-token step relies on, worked out again only when a module is swapped: (the modules'
+        ids, whether they are the plain ones the step reimplements (`LSTMRecurrentLayer`s of LSTM, GRU or
+        vanilla RNN cells, an `nn.Embedding`, `nn.Linear` output layers), the number of layers, and the hook
+        dictionaries of every module the step would not call, torch's global ones included: while any of
+        them holds a hook, the ordinary path runs, calling every module)."""
         stack = self.model
         layers = list(stack.layers)
         rnns = [getattr(layer, "rnn", None) for layer in layers]
         outputs = self._output_layers()
-        identity = tuple(map(id, (stack.embed_tokens, *layers, *rnns, *outputs)))
+        identity = tuple(map(id, (stack, stack.embed_tokens, *layers, *rnns, *outputs)))
         plan = self._decode_graph.plan
         if plan is not None and plan[0] == identity:
             return plan
@@ -1431,14 +1441,18 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
             )
             and all(type(m) is nn.Linear for m in outputs)
         )
-        weights = [stack.embed_tokens.weight]
-        if plain:
-            for rnn in rnns:
-                weights += [rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0]
-            weights += [p for m in outputs for p in (m.weight, m.bias) if p is not None]
         modules = [self, stack, stack.embed_tokens, *layers, *rnns, *outputs]
-        self._decode_graph.plan = (identity, modules, weights, plain, len(layers))
+        hooks = _GLOBAL_HOOKS + tuple(d for m in modules for d in (m._forward_hooks, m._forward_pre_hooks))
+        self._decode_graph.plan = (identity, plain, len(layers), hooks)
         return self._decode_graph.plan
+
+    def _step_weights(self) -> list[torch.Tensor]:
+        """Every tensor a one-token step reads (`GraphedDecodeStep`'s stamps), read from the modules now."""
+        weights = [self.model.embed_tokens.weight]
+        for layer in self.model.layers:
+            rnn = layer.rnn
+            weights += [rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0]
+        return weights + [p for m in self._output_layers() for p in (m.weight, m.bias) if p is not None]
 
     def _decode_route(self, input_ids, inputs_embeds, past, use_cache, extras: dict) -> str | None:
         """How a one-token decoding step runs, when this call is one: in eval mode without gradients, one
@@ -1460,19 +1474,16 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         ):
             return None
         config = self.config
-        _, modules, weights, plain, num_layers = self._decode_plan()
+        _, plain, num_layers, hooks = self._decode_plan()
+        dtype = self.model.embed_tokens.weight.dtype
         if not (
             plain
+            and not any(hooks)
             and (config.use_cache if use_cache is None else use_cache)
             and not config.output_hidden_states
             and config.implementation != "reference"
             and len(past) == num_layers
-            and not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
-            and all(
-                t.dtype == weights[-1].dtype and t.device == input_ids.device
-                for state in past.states
-                for t in state
-            )
+            and all(t.dtype == dtype and t.device == input_ids.device for state in past.states for t in state)
         ):
             return None
         if input_ids.is_cuda or self._decode_graph.eager:
@@ -1483,7 +1494,7 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         """A one-token decoding step on a CUDA device: `GraphedDecodeStep` replays it."""
         _check_cache(past, self.model, input_ids.shape[0])
         _check_mask_shape(attention_mask, input_ids.shape[0], 1, past.seen_tokens)
-        weights = self._decode_plan()[2]
+        weights = self._step_weights()
         logits, past.states = self._decode_graph(self, input_ids, attention_mask, past.states, weights)
         past.seen_tokens += 1
         return LSTMCausalLMOutput(logits=logits, **{CACHE_NAME: past})

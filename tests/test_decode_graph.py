@@ -135,6 +135,12 @@ def test_a_weight_change_is_seen_the_step_is_captured_again():
         ordinary.model.layers[0].rnn.weight_hh_l0.add_(0.5)
     assert (last_logits(graphed) - last_logits(ordinary)).abs().max() < 1e-5
     assert graphed._decode_graph.key != captured
+    captured = graphed._decode_graph.key
+    weights = {k: v + 0.1 for k, v in ordinary.state_dict().items()}
+    for model in (graphed, ordinary):  # new parameter objects, the modules kept
+        model.load_state_dict(weights, assign=True)
+    assert (last_logits(graphed) - last_logits(ordinary)).abs().max() < 1e-5
+    assert graphed._decode_graph.key != captured
 
 
 def test_what_the_ordinary_path_keeps_for_itself():

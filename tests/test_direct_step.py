@@ -188,3 +188,21 @@ def test_bad_input_is_refused_and_leaves_the_cache_as_it_was(batch):
             model(torch.cat([ids[:, :1], ids[:1, :1]]), cache=cache, use_cache=True)
     assert cache.seen_tokens == seen
     assert all(torch.equal(a, b) for s, t in zip(cache.states, states) for a, b in zip(s, t))
+
+
+@pytest.mark.parametrize("kind", ["forward", "forward_pre"])
+def test_hooks_on_every_module_see_every_step(kind):
+    # torch's global module hooks fire only through module calls, which the direct step skips: while one is
+    # registered, every step takes the ordinary path
+    model = make()
+    ids = ids_with_repeats(model)
+    calls = []
+    register = getattr(torch.nn.modules.module, f"register_module_{kind}_hook")
+    watched = (model.model.embed_tokens, model.lm_head)
+    handle = register(lambda module, *args: calls.append(module) if module in watched else None)
+    try:
+        hooked = decode(model, ids)
+    finally:
+        handle.remove()
+    assert len(calls) == 2 * ids.shape[1] and not rows(model)
+    assert (hooked - decode(model, ids)).abs().max() < TOLERANCE and rows(model)  # the direct step again
