@@ -78,11 +78,13 @@ class LSTMConfig(PretrainedConfig):
         decode_cache_weights (`bool`, defaults to `True`):
             Let one-token steps (`generate()`, stateful evaluation at bptt 1) on CPU, in eval mode and without
             gradients, read column-major copies of the weight matrices (both recurrent matrices of every
-            layer, the output projection and the output layer), which the matrix-vector kernels of the CPUs
-            measured read 1.6-1.8x faster than the parameters' layout (docs/PERFORMANCE.md). The copies are
-            built on the first such step, rebuilt whenever a weight changes, never saved, and cost one more
-            copy of those matrices in memory (37.3 MB for the 10k-vocabulary 2x512 reference model). Set
-            `False` where memory matters more than decoding speed; the outputs are the same either way.
+            layer, the output projection and the output layer; the output layer in one block per thread),
+            in the layout this CPU streams fastest, and at batch 1 keep the first layer's input product per
+            token (at most 4,096 tokens). A batch-1 step is then ~3x faster on the CPU measured
+            (docs/PERFORMANCE.md, 1c-1d). The copies are built on the first such step, rebuilt whenever a
+            weight changes, never saved, and cost one more copy of those matrices in memory (37.3 MB for the
+            10k-vocabulary 2x512 reference model, plus at most 32 MB of kept products). Set `False` where
+            memory matters more than decoding speed; the outputs are the same either way, up to rounding.
         decode_cuda_graph (`bool`, defaults to `True`):
             On a CUDA device, in eval mode and without gradients, run each one-token step (embedding, every
             layer's cell, output layer) as a replay of a CUDA graph captured on the first such step: one

@@ -70,13 +70,15 @@ output classes store the state under this one (5.24 renames the other inside eve
 # ----------------------------------------------------------------------------------------------------------
 
 
-def lstm_cell(gx, h, c, w_hh, b_hh, peephole=None):
+def lstm_cell(gx, h, c, w_hh, b_hh, peephole=None, gh=None):
     """One LSTM step. Returns (h_t, C_t, gates) with gates = (f_t, i_t, o_t, C~_t).
 
     `peephole`, if given, is a (3, H) tensor of diagonal weights (p_i, p_f, p_o): the input and forget gates
-    also look at C_{t-1}, the output gate at C_t (Gers & Schmidhuber 2000).
+    also look at C_{t-1}, the output gate at C_t (Gers & Schmidhuber 2000). `gh`, if given, is the recurrent
+    product h_{t-1} W_hh^T + b_hh already computed (in all three cells: the batch-1 decoding step computes
+    it its own way, `_row_product`).
     """
-    i, f, g, o = (gx + F.linear(h, w_hh, b_hh)).chunk(4, dim=-1)
+    i, f, g, o = (gx + (F.linear(h, w_hh, b_hh) if gh is None else gh)).chunk(4, dim=-1)
     if peephole is not None:
         i = i + peephole[0] * c
         f = f + peephole[1] * c
@@ -88,20 +90,20 @@ def lstm_cell(gx, h, c, w_hh, b_hh, peephole=None):
     return o * torch.tanh(c), c, (f, i, o, g)
 
 
-def gru_cell(gx, h, w_hh, b_hh):
+def gru_cell(gx, h, w_hh, b_hh, gh=None):
     """One GRU step in torch.nn.GRU's (and cuDNN's) convention: the reset gate multiplies the recurrent
     product, n_t = tanh(x W_in + b_in + r_t * (h W_hn + b_hn)). Returns (h_t, (z_t, r_t, n_t))."""
     x_r, x_z, x_n = gx.chunk(3, dim=-1)
-    h_r, h_z, h_n = F.linear(h, w_hh, b_hh).chunk(3, dim=-1)
+    h_r, h_z, h_n = (F.linear(h, w_hh, b_hh) if gh is None else gh).chunk(3, dim=-1)
     r = torch.sigmoid(x_r + h_r)
     z = torch.sigmoid(x_z + h_z)
     n = torch.tanh(x_n + r * h_n)
     return (1 - z) * n + z * h, (z, r, n)
 
 
-def rnn_cell(gx, h, w_hh, b_hh):
+def rnn_cell(gx, h, w_hh, b_hh, gh=None):
     """One vanilla RNN step: h_t = tanh(z_t W + b)."""
-    return torch.tanh(gx + F.linear(h, w_hh, b_hh))
+    return torch.tanh(gx + (F.linear(h, w_hh, b_hh) if gh is None else gh))
 
 
 GATE_NAMES = {
@@ -239,14 +241,14 @@ class ColumnMajorCopies:
     """Copies of some weight matrices stored column-major, for one-token steps; rebuilt when a weight changes.
 
     Why: at batch 1 a decoding step multiplies one vector by every matrix once, so its time is the time to
-    read the matrices from memory. On the CPUs measured (docs/PERFORMANCE.md), torch's matrix-vector product
-    streams a matrix stored (in, out), i.e. `W.t().contiguous()`, 1.6-1.8x faster than the (out, in) layout
-    torch keeps parameters in. A copy here is `W.t().contiguous().t()`: the same values, shape and dtype as
-    `W`, only stored column-major, so the very same ops (`torch.lstm_cell`, `F.linear`) read it and give the
-    same results up to rounding (the products sum in another order). One product per matrix reads as fast as
-    one per layer over [x_t, h_{t-1}] with the two matrices concatenated (measured), so the cells stay as
-    they are. The output layer's copy is instead cut into column blocks, one per thread, when torch runs on
-    several threads (`_column_blocks`).
+    read the matrices from memory, and how fast a product streams a matrix depends on how it is stored. A
+    copy here is `W.t().contiguous().t()`: the same values, shape and dtype as `W`, stored column-major, so
+    that `W^T` is a contiguous (in, out) matrix whose rows a batch-1 step sums weighted by the input
+    (`_row_product`, ~3x faster than `F.linear` on the parameter as torch stores it, on the CPU measured:
+    docs/PERFORMANCE.md, 1d), and that the ops of larger batches (`torch.lstm_cell`, `F.linear`) read as a
+    matrix like the parameter. Results agree with the parameters' up to rounding (the products sum in
+    another order). The output layer's copy is instead cut into column blocks, one per thread, when torch
+    runs on several threads (`_column_blocks`).
 
     The copies are a plain attribute of the module that owns the parameters, never a parameter or a buffer:
     `state_dict`, `save_pretrained` and training never see them. They cost one more copy of the matrices in
@@ -286,22 +288,29 @@ class ColumnMajorCopies:
 
 def _column_blocks(w: torch.Tensor, blocks: int) -> torch.Tensor:
     """`w` (out, in) as `blocks` column blocks of W^T stacked, (blocks, in, ceil(out / blocks)), the last one
-    padded with zero columns: the layout `_linear_from_copy` multiplies with one batched product, which
-    torch spreads over its threads one block each. Its single matrix-vector product runs on one thread
-    whatever `torch.get_num_threads()` says, so at batch 1 on two threads the output layer reads ~1.6x faster
-    this way (docs/PERFORMANCE.md, 1d)."""
+    padded with zero columns: torch computes the blocks' products (`_row_product` at batch 1, one batched
+    product above) on its threads side by side, where one product over the whole matrix would use one
+    thread. On two threads the reference model's output layer is read ~1.6x faster this way
+    (docs/PERFORMANCE.md, 1d)."""
     width = -(-w.shape[0] // blocks)
     padded = F.pad(w, (0, 0, 0, blocks * width - w.shape[0]))
     return padded.reshape(blocks, width, w.shape[1]).transpose(1, 2).contiguous()
 
 
 def _linear_from_copy(x: torch.Tensor, copy: torch.Tensor, bias, out_features: int) -> torch.Tensor:
-    """`F.linear(x, W, bias)` computed from a decode-time copy of W, column-major or in column blocks."""
-    if copy.dim() == 2:
-        return F.linear(x, copy, bias)
+    """`F.linear(x, W, bias)` computed from a decode-time copy of W, column-major or in column blocks: for
+    one row of x as a weighted sum of rows (`_row_product`, a block per thread), for several with one
+    matrix product (batched over the blocks)."""
     rows = x.reshape(-1, x.shape[-1])
-    y = torch.matmul(rows, copy).transpose(0, 1).reshape(rows.shape[0], -1)[:, :out_features]
-    y = y.reshape(*x.shape[:-1], out_features)
+    if rows.shape[0] == 1:
+        blocks = 1 if copy.dim() == 2 else copy.shape[0]
+        stacked = copy.t() if copy.dim() == 2 else copy.reshape(-1, copy.shape[-1])
+        y = _row_product(rows, stacked, blocks).reshape(1, -1)
+    elif copy.dim() == 2:
+        return F.linear(x, copy, bias)
+    else:
+        y = torch.matmul(rows, copy).transpose(0, 1).reshape(rows.shape[0], -1)
+    y = y[:, :out_features].reshape(*x.shape[:-1], out_features)
     return y if bias is None else y + bias
 
 
@@ -310,11 +319,10 @@ class InputProductRows:
     batch 1 (eval mode, no gradient, CPU: where `ColumnMajorCopies` are read).
 
     Why: x_t is the token's embedding, so this product depends on the token alone, and a step that finds it
-    here reads W_hh but not W_ih: 4.2 of the 37.3 MB the reference model's step reads per token, and the
-    rest then fits this CPU's cache better (docs/PERFORMANCE.md, 1d). It is computed the first time its token
-    is read, by the op the cell itself would use (`F.linear` on the same copy of W_ih), and the cell is handed
-    it through its own input product (zero input columns, this row as the bias), so a step gives bit for bit
-    what it gives without it.
+    here reads W_hh but not W_ih: 4.2 of the 37.3 MB the reference model's step reads per token
+    (docs/PERFORMANCE.md, 1d). A row is computed the first time its token is read, by the very computation
+    the step would do without it, so a step gives bit for bit what it gives without the rows. On Penn
+    Treebank's validation text, 91% of tokens find their row (4,096 rows, from cold).
 
     Memory: one row of `gate_width` numbers per token kept (8 KB for the reference model's 4 x 512 LSTM gates
     in float32), at most `max_rows` tokens, the least recently read dropped first: 32 MB at most for the
@@ -337,20 +345,49 @@ class InputProductRows:
     def __setstate__(self, state: dict) -> None:
         self.clear()
 
-    def product(self, token: int, x, w_ih, b_ih, sources: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """x W_ih^T + b_ih for `token`, whose input row is `x` (1, input_size): the kept row, or one computed
-        now and kept. `sources` are the tensors the row depends on (the embedding matrix and the parameters
-        `w_ih` and `b_ih` come from): a change in any of them drops every row."""
+    def product(self, token: int, sources: tuple[torch.Tensor, ...], compute) -> torch.Tensor:
+        """The kept product for `token`, or `compute()`'s, kept. `sources` are the tensors the row depends on
+        (the embedding matrix and the parameters W_ih and b_ih): a change in any of them drops every row."""
         stamps = _stamps(sources)
         if stamps != self.stamps:
             self.rows, self.stamps = {}, stamps
         row = self.rows.pop(token, None)  # taken out and put back last: the dict is kept in order of use
         if row is None:
-            row = F.linear(x, w_ih, b_ih)[0]
+            row = compute()
             if len(self.rows) >= self.max_rows:
                 del self.rows[next(iter(self.rows))]  # the least recently read
         self.rows[token] = row
         return row
+
+
+def _row_product(x: torch.Tensor, rows: torch.Tensor, bags: int = 1) -> torch.Tensor:
+    """x M for one vector x (its `k` numbers) and M (k, n) = `rows` stored row-major, computed as the sum of
+    M's rows weighted by x's entries: torch's `embedding_bag` (mode "sum", `per_sample_weights`). With
+    `bags` > 1, `rows` is that many (k, n) blocks stacked, (bags * k, n), and the result (bags, n) holds each
+    block's product, which torch computes on its threads side by side.
+
+    Why not `x @ M`: at batch 1 a product reads each weight once and does one multiply-add with it, so its
+    time is the time to stream the matrix. On the CPUs measured, `embedding_bag`'s kernel streams rows about
+    as fast as the memory delivers them (45 GB/s on this machine, one thread), and the BLAS matrix-vector
+    product torch calls for `x @ M` at ~30 GB/s (docs/PERFORMANCE.md, 1d). Same numbers, other order of
+    summation: results agree to rounding."""
+    k = x.numel()
+    index, offsets = _bag_index(k, bags, x.device)
+    weights = x.reshape(k) if bags == 1 else x.reshape(k).repeat(bags)
+    return F.embedding_bag(index, rows, offsets, mode="sum", per_sample_weights=weights)
+
+
+def _bag_index(k: int, bags: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_row_product`'s indices (every row of every block, in order) and offsets (where each block starts),
+    made once per shape and device."""
+    key = (k, bags, device)
+    if key not in _BAG_INDEX:
+        with torch.inference_mode(False), torch.no_grad():
+            _BAG_INDEX[key] = (torch.arange(bags * k, device=device), torch.arange(bags, device=device) * k)
+    return _BAG_INDEX[key]
+
+
+_BAG_INDEX: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def _stamps(tensors) -> tuple:
@@ -598,8 +635,9 @@ class LSTMRecurrentLayer(nn.Module):
       sequences;
     - reference: the cell equations above, one step at a time, for peephole cells, gate introspection, and
       padded single-token steps (torch's kernel has a large fixed cost per call at sequence length 1);
-    - decoding (one token, no padding, not peephole): torch's single-step cell op, the same equations in one
-      call (`_decode_step`), reading column-major copies of the matrices in eval mode (`ColumnMajorCopies`).
+    - decoding (one token, no padding, not peephole; `_decode_step`): in eval mode, column-major copies of
+      the matrices (`ColumnMajorCopies`), read at batch 1 as weighted sums of rows with the equations above,
+      and by torch's single-step cell op (the same equations in one call) otherwise.
 
     Both read the same parameters (`self.rnn.weight_ih_l0`, ...). Padding is handled exactly: padded
     positions leave the state untouched, so a padded batch gives what each sequence gives alone.
@@ -700,28 +738,47 @@ class LSTMRecurrentLayer(nn.Module):
     # -- decoding: one token, one call -------------------------------------------------------------------
     def _decode_step(self, x, state, decode_cache_weights=False, token=None, embedding=None):
         """One token, no padding: from x (batch, input_size) and the state, a tuple of (batch, H) tensors
-        ((h, C) or (h,)), to the new state. torch's single-step cell (`torch.lstm_cell`, `torch.gru_cell`,
-        `torch.rnn_tanh_cell`: the equations of the cells above in one call). Decoding at batch 1 is bound by
-        reading the weights once per token, so in eval mode without gradients the cell reads column-major
-        copies of `weight_ih` and `weight_hh` (`ColumnMajorCopies`: the same matrices, read ~1.7x faster),
-        and, given `token` (batch 1: x is that token's row of the matrix `embedding`), the input product kept
-        for it (`InputProductRows`)."""
+        ((h, C) or (h,)), to the new state.
+
+        Decoding is bound by reading the weights once per token, so in eval mode without gradients the step
+        reads column-major copies of `weight_ih` and `weight_hh` (`ColumnMajorCopies`: the same matrices in
+        the layout read fastest). At batch 1 it computes both products as weighted sums of rows
+        (`_row_product`), takes the input product kept for `token` when given one (`InputProductRows`; x is
+        then that token's row of the matrix `embedding`), and applies the cell equations above. Otherwise
+        torch's single-step cell (`torch.lstm_cell`, `torch.gru_cell`, `torch.rnn_tanh_cell`: the same
+        equations in one call) runs on the copies, or on the parameters when the copies are not read."""
         rnn = self.rnn
-        w_ih, w_hh, b_ih = rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0
+        w_ih, w_hh, b_ih, b_hh = rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0
         if _reads_copies(decode_cache_weights, self, (w_ih, w_hh)):
             w_ih, w_hh = self._decode_copies.of(w_ih, w_hh)
-            if token is not None:
-                sources = (embedding, rnn.weight_ih_l0, b_ih)
-                b_ih = self._input_rows.product(token, x, w_ih, b_ih, sources)
-                # the cell's input product over zero columns is its bias: the kept x W_ih^T + b_ih
-                x, w_ih = x[:, :0], w_ih[:, :0]
+            if x.shape[0] == 1:
+                return self._decode_one(x, state, w_ih, w_hh, token, embedding)
         elif not decode_cache_weights:
             self._decode_copies.clear()  # turned off: free their memory
             self._input_rows.clear()
         cell = _TORCH_CELL[self.cell_type]
         if self.has_cell_state:
-            return cell(x, state, w_ih, w_hh, b_ih, rnn.bias_hh_l0)
-        return (cell(x, state[0], w_ih, w_hh, b_ih, rnn.bias_hh_l0),)
+            return cell(x, state, w_ih, w_hh, b_ih, b_hh)
+        return (cell(x, state[0], w_ih, w_hh, b_ih, b_hh),)
+
+    def _decode_one(self, x, state, w_ih, w_hh, token, embedding):
+        """`_decode_step` at batch 1, from the column-major copies `w_ih` and `w_hh`."""
+        rnn = self.rnn
+        b_ih, h = rnn.bias_ih_l0, state[0]
+
+        def input_product():
+            return _row_product(x, w_ih.t()) + b_ih
+
+        if token is None:
+            gx = input_product()
+        else:
+            gx = self._input_rows.product(token, (embedding, rnn.weight_ih_l0, b_ih), input_product)
+        gh = _row_product(h, w_hh.t()) + rnn.bias_hh_l0
+        if self.cell_type == "lstm":
+            return lstm_cell(gx, h, state[1], None, None, gh=gh)[:2]
+        if self.cell_type == "gru":
+            return (gru_cell(gx, h, None, None, gh=gh)[0],)
+        return (rnn_cell(gx, h, None, None, gh=gh),)
 
     # -- fused: torch's kernel --------------------------------------------------------------------------
     def _run_fused(self, x, lengths, state, params, output_gates):

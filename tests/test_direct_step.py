@@ -6,7 +6,7 @@ import pytest
 import torch
 from test_decode_step import TOLERANCE, WITH_CACHE, decode, make, twin
 
-from hf_lstm.modeling_hf_lstm import InputProductRows
+from hf_lstm.modeling_hf_lstm import InputProductRows, _row_product
 
 
 def ordinary(model):
@@ -46,12 +46,12 @@ def test_a_kept_row_is_the_products_own_value():
     ids = ids_with_repeats(model)
     decode(model, ids)
     layer = model.model.layers[0]
-    w_ih = layer._decode_copies.matrices[0]  # the cell's copy of W_ih: the same op on the same bytes
+    w_ih = layer._decode_copies.matrices[0]  # the step's copy of W_ih: the same computation on the same bytes
     for token, row in rows(model).items():
         x = model.model.embed_tokens.weight[token : token + 1]
         with torch.no_grad():
-            assert torch.equal(row, torch.nn.functional.linear(x, w_ih, layer.rnn.bias_ih_l0)[0])
-            exact = (x.double() @ layer.rnn.weight_ih_l0.double().t())[0] + layer.rnn.bias_ih_l0.double()
+            assert torch.equal(row, _row_product(x, w_ih.t()) + layer.rnn.bias_ih_l0)
+            exact = x.double() @ layer.rnn.weight_ih_l0.double().t() + layer.rnn.bias_ih_l0.double()
         assert (row.double() - exact).abs().max() < TOLERANCE
 
 
@@ -206,3 +206,18 @@ def test_hooks_on_every_module_see_every_step(kind):
         handle.remove()
     assert len(calls) == 2 * ids.shape[1] and not rows(model)
     assert (hooked - decode(model, ids)).abs().max() < TOLERANCE and rows(model)  # the direct step again
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("cell_type", WITH_CACHE)
+def test_batch_1_in_other_dtypes_and_under_inference_mode(cell_type, dtype):
+    model = make(cell_type).to(dtype)
+    ids = ids_with_repeats(model)
+    with torch.inference_mode():
+        fast = decode(model, ids)
+    plain = decode(twin(model, decode_cache_weights=False), ids)
+    assert fast.dtype == dtype and rows(model)
+    assert (fast - plain).abs().max() < (TOLERANCE if dtype == torch.float64 else 0.05)
+    assert torch.equal(
+        decode(model, ids), fast
+    )  # rows and indices made under inference mode serve outside it
