@@ -238,17 +238,17 @@ def embedding_dropout(
 
 
 class ColumnMajorCopies:
-    """Copies of some weight matrices stored column-major, for one-token steps; rebuilt when a weight changes.
+    """Copies of some weight matrices stored column-major, in one column block per thread, for one-token
+    steps; rebuilt when a weight or torch's thread count changes.
 
     Why: at batch 1 a decoding step multiplies one vector by every matrix once, so its time is the time to
     read the matrices from memory, and how fast a product streams a matrix depends on how it is stored. A
-    copy here is `W.t().contiguous().t()`: the same values, shape and dtype as `W`, stored column-major, so
-    that `W^T` is a contiguous (in, out) matrix whose rows a batch-1 step sums weighted by the input
-    (`_row_product`, ~3x faster than `F.linear` on the parameter as torch stores it, on the CPU measured:
-    docs/PERFORMANCE.md, 1d), and that the ops of larger batches (`torch.lstm_cell`, `F.linear`) read as a
-    matrix like the parameter. Results agree with the parameters' up to rounding (the products sum in
-    another order). The output layer's copy is instead cut into column blocks, one per thread, when torch
-    runs on several threads (`_column_blocks`).
+    copy of W (out, in) here is W^T (in, out) stored contiguous, cut into as many column blocks as torch has
+    threads (`_column_blocks`; one block on one thread). A batch-1 step sums its rows weighted by the input
+    (`_row_product`: ~3x faster than `F.linear` on the parameter as torch stores it, on the CPU measured),
+    each thread one block; larger batches multiply it with one matrix product (`_linear_from_copy`).
+    Results agree with the parameters' up to rounding (the products sum in another order; see
+    docs/PERFORMANCE.md, 1c-1d).
 
     The copies are a plain attribute of the module that owns the parameters, never a parameter or a buffer:
     `state_dict`, `save_pretrained` and training never see them. They cost one more copy of the matrices in
@@ -271,17 +271,15 @@ class ColumnMajorCopies:
     def __setstate__(self, state: dict) -> None:
         self.clear()
 
-    def of(self, *matrices: torch.Tensor, blocks: int = 1) -> tuple[torch.Tensor, ...]:
-        """The column-major copies of `matrices`, made now if any of them changed since the last call: each
-        `W.t().contiguous().t()`, or with `blocks` > 1 cut into that many column blocks (`_column_blocks`)."""
+    def of(self, *matrices: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The copies of `matrices` ((blocks, in, ceil(out / blocks)) each), made now if any of them or the
+        thread count changed since the last call."""
+        blocks = torch.get_num_threads()
         stamps = (blocks, *_stamps(matrices))
         if stamps != self.stamps:
             self.clear()  # free the stale copies first: never more than one extra copy of the weights
             with torch.no_grad():
-                self.matrices = tuple(
-                    w.detach().t().contiguous().t() if blocks == 1 else _column_blocks(w.detach(), blocks)
-                    for w in matrices
-                )
+                self.matrices = tuple(_column_blocks(w.detach(), blocks) for w in matrices)
             self.stamps = stamps
         return self.matrices
 
@@ -290,24 +288,20 @@ def _column_blocks(w: torch.Tensor, blocks: int) -> torch.Tensor:
     """`w` (out, in) as `blocks` column blocks of W^T stacked, (blocks, in, ceil(out / blocks)), the last one
     padded with zero columns: torch computes the blocks' products (`_row_product` at batch 1, one batched
     product above) on its threads side by side, where one product over the whole matrix would use one
-    thread. On two threads the reference model's output layer is read ~1.6x faster this way
-    (docs/PERFORMANCE.md, 1d)."""
+    thread (docs/PERFORMANCE.md, 1d)."""
     width = -(-w.shape[0] // blocks)
     padded = F.pad(w, (0, 0, 0, blocks * width - w.shape[0]))
     return padded.reshape(blocks, width, w.shape[1]).transpose(1, 2).contiguous()
 
 
 def _linear_from_copy(x: torch.Tensor, copy: torch.Tensor, bias, out_features: int) -> torch.Tensor:
-    """`F.linear(x, W, bias)` computed from a decode-time copy of W, column-major or in column blocks: for
-    one row of x as a weighted sum of rows (`_row_product`, a block per thread), for several with one
-    matrix product (batched over the blocks)."""
-    rows = x.reshape(-1, x.shape[-1])
+    """`F.linear(x, W, bias)` computed from W's decode-time copy (`ColumnMajorCopies`): for one row of x as a
+    weighted sum of rows (`_row_product`, a block per thread), for several with one matrix product."""
+    blocks, rows = copy.shape[0], x.reshape(-1, x.shape[-1])
     if rows.shape[0] == 1:
-        blocks = 1 if copy.dim() == 2 else copy.shape[0]
-        stacked = copy.t() if copy.dim() == 2 else copy.reshape(-1, copy.shape[-1])
-        y = _row_product(rows, stacked, blocks).reshape(1, -1)
-    elif copy.dim() == 2:
-        return F.linear(x, copy, bias)
+        y = _row_product(rows, copy.flatten(0, 1), blocks).reshape(1, -1)
+    elif blocks == 1:
+        y = rows @ copy[0]
     else:
         y = torch.matmul(rows, copy).transpose(0, 1).reshape(rows.shape[0], -1)
     y = y[:, :out_features].reshape(*x.shape[:-1], out_features)
@@ -635,9 +629,9 @@ class LSTMRecurrentLayer(nn.Module):
       sequences;
     - reference: the cell equations above, one step at a time, for peephole cells, gate introspection, and
       padded single-token steps (torch's kernel has a large fixed cost per call at sequence length 1);
-    - decoding (one token, no padding, not peephole; `_decode_step`): in eval mode, column-major copies of
-      the matrices (`ColumnMajorCopies`), read at batch 1 as weighted sums of rows with the equations above,
-      and by torch's single-step cell op (the same equations in one call) otherwise.
+    - decoding (one token, no padding, not peephole; `_decode_step`): in eval mode, the equations above on
+      products read from decode-time copies of the matrices (`ColumnMajorCopies`), and torch's single-step
+      cell op (the same equations in one call) on the parameters otherwise.
 
     Both read the same parameters (`self.rnn.weight_ih_l0`, ...). Padding is handled exactly: padded
     positions leave the state untouched, so a padded batch gives what each sequence gives alone.
@@ -741,39 +735,32 @@ class LSTMRecurrentLayer(nn.Module):
         ((h, C) or (h,)), to the new state.
 
         Decoding is bound by reading the weights once per token, so in eval mode without gradients the step
-        reads column-major copies of `weight_ih` and `weight_hh` (`ColumnMajorCopies`: the same matrices in
-        the layout read fastest). At batch 1 it computes both products as weighted sums of rows
-        (`_row_product`), takes the input product kept for `token` when given one (`InputProductRows`; x is
-        then that token's row of the matrix `embedding`), and applies the cell equations above. Otherwise
-        torch's single-step cell (`torch.lstm_cell`, `torch.gru_cell`, `torch.rnn_tanh_cell`: the same
-        equations in one call) runs on the copies, or on the parameters when the copies are not read."""
+        reads decode-time copies of `weight_ih` and `weight_hh` (`ColumnMajorCopies`: the same matrices in
+        the layout read fastest, `_linear_from_copy`), takes the input product kept for `token` when given
+        one (batch 1: x is then that token's row of the matrix `embedding`; `InputProductRows`), and applies
+        the cell equations above to the two products. Otherwise torch's single-step cell (`torch.lstm_cell`,
+        `torch.gru_cell`, `torch.rnn_tanh_cell`: the same equations in one call) reads the parameters."""
         rnn = self.rnn
         w_ih, w_hh, b_ih, b_hh = rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0
-        if _reads_copies(decode_cache_weights, self, (w_ih, w_hh)):
-            w_ih, w_hh = self._decode_copies.of(w_ih, w_hh)
-            if x.shape[0] == 1:
-                return self._decode_one(x, state, w_ih, w_hh, token, embedding)
-        elif not decode_cache_weights:
-            self._decode_copies.clear()  # turned off: free their memory
-            self._input_rows.clear()
-        cell = _TORCH_CELL[self.cell_type]
-        if self.has_cell_state:
-            return cell(x, state, w_ih, w_hh, b_ih, b_hh)
-        return (cell(x, state[0], w_ih, w_hh, b_ih, b_hh),)
-
-    def _decode_one(self, x, state, w_ih, w_hh, token, embedding):
-        """`_decode_step` at batch 1, from the column-major copies `w_ih` and `w_hh`."""
-        rnn = self.rnn
-        b_ih, h = rnn.bias_ih_l0, state[0]
+        if not _reads_copies(decode_cache_weights, self, (w_ih, w_hh)):
+            if not decode_cache_weights:
+                self._decode_copies.clear()  # turned off: free their memory
+                self._input_rows.clear()
+            cell = _TORCH_CELL[self.cell_type]
+            if self.has_cell_state:
+                return cell(x, state, w_ih, w_hh, b_ih, b_hh)
+            return (cell(x, state[0], w_ih, w_hh, b_ih, b_hh),)
+        copy_ih, copy_hh = self._decode_copies.of(w_ih, w_hh)
+        width, h = w_ih.shape[0], state[0]
 
         def input_product():
-            return _row_product(x, w_ih.t()) + b_ih
+            return _linear_from_copy(x, copy_ih, b_ih, width)
 
         if token is None:
             gx = input_product()
         else:
-            gx = self._input_rows.product(token, (embedding, rnn.weight_ih_l0, b_ih), input_product)
-        gh = _row_product(h, w_hh.t()) + rnn.bias_hh_l0
+            gx = self._input_rows.product(token, (embedding, w_ih, b_ih), input_product)
+        gh = _linear_from_copy(h, copy_hh, b_hh, width)
         if self.cell_type == "lstm":
             return lstm_cell(gx, h, state[1], None, None, gh=gh)[:2]
         if self.cell_type == "gru":
@@ -1462,8 +1449,7 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         )
         matrices = tuple(m.weight for m in layers) if enabled else ()
         if _reads_copies(enabled, self, matrices):
-            copies = self._decode_copies.of(*matrices, blocks=torch.get_num_threads())
-            for layer, weight in zip(layers, copies):
+            for layer, weight in zip(layers, self._decode_copies.of(*matrices)):
                 hidden = _linear_from_copy(hidden, weight, layer.bias, layer.out_features)
             return hidden
         if not self.config.decode_cache_weights:

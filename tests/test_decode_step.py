@@ -75,6 +75,11 @@ def test_the_copies_give_what_the_parameters_give(cell_type, embedding_size):
         assert (fast - other).abs().max() < TOLERANCE
 
 
+def restored(copy: torch.Tensor, out_features: int) -> torch.Tensor:
+    """The matrix a decode-time copy holds, (out, in), from its column blocks (blocks, in, width)."""
+    return copy.transpose(1, 2).reshape(-1, copy.shape[1])[:out_features]
+
+
 def test_the_copies_are_the_same_matrices_stored_column_major():
     model = make()
     with threads(1):
@@ -82,30 +87,33 @@ def test_the_copies_are_the_same_matrices_stored_column_major():
     rnn = model.model.layers[0].rnn
     w_ih, w_hh = model.model.layers[0]._decode_copies.matrices
     for copy_, param in ((w_ih, rnn.weight_ih_l0), (w_hh, rnn.weight_hh_l0)):
-        assert copy_.shape == param.shape and torch.equal(copy_, param)
-        assert copy_.t().is_contiguous() and copy_.data_ptr() != param.data_ptr()
+        assert copy_.shape == (1, param.shape[1], param.shape[0]) and copy_.is_contiguous()  # W^T, one block
+        assert torch.equal(copy_[0], param.t()) and copy_.data_ptr() != param.data_ptr()
     (w_out,) = model._decode_copies.matrices
-    assert torch.equal(w_out, model.lm_head.weight) and w_out.t().is_contiguous()
+    assert torch.equal(w_out[0], model.lm_head.weight.t()) and w_out.is_contiguous()
 
 
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("n", [2, 3])
-def test_on_several_threads_the_output_layer_is_read_in_column_blocks(n, batch):
+def test_on_several_threads_the_copies_are_cut_into_a_column_block_per_thread(n, batch):
     # vocab 40 in 3 blocks: 14 + 14 + 12, the last padded with zeros that never reach the logits
     model = make(embedding_size=20)
     ids = ids_for(model, batch=batch)
     with threads(n):
         fast = decode(model, ids)
-        blocks, w_out = model._decode_copies.matrices
+        projection, w_out = model._decode_copies.matrices
         assert w_out.shape == (n, 20, -(-40 // n)) and w_out.is_contiguous()
-        restored = w_out.transpose(1, 2).reshape(-1, 20)
-        assert torch.equal(restored[:40], model.lm_head.weight) and not restored[40:].any()
-        assert blocks.shape == (n, 32, -(-20 // n))  # the projection too
+        assert torch.equal(restored(w_out, 40), model.lm_head.weight)
+        assert not w_out.transpose(1, 2).reshape(-1, 20)[40:].any()
+        assert projection.shape == (n, 32, -(-20 // n))  # the projection too
+        w_ih, w_hh = model.model.layers[1]._decode_copies.matrices  # and the recurrent matrices
+        assert w_hh.shape == (n, 32, -(-128 // n))
+        assert torch.equal(restored(w_hh, 128), model.model.layers[1].rnn.weight_hh_l0)
         plain = decode(twin(model, decode_cache_weights=False), ids)
         assert fast.shape == plain.shape and (fast - plain).abs().max() < TOLERANCE
-    with threads(1):  # the thread count changed: column-major again
+    with threads(1):  # the thread count changed: one block again
         assert (decode(model, ids) - plain).abs().max() < TOLERANCE
-        assert model._decode_copies.matrices[1].shape == (40, 20)
+        assert model._decode_copies.matrices[1].shape == (1, 20, 40)
 
 
 def test_peephole_keeps_its_reference_path():
@@ -187,7 +195,7 @@ def test_resize_token_embeddings_rebuilds_the_copies():
     ids[0, -1] = 56  # a new token id
     with threads(1):
         fast = decode(model, ids)
-    assert fast.shape[-1] == 57 and model._decode_copies.matrices[0].shape == (57, 32)
+    assert fast.shape[-1] == 57 and model._decode_copies.matrices[0].shape == (1, 32, 57)
     assert (fast - decode(twin(model, decode_cache_weights=False), ids)).abs().max() < TOLERANCE
 
 

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from ..modeling_hf_lstm import _column_blocks
+from ..modeling_hf_lstm import _column_blocks, _row_product
 from ..timing import StepClock
 
 
@@ -167,11 +167,12 @@ def _layouts() -> dict:
     layouts = {
         "row-major": (lambda w: w.contiguous(), torch.mv),  # (out, in): how torch stores a parameter
         "column-major": (lambda w: w.t().contiguous().t(), torch.mv),  # (in, out): the model's decode copies
-        # one column block per thread, one batched product (the model's output layer on several threads);
-        # at one thread this is the column-major layout again
-        "column-blocks": (
-            lambda w: _column_blocks(w, torch.get_num_threads()),
-            lambda blocks, x: torch.matmul(x.unsqueeze(0), blocks).reshape(-1),
+        # W^T's rows summed weighted by x (embedding_bag): the model's batch-1 step
+        "weighted-rows": (lambda w: w.t().contiguous(), lambda rows, x: _row_product(x, rows)),
+        # the same over one column block per thread, side by side (the model's output layer on several)
+        "weighted-rows-per-thread": (
+            lambda w: _column_blocks(w, torch.get_num_threads()).flatten(0, 1),
+            lambda stacked, x: _row_product(x, stacked, torch.get_num_threads()),
         ),
     }
     try:  # a private op of x86 builds: measured where it exists, left out where it does not
@@ -198,8 +199,8 @@ def layout_seconds(weights: list[torch.Tensor], tokens: int) -> dict[str, list[f
     seconds = {}
     with torch.no_grad():
         for name, (store, product) in LAYOUTS.items():
-            if name == "column-blocks" and torch.get_num_threads() == 1:
-                continue  # one block: the column-major layout again
+            if name == "weighted-rows-per-thread" and torch.get_num_threads() == 1:
+                continue  # one block: the weighted-rows layout again
             stored = [store(w.detach()) for w in weights]
             vectors = [torch.randn(w.shape[1], dtype=w.dtype) for w in weights]
             times: list[list[float]] = [[] for _ in stored]
