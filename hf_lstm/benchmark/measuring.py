@@ -171,8 +171,10 @@ def _layouts() -> dict:
         "weighted-rows": (lambda w: w.t().contiguous(), lambda rows, x: _row_product(x, rows)),
         # the same over one column block per thread, side by side (the model's output layer on several)
         "weighted-rows-per-thread": (
-            lambda w: _column_blocks(w, torch.get_num_threads()).flatten(0, 1),
-            lambda stacked, x: _row_product(x, stacked, torch.get_num_threads()),
+            lambda w: (_column_blocks(w, torch.get_num_threads()), w.shape[0]),
+            lambda stored, x: _row_product(x, stored[0].flatten(0, 1), stored[0].shape[0]).reshape(-1)[
+                : stored[1]
+            ],
         ),
     }
     try:  # a private op of x86 builds: measured where it exists, left out where it does not
@@ -189,6 +191,12 @@ LAYOUTS = _layouts()
 with `store(w)` the stored matrix (the same values) and `product(stored, x)` its product with a vector."""
 
 
+def layouts_now() -> list[str]:
+    """The names of `LAYOUTS` worth measuring at torch's thread count now: one block per thread on one thread
+    is the weighted-rows layout again."""
+    return [name for name in LAYOUTS if name != "weighted-rows-per-thread" or torch.get_num_threads() > 1]
+
+
 def layout_seconds(weights: list[torch.Tensor], tokens: int) -> dict[str, list[float]]:
     """Seconds of each matrix's matrix-vector product in each of `LAYOUTS`.
 
@@ -199,8 +207,8 @@ def layout_seconds(weights: list[torch.Tensor], tokens: int) -> dict[str, list[f
     seconds = {}
     with torch.no_grad():
         for name, (store, product) in LAYOUTS.items():
-            if name == "weighted-rows-per-thread" and torch.get_num_threads() == 1:
-                continue  # one block: the weighted-rows layout again
+            if name not in layouts_now():
+                continue
             stored = [store(w.detach()) for w in weights]
             vectors = [torch.randn(w.shape[1], dtype=w.dtype) for w in weights]
             times: list[list[float]] = [[] for _ in stored]
