@@ -304,7 +304,9 @@ def _linear_from_copy(x: torch.Tensor, copy: torch.Tensor, bias, out_features: i
         y = rows @ copy[0]
     else:
         y = torch.matmul(rows, copy).transpose(0, 1).reshape(rows.shape[0], -1)
-    y = y[:, :out_features].reshape(*x.shape[:-1], out_features)
+    if y.shape[1] != out_features:
+        y = y[:, :out_features]  # the last block's padding
+    y = y.reshape(*x.shape[:-1], out_features)
     return y if bias is None else y + bias
 
 
@@ -367,7 +369,7 @@ def _row_product(x: torch.Tensor, rows: torch.Tensor, bags: int = 1) -> torch.Te
     summation: results agree to rounding."""
     k = x.numel()
     index, offsets = _bag_index(k, bags, x.device)
-    weights = x.reshape(k) if bags == 1 else x.reshape(k).repeat(bags)
+    weights = x.reshape(k) if bags == 1 else x.reshape(1, k).expand(bags, k).reshape(-1)
     return F.embedding_bag(index, rows, offsets, mode="sum", per_sample_weights=weights)
 
 
