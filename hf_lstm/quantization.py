@@ -15,12 +15,12 @@ per token). The quantised layers run the step-by-step recurrence (torch's fused 
 variant that reads our parameter layout), so prefill of long prompts is slower than the float fused kernel;
 decoding is faster. `hf-lstm bench` reports both effects and the perplexity change on Penn Treebank.
 
-Speed, against the float32 step as it now runs (reading its decode-time copies, `LSTMConfig.
-decode_cache_weights`): int8 decodes the 10k-vocabulary 2x512 reference model about 3x faster at batch 1
-(docs/PERFORMANCE.md, "int8"). Decode with one thread (`torch.set_num_threads(1)`, or `OMP_NUM_THREADS=1`):
-a one-row product gains little from a second thread (8% on a quiet 2-core machine), while on a machine
-shared with other work every op that uses two threads (FBGEMM's int8 product, `torch.tanh`) waits at its
-barrier for a busy core: 2,047 tok/s at one thread against 89 at two in the same contended run.
+Speed, against the float32 step as it now runs (reading its decode-time copies as weighted row sums,
+`LSTMConfig.decode_cache_weights`): int8 decodes the 10k-vocabulary 2x512 reference model about 2x faster at
+batch 1 with one thread and 1.2x with two (docs/PERFORMANCE.md, "int8"). On a quiet machine two threads are
+about 7% faster than one for int8; on a machine shared with other work every op that uses two threads
+(FBGEMM's int8 product, `torch.tanh`) waits at its barrier for a busy core: 2,047 tok/s at one thread against
+89 at two in one contended run. So: one thread on a shared machine.
 
 This module is not imported by the modeling file: a saved model folder stays free of it.
 """
