@@ -343,8 +343,9 @@ class InputProductRows:
 
     def product(self, token: int, sources: tuple[torch.Tensor, ...], compute) -> torch.Tensor:
         """The kept product for `token`, or `compute()`'s, kept. `sources` are the tensors the row depends on
-        (the embedding matrix and the parameters W_ih and b_ih): a change in any of them drops every row."""
-        stamps = _stamps(sources)
+        (the embedding matrix and the parameters W_ih and b_ih): a change in any of them, or in the thread
+        count (which decides how the copies are cut), drops every row."""
+        stamps = (torch.get_num_threads(), *_stamps(sources))
         if stamps != self.stamps:
             self.rows, self.stamps = {}, stamps
         row = self.rows.pop(token, None)  # taken out and put back last: the dict is kept in order of use
