@@ -167,9 +167,9 @@ def _layouts() -> dict:
     layouts = {
         "row-major": (lambda w: w.contiguous(), torch.mv),  # (out, in): how torch stores a parameter
         "column-major": (lambda w: w.t().contiguous().t(), torch.mv),  # (in, out): the model's decode copies
-        # W^T's rows summed weighted by x (embedding_bag): the model's batch-1 step
+        # W^T's rows summed weighted by x (embedding_bag): the model's batch-1 step on one thread
         "weighted-rows": (lambda w: w.t().contiguous(), lambda rows, x: _row_product(x, rows)),
-        # the same over one column block per thread, side by side (the model's output layer on several)
+        # the same over one column block per thread, side by side: the model's batch-1 step on several
         "weighted-rows-per-thread": (
             lambda w: (_column_blocks(w, torch.get_num_threads()), w.shape[0]),
             lambda stored, x: _row_product(x, stored[0].flatten(0, 1), stored[0].shape[0]).reshape(-1)[

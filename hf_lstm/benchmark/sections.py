@@ -32,9 +32,10 @@ from .measuring import (
 def step_weights(model) -> list[torch.Tensor]:
     """The matrices a batch-1 decoding step multiplies by: every matrix (`matmul_weights`) but the first
     layer's `weight_ih` when the model keeps that product per token (`InputProductRows`, on with
-    `decode_cache_weights`), whose step reads it only for a token it has not read before."""
+    `decode_cache_weights` for the cells with a decoding step), whose step reads it only for a token it has
+    not read before."""
     weights = matmul_weights(model)
-    if model.config.decode_cache_weights:
+    if model.config.decode_cache_weights and model.config.cell_type in ("lstm", "gru", "rnn"):
         first = model.model.layers[0].rnn.weight_ih_l0
         weights = [w for w in weights if w.data_ptr() != first.data_ptr()]
     return weights
