@@ -1452,8 +1452,10 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         )
         matrices = tuple(m.weight for m in layers) if enabled else ()
         if _reads_copies(enabled, self, matrices):
-            for layer, weight in zip(layers, self._decode_copies.of(*matrices)):
-                hidden = _linear_from_copy(hidden, weight, layer.bias, layer.out_features)
+            for layer, matrix, copy in zip(layers, matrices, self._decode_copies.of(*matrices)):
+                # the parameter's shape, not `out_features`: transformers 5.0's `resize_token_embeddings`
+                # resizes the output layer's weight and bias and leaves that attribute as it was
+                hidden = _linear_from_copy(hidden, copy, layer.bias, matrix.shape[0])
             return hidden
         if not self.config.decode_cache_weights:
             self._decode_copies.clear()  # turned off: free their memory
