@@ -38,7 +38,7 @@ from .configuration_hf_lstm import LSTMConfig
 # Everything this file needs from transformers, in one place. A saved folder carries this file, so a future
 # transformers that moves one of these names must fail here with a message that says what to do, not later
 # with a TypeError deep inside generate().
-_WRITTEN_FOR = "transformers 5.0 to 5.24"
+_WRITTEN_FOR = "transformers 5.0 to 5.25"
 _WHAT_TO_DO = (
     "Re-save the folder with a newer hf_lstm installed (import hf_lstm; "
     "AutoModelForCausalLM.from_pretrained(folder).save_pretrained(folder)), or install a transformers this "
@@ -70,15 +70,13 @@ output classes store the state under this one (5.24 renames the other inside eve
 # ----------------------------------------------------------------------------------------------------------
 
 
-def lstm_cell(gx, h, c, w_hh, b_hh, peephole=None, gh=None):
+def lstm_cell(gx, h, c, w_hh, b_hh, peephole=None):
     """One LSTM step. Returns (h_t, C_t, gates) with gates = (f_t, i_t, o_t, C~_t).
 
     `peephole`, if given, is a (3, H) tensor of diagonal weights (p_i, p_f, p_o): the input and forget gates
-    also look at C_{t-1}, the output gate at C_t (Gers & Schmidhuber 2000). `gh`, if given, is the recurrent
-    product h_{t-1} W_hh^T + b_hh already computed (in all three cells: the batch-1 decoding step computes
-    it its own way, `_row_product`).
+    also look at C_{t-1}, the output gate at C_t (Gers & Schmidhuber 2000).
     """
-    i, f, g, o = (gx + (F.linear(h, w_hh, b_hh) if gh is None else gh)).chunk(4, dim=-1)
+    i, f, g, o = (gx + F.linear(h, w_hh, b_hh)).chunk(4, dim=-1)
     if peephole is not None:
         i = i + peephole[0] * c
         f = f + peephole[1] * c
@@ -90,20 +88,57 @@ def lstm_cell(gx, h, c, w_hh, b_hh, peephole=None, gh=None):
     return o * torch.tanh(c), c, (f, i, o, g)
 
 
-def gru_cell(gx, h, w_hh, b_hh, gh=None):
+def gru_cell(gx, h, w_hh, b_hh):
     """One GRU step in torch.nn.GRU's (and cuDNN's) convention: the reset gate multiplies the recurrent
     product, n_t = tanh(x W_in + b_in + r_t * (h W_hn + b_hn)). Returns (h_t, (z_t, r_t, n_t))."""
     x_r, x_z, x_n = gx.chunk(3, dim=-1)
-    h_r, h_z, h_n = (F.linear(h, w_hh, b_hh) if gh is None else gh).chunk(3, dim=-1)
+    h_r, h_z, h_n = F.linear(h, w_hh, b_hh).chunk(3, dim=-1)
     r = torch.sigmoid(x_r + h_r)
     z = torch.sigmoid(x_z + h_z)
     n = torch.tanh(x_n + r * h_n)
     return (1 - z) * n + z * h, (z, r, n)
 
 
-def rnn_cell(gx, h, w_hh, b_hh, gh=None):
+def rnn_cell(gx, h, w_hh, b_hh):
     """One vanilla RNN step: h_t = tanh(z_t W + b)."""
-    return torch.tanh(gx + (F.linear(h, w_hh, b_hh) if gh is None else gh))
+    return torch.tanh(gx + F.linear(h, w_hh, b_hh))
+
+
+# The same three cells for a decoding step, from products a step has already computed (`_copy_product`): the
+# same equations in fewer tensor operations, since at one token each operation's fixed cost is most of its
+# time. `lstm_cell`, `gru_cell` and `rnn_cell` above stay the readable definitions, and the reference path.
+
+
+def _lstm_update(gates, c):
+    """h_t, C_t from the pre-activations z = x W_ih^T + b_ih + h W_hh^T + b_hh (gate order i, f, g, o)."""
+    width = c.shape[-1]
+    i, f, _, o = torch.sigmoid(gates).chunk(4, dim=-1)  # one sigmoid over all four (g's is unused)
+    c = torch.addcmul(f * c, i, torch.tanh(gates[:, 2 * width : 3 * width]))  # f * C + i * C~
+    return o * torch.tanh(c), c
+
+
+def _gru_update(gx, gh, h):
+    """h_t from the input product gx and the recurrent product gh (gate order r, z, n)."""
+    width = h.shape[-1]
+    r, z = torch.sigmoid(gx[:, : 2 * width] + gh[:, : 2 * width]).chunk(2, dim=-1)
+    n = torch.tanh(torch.addcmul(gx[:, 2 * width :], r, gh[:, 2 * width :]))
+    return torch.lerp(n, h, z)  # (1 - z) * n + z * h
+
+
+def _input_product(copy: torch.Tensor, x: torch.Tensor, width: int) -> torch.Tensor:
+    """x W_ih^T + b_ih from a recurrent layer's decode-time copy [W_ih | b_ih | W_hh | b_hh]."""
+    return _copy_product(torch.cat((x, _ones(x.shape[0], x.dtype, x.device)), 1), copy, 0, width)
+
+
+def _cell_update(cell_type: str, state: tuple, gates=None, gx=None, gh=None) -> tuple:
+    """One recurrent layer's new state from the products a decoding step computed: the gates'
+    pre-activations `gates` (one product of [x, 1, h, 1] with the layer's whole copy), or the input and
+    recurrent products `gx` and `gh` apart (a GRU's reset gate needs them apart)."""
+    if cell_type == "gru":
+        return (_gru_update(gx, gh, state[0]),)
+    if gates is None:
+        gates = gx + gh
+    return _lstm_update(gates, state[1]) if cell_type == "lstm" else (torch.tanh(gates),)
 
 
 GATE_NAMES = {
@@ -243,11 +278,11 @@ class ColumnMajorCopies:
 
     Why: at batch 1 a decoding step multiplies one vector by every matrix once, so its time is the time to
     read the matrices from memory, and how fast a product streams a matrix depends on how it is stored. A
-    copy of W (out, in) here is W^T (in, out) stored contiguous, cut into as many column blocks as torch has
-    threads (`_column_blocks`; one block on one thread). A batch-1 step sums its rows weighted by the input
-    (`_row_product`: ~3x faster than `F.linear` on the parameter as torch stores it, on the CPU measured),
-    each thread one block; larger batches multiply it with one matrix product (`_linear_from_copy`).
-    Results agree with the parameters' up to rounding (the products sum in another order; see
+    copy of W (out, in) here is W^T (in, out) stored contiguous, with the bias as one more row, cut into as
+    many column blocks as torch has threads (`_column_blocks`; one block on one thread). A batch-1 step sums
+    its rows weighted by the input (`_copy_product`: ~3x faster than `F.linear` on the parameter as torch
+    stores it, on the CPU measured), each thread one block; larger batches multiply it with one matrix
+    product. Results agree with the parameters' up to rounding (the products sum in another order; see
     docs/PERFORMANCE.md, 1c-1d).
 
     The copies are a plain attribute of the module that owns the parameters, never a parameter or a buffer:
@@ -271,43 +306,103 @@ class ColumnMajorCopies:
     def __setstate__(self, state: dict) -> None:
         self.clear()
 
-    def of(self, *matrices: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The copies of `matrices` ((blocks, in, ceil(out / blocks)) each), made now if any of them or the
-        thread count changed since the last call."""
+    def of(self, *groups: tuple[torch.Tensor | None, ...]) -> tuple[torch.Tensor, ...]:
+        """One copy per group of tensors, made now if any of them or the thread count changed since the last
+        call. A group is a matrix and the tensors its product adds to it: (W, b) for a linear layer,
+        (W_ih, b_ih, W_hh, b_hh) for a recurrent layer (a None bias left out); its copy stacks them column by
+        column, [W_ih | b_ih | W_hh | b_hh] (out, in), and stores that as `_column_blocks` of its transpose
+        ((blocks, in, ceil(out / blocks))), so that one product (`_copy_product`) adds the biases too."""
         blocks = torch.get_num_threads()
-        stamps = (blocks, *_stamps(matrices))
+        tensors = [t for group in groups for t in group if t is not None]
+        stamps = (blocks, *_stamps(tensors))
         if stamps != self.stamps:
             self.clear()  # free the stale copies first: never more than one extra copy of the weights
             with torch.no_grad():
-                self.matrices = tuple(_column_blocks(w.detach(), blocks) for w in matrices)
+                self.matrices = tuple(_column_blocks(_side_by_side(group), blocks) for group in groups)
             self.stamps = stamps
         return self.matrices
 
 
+def _side_by_side(group: tuple[torch.Tensor | None, ...]) -> torch.Tensor:
+    """Matrices (out, k) and bias vectors (out,) of one product, as one (out, sum of k) matrix."""
+    return torch.cat([t.detach() if t.dim() == 2 else t.detach()[:, None] for t in group if t is not None], 1)
+
+
 def _column_blocks(w: torch.Tensor, blocks: int) -> torch.Tensor:
     """`w` (out, in) as `blocks` column blocks of W^T stacked, (blocks, in, ceil(out / blocks)), the last one
-    padded with zero columns: torch computes the blocks' products (`_row_product` at batch 1, one batched
-    product above) on its threads side by side, where one product over the whole matrix would use one
-    thread (docs/PERFORMANCE.md, 1d)."""
+    padded with zero columns: torch computes the blocks' products (`_copy_product`) on its threads side by
+    side, where one product over the whole matrix would use one thread (docs/PERFORMANCE.md, 1d)."""
     width = -(-w.shape[0] // blocks)
     padded = F.pad(w, (0, 0, 0, blocks * width - w.shape[0]))
     return padded.reshape(blocks, width, w.shape[1]).transpose(1, 2).contiguous()
 
 
-def _linear_from_copy(x: torch.Tensor, copy: torch.Tensor, bias, out_features: int) -> torch.Tensor:
-    """`F.linear(x, W, bias)` computed from W's decode-time copy (`ColumnMajorCopies`): for one row of x as a
-    weighted sum of rows (`_row_product`, a block per thread), for several with one matrix product."""
-    blocks, rows = copy.shape[0], x.reshape(-1, x.shape[-1])
+def _copy_product(rows: torch.Tensor, copy: torch.Tensor, start: int, out_features: int) -> torch.Tensor:
+    """`rows` (batch, k) times the rows start .. start + k - 1 of a decode-time copy (`ColumnMajorCopies`),
+    the first `out_features` columns: `F.linear` from the copy, a bias included as a row that `rows` meets
+    with a column of ones (`_ones`).
+
+    At batch 1 the product is the sum of the copy's rows weighted by the vector's entries, torch's
+    `embedding_bag` (mode "sum", `per_sample_weights`), one bag per column block, so on several threads the
+    blocks are summed side by side. Why not `x @ W^T`: at batch 1 a product reads each weight once for one
+    multiply-add, so its time is the time to stream the matrix, and on the CPUs measured `embedding_bag`
+    streams rows about as fast as the memory delivers them (45 GB/s on this machine, one thread), the BLAS
+    matrix-vector product `x @ W^T` calls at ~30 GB/s (docs/PERFORMANCE.md, 1d). Above batch 1, one (batched)
+    matrix product. Same numbers, other order of summation: results agree with `F.linear`'s to rounding."""
     if rows.shape[0] == 1:
-        y = _row_product(rows, copy.flatten(0, 1), blocks).reshape(1, -1)
-    elif blocks == 1:
-        y = rows @ copy[0]
+        return _bag_product(rows, *_bag_arguments(copy, start, rows.shape[1], out_features))
+    blocks, k = copy.shape[0], rows.shape[1]
+    if blocks == 1:
+        y = rows @ copy[0, start : start + k]
     else:
-        y = torch.matmul(rows, copy).transpose(0, 1).reshape(rows.shape[0], -1)
-    if y.shape[1] != out_features:
-        y = y[:, :out_features]  # the last block's padding
-    y = y.reshape(*x.shape[:-1], out_features)
-    return y if bias is None else y + bias
+        y = torch.matmul(rows, copy[:, start : start + k]).transpose(0, 1).reshape(rows.shape[0], -1)
+    return y if y.shape[1] == out_features else y[:, :out_features]  # the last block's padding
+
+
+def _bag_arguments(copy: torch.Tensor, start: int, k: int, out_features: int) -> tuple:
+    """What `_bag_product` needs besides the vector, for the rows start .. start + k - 1 of `copy`: worked
+    out once per step by `_copy_product`, once per `OneTokenPlan` by the batch-1 step."""
+    blocks, height, width = copy.shape
+    index, offsets = _bag_index(start, k, height, blocks, copy.device)
+    return copy.view(blocks * height, width), index, offsets, blocks, out_features
+
+
+def _bag_product(rows, flat, index, offsets, blocks: int, out_features: int) -> torch.Tensor:
+    """`_copy_product` at batch 1: one bag of rows per column block, each row weighted by its entry of the
+    vector `rows` (1, k)."""
+    k = rows.shape[1]
+    weights = rows.view(k) if blocks == 1 else rows.expand(blocks, k).reshape(blocks * k)
+    # `torch.embedding_bag` is what `F.embedding_bag` calls after checking its arguments (in this order:
+    # weight, indices, offsets, scale_grad_by_freq, mode 0 = "sum", sparse, per_sample_weights)
+    y = torch.embedding_bag(flat, index, offsets, False, 0, False, weights)[0].view(1, -1)
+    return y if y.shape[1] == out_features else y[:, :out_features]  # the last block's padding
+
+
+def _bag_index(start: int, k: int, height: int, blocks: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_copy_product`'s indices (the rows start .. start + k - 1 of every block of `height` rows, in order)
+    and offsets (where each block's bag starts), made once per shape and device."""
+    key = (start, k, height, blocks, device)
+    if key not in _BAG_INDEX:
+        with torch.inference_mode(False), torch.no_grad():
+            first = torch.arange(blocks, device=device)
+            index = (first[:, None] * height + torch.arange(start, start + k, device=device)).reshape(-1)
+            _BAG_INDEX[key] = (index, first * k)
+    return _BAG_INDEX[key]
+
+
+_BAG_INDEX: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _ones(batch: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """A (batch, 1) column of ones: what a product meets a copy's bias row with (`_copy_product`)."""
+    key = (batch, dtype, device)
+    if key not in _ONES:
+        with torch.inference_mode(False), torch.no_grad():
+            _ONES[key] = torch.ones(batch, 1, dtype=dtype, device=device)
+    return _ONES[key]
+
+
+_ONES: dict[tuple, torch.Tensor] = {}
 
 
 class InputProductRows:
@@ -322,9 +417,9 @@ class InputProductRows:
 
     Memory: one row of `gate_width` numbers per token kept (8 KB for the reference model's 4 x 512 LSTM gates
     in float32), at most `max_rows` tokens, the least recently read dropped first: 32 MB at most for the
-    reference model. All rows are dropped when the embedding, W_ih or b_ih changes (the stamps
-    `ColumnMajorCopies` uses), with `.to()`, `train()` and `eval()`; `decode_cache_weights=False` turns them
-    off with the copies.
+    reference model. All rows are dropped whenever `OneTokenPlan` is made again (any weight the step reads
+    or the thread count changed), with `.to()`, `train()` and `eval()`; `decode_cache_weights=False` turns
+    them off with the copies.
     """
 
     max_rows = 4096
@@ -333,7 +428,7 @@ class InputProductRows:
         self.clear()
 
     def clear(self) -> None:
-        self.stamps, self.rows = None, {}
+        self.rows = {}
 
     def __getstate__(self) -> dict:
         return {}
@@ -341,13 +436,9 @@ class InputProductRows:
     def __setstate__(self, state: dict) -> None:
         self.clear()
 
-    def product(self, token: int, sources: tuple[torch.Tensor, ...], compute) -> torch.Tensor:
-        """The kept product for `token`, or `compute()`'s, kept. `sources` are the tensors the row depends on
-        (the embedding matrix and the parameters W_ih and b_ih): a change in any of them, or in the thread
-        count (which decides how the copies are cut), drops every row."""
-        stamps = (torch.get_num_threads(), *_stamps(sources))
-        if stamps != self.stamps:
-            self.rows, self.stamps = {}, stamps
+    def product(self, token: int, compute) -> torch.Tensor:
+        """The kept product for `token`, or `compute()`'s, kept. Its owner (`OneTokenPlan`) clears the rows
+        when what they were computed from changes."""
         row = self.rows.pop(token, None)  # taken out and put back last: the dict is kept in order of use
         if row is None:
             row = compute()
@@ -357,40 +448,53 @@ class InputProductRows:
         return row
 
 
-def _row_product(x: torch.Tensor, rows: torch.Tensor, bags: int = 1) -> torch.Tensor:
-    """x M for one vector x (its `k` numbers) and M (k, n) = `rows` stored row-major, computed as the sum of
-    M's rows weighted by x's entries: torch's `embedding_bag` (mode "sum", `per_sample_weights`). With
-    `bags` > 1, `rows` is that many (k, n) blocks stacked, (bags * k, n), and the result (bags, n) holds each
-    block's product, which torch computes on its threads side by side.
-
-    Why not `x @ M`: at batch 1 a product reads each weight once and does one multiply-add with it, so its
-    time is the time to stream the matrix. On the CPUs measured, `embedding_bag`'s kernel streams rows about
-    as fast as the memory delivers them (45 GB/s on this machine, one thread), and the BLAS matrix-vector
-    product torch calls for `x @ M` at ~30 GB/s (docs/PERFORMANCE.md, 1d). Same numbers, other order of
-    summation: results agree to rounding."""
-    k = x.numel()
-    index, offsets = _bag_index(k, bags, x.device)
-    weights = x.reshape(k) if bags == 1 else x.reshape(1, k).expand(bags, k).reshape(-1)
-    return F.embedding_bag(index, rows, offsets, mode="sum", per_sample_weights=weights)
-
-
-def _bag_index(k: int, bags: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """`_row_product`'s indices (every row of every block, in order) and offsets (where each block starts),
-    made once per shape and device."""
-    key = (k, bags, device)
-    if key not in _BAG_INDEX:
-        with torch.inference_mode(False), torch.no_grad():
-            _BAG_INDEX[key] = (torch.arange(bags * k, device=device), torch.arange(bags, device=device) * k)
-    return _BAG_INDEX[key]
-
-
-_BAG_INDEX: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-
-
 def _stamps(tensors) -> tuple:
     """What identifies the values of `tensors` without reading them: each one's identity, storage, version
     counter (bumped by every in-place change: optimizer steps, `load_state_dict`), dtype, device and shape."""
     return tuple((id(w), w.data_ptr(), w._version, w.dtype, w.device, w.shape) for w in tensors)
+
+
+class OneTokenPlan:
+    """What the batch-1 decoding step on a CPU reads (`LSTMForCausalLM._one_token`), worked out once and
+    checked at every token: each layer's decode-time copy (`ColumnMajorCopies`), whether the layer fuses its
+    two products, its gate width, and the output layers' copies.
+
+    Made again when any weight the step reads, torch's thread count or `decode_cache_weights` changes (the
+    stamps `ColumnMajorCopies` uses, taken of every weight at once rather than matrix by matrix); the first
+    layer's kept input products (`InputProductRows`) are dropped then. `layers` is None when the step does
+    not read copies (they are off, or a weight is an inference tensor): the ordinary decoding step runs.
+    """
+
+    def __init__(self):
+        self.clear()
+
+    def clear(self) -> None:
+        self.key, self.layers, self.outputs = None, None, None
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.clear()
+
+    def ready(self, model) -> bool:
+        """Whether `model`'s one-token step at batch 1 reads copies; made again first if anything changed."""
+        key = (torch.get_num_threads(), model.config.decode_cache_weights, *_stamps(model._step_weights()))
+        if key != self.key:
+            self.clear()
+            model.model.layers[0]._input_rows.clear()
+            self.layers, self.outputs = model._one_token_copies()
+            self.key = key
+        return self.layers is not None
+
+
+def _through_copies(hidden: torch.Tensor, outputs: list[tuple]) -> torch.Tensor:
+    """Logits (batch, vocab) from the last layer's h_t (batch, width) and the output layers' decode-time
+    copies [W | b] (`outputs`: (copy, has a bias, output width) per layer, the projection first)."""
+    one = _ones(hidden.shape[0], hidden.dtype, hidden.device)
+    for copy, has_bias, width in outputs:
+        hidden = _copy_product(torch.cat((hidden, one), 1) if has_bias else hidden, copy, 0, width)
+    return hidden
 
 
 def _plain_linear(module: nn.Module) -> bool:
@@ -733,16 +837,20 @@ class LSTMRecurrentLayer(nn.Module):
         return self.training and self.weight_dropout > 0
 
     # -- decoding: one token, one call -------------------------------------------------------------------
-    def _decode_step(self, x, state, decode_cache_weights=False, token=None, embedding=None):
+    def _decode_step(self, x, state, decode_cache_weights=False):
         """One token, no padding: from x (batch, input_size) and the state, a tuple of (batch, H) tensors
         ((h, C) or (h,)), to the new state.
 
         Decoding is bound by reading the weights once per token, so in eval mode without gradients the step
-        reads decode-time copies of `weight_ih` and `weight_hh` (`ColumnMajorCopies`: the same matrices in
-        the layout read fastest, `_linear_from_copy`), takes the input product kept for `token` when given
-        one (batch 1: x is then that token's row of the matrix `embedding`; `InputProductRows`), and applies
-        the cell equations above to the two products. Otherwise torch's single-step cell (`torch.lstm_cell`,
-        `torch.gru_cell`, `torch.rnn_tanh_cell`: the same equations in one call) reads the parameters."""
+        reads a decode-time copy of the layer's matrices and biases (`ColumnMajorCopies`: [W_ih | b_ih |
+        W_hh | b_hh] in the layout read fastest, `_copy_product`) and applies the cell's equations to the
+        products (`_cell_update`). An LSTM or RNN layer above the first computes its
+        gates' pre-activations as one product of [x, 1, h, 1] with the whole copy. The first layer, whose
+        input is a token's embedding, computes its input product apart (the batch-1 step keeps it per token,
+        `InputProductRows`); a GRU layer needs the two products apart for its reset gate. Otherwise torch's
+        single-step cell
+        (`torch.lstm_cell`, `torch.gru_cell`, `torch.rnn_tanh_cell`: the same equations in one call) reads
+        the parameters."""
         rnn = self.rnn
         w_ih, w_hh, b_ih, b_hh = rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0
         if not _reads_copies(decode_cache_weights, self, (w_ih, w_hh)):
@@ -753,22 +861,20 @@ class LSTMRecurrentLayer(nn.Module):
             if self.has_cell_state:
                 return cell(x, state, w_ih, w_hh, b_ih, b_hh)
             return (cell(x, state[0], w_ih, w_hh, b_ih, b_hh),)
-        copy_ih, copy_hh = self._decode_copies.of(w_ih, w_hh)
-        width, h = w_ih.shape[0], state[0]
+        (copy,) = self._decode_copies.of((w_ih, b_ih, w_hh, b_hh))
+        h, width, one = state[0], w_ih.shape[0], _ones(x.shape[0], x.dtype, x.device)
+        if self.fuses_products:
+            gates = _copy_product(torch.cat((x, one, h, one), 1), copy, 0, width)
+            return _cell_update(self.cell_type, state, gates=gates)
+        gh = _copy_product(torch.cat((h, one), 1), copy, x.shape[1] + 1, width)
+        return _cell_update(self.cell_type, state, gx=_input_product(copy, x, width), gh=gh)
 
-        def input_product():
-            return _linear_from_copy(x, copy_ih, b_ih, width)
-
-        if token is None:
-            gx = input_product()
-        else:
-            gx = self._input_rows.product(token, (embedding, w_ih, b_ih), input_product)
-        gh = _linear_from_copy(h, copy_hh, b_hh, width)
-        if self.cell_type == "lstm":
-            return lstm_cell(gx, h, state[1], None, None, gh=gh)[:2]
-        if self.cell_type == "gru":
-            return (gru_cell(gx, h, None, None, gh=gh)[0],)
-        return (rnn_cell(gx, h, None, None, gh=gh),)
+    @property
+    def fuses_products(self) -> bool:
+        """Whether a decoding step computes the input and recurrent products as one (`_cell_update`): in LSTM
+        and RNN layers above the first. The first keeps its input product per token; a GRU's reset gate
+        needs the two apart (`_cell_update`)."""
+        return self.layer_idx > 0 and self.cell_type != "gru"
 
     # -- fused: torch's kernel --------------------------------------------------------------------------
     def _run_fused(self, x, lengths, state, params, output_gates):
@@ -1022,7 +1128,7 @@ class LSTMPreTrainedModel(PreTrainedModel):
         of every module; the next one-token step rebuilds what it needs. `train()`, `eval()` and `.to()` call
         it."""
         for module in self.modules():
-            for name in ("_decode_copies", "_input_rows", "_decode_graph"):
+            for name in ("_decode_copies", "_input_rows", "_decode_graph", "_one_token_plan"):
                 held = module.__dict__.get(name)
                 if held is not None:
                     held.clear()
@@ -1389,6 +1495,7 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.embedding_size, config.vocab_size, bias=True)
         self._decode_copies = ColumnMajorCopies()  # of the output matrices; a plain attribute, not saved
         self._decode_graph = GraphedDecodeStep()  # the one-token step on a CUDA device; not saved either
+        self._one_token_plan = OneTokenPlan()  # what the batch-1 step on a CPU reads; not saved either
         self.post_init()
 
     def get_output_embeddings(self):
@@ -1452,16 +1559,21 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         )
         matrices = tuple(m.weight for m in layers) if enabled else ()
         if _reads_copies(enabled, self, matrices):
-            for layer, matrix, copy in zip(layers, matrices, self._decode_copies.of(*matrices)):
-                # the parameter's shape, not `out_features`: transformers 5.0's `resize_token_embeddings`
-                # resizes the output layer's weight and bias and leaves that attribute as it was
-                hidden = _linear_from_copy(hidden, copy, layer.bias, matrix.shape[0])
-            return hidden
+            return _through_copies(
+                hidden.reshape(hidden.shape[0], -1), self._output_copies(layers)
+            ).unsqueeze(1)
         if not self.config.decode_cache_weights:
             self._decode_copies.clear()  # turned off: free their memory
         for layer in layers:
             hidden = layer(hidden)
         return hidden
+
+    def _output_copies(self, layers: list[nn.Module]) -> list[tuple]:
+        """(decode-time copy [W | b], has a bias, output width) per output layer, for `_through_copies`."""
+        copies = self._decode_copies.of(*((m.weight, m.bias) for m in layers))
+        # the weight's row count, not `out_features`: transformers 5.0's `resize_token_embeddings` resizes the
+        # output layer's weight and bias and leaves that attribute as it was
+        return [(copy, m.bias is not None, m.weight.shape[0]) for m, copy in zip(layers, copies)]
 
     # -- decoding on a CUDA device: one captured step per token ------------------------------------------
     def _output_layers(self) -> list[nn.Module]:
@@ -1548,11 +1660,11 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         return LSTMCausalLMOutput(logits=logits, **{CACHE_NAME: past})
 
     def _direct_step(self, input_ids, attention_mask, past: LSTMCache) -> LSTMCausalLMOutput | None:
-        """A one-token decoding step on a CPU, with no more Python than it needs: the embedding, each layer's
-        `_decode_step`, the output layer. The same ops on the same tensors as the ordinary path (the same
-        results, bit for bit), without the module calls, dropout layers and output classes a sequence needs.
-        At batch 1 the first layer reads its input product from `InputProductRows`. None when a row is
-        padded at this position or the cache does not fit: the ordinary path handles or explains those."""
+        """A one-token decoding step on a CPU, with no more Python than it needs: at batch 1 `_one_token`,
+        above it the embedding, each layer's `_decode_step` and the output layer. The same ops on the same
+        tensors as the ordinary path (the same results, bit for bit), without the module calls, dropout
+        layers and output classes a sequence needs. None when a row is padded at this position or the cache
+        does not fit: the ordinary path handles or explains those."""
         batch, stack = input_ids.shape[0], self.model
         if attention_mask is not None:
             _check_mask_shape(attention_mask, batch, 1, past.seen_tokens)
@@ -1567,15 +1679,78 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         vocab_size = self.config.vocab_size
         if low < 0 or high >= vocab_size:
             raise _token_id_error(low if low < 0 else high, vocab_size)
-        copies, embedding = self.config.decode_cache_weights, stack.embed_tokens.weight
-        x = embedding[token : token + 1] if batch == 1 else F.embedding(input_ids[:, 0].long(), embedding)
-        states = []
-        for layer, state in zip(stack.layers, past.states):
-            states.append(layer._decode_step(x, state, copies, token, embedding))
-            x, token = states[-1][0], None  # only the first layer's input is a token's embedding
-        past.states = states
+        if batch == 1 and self._one_token_plan.ready(self):
+            logits, past.states = self._one_token(token, past.states)
+        else:
+            x, states = F.embedding(input_ids[:, 0].long(), stack.embed_tokens.weight), []
+            for layer, state in zip(stack.layers, past.states):
+                states.append(layer._decode_step(x, state, self.config.decode_cache_weights))
+                x = states[-1][0]
+            logits, past.states = self._output_layer(x.unsqueeze(1)), states
         past.seen_tokens += 1
-        return LSTMCausalLMOutput(logits=self._output_layer(x.unsqueeze(1)), **{CACHE_NAME: past})
+        return LSTMCausalLMOutput(logits=logits, **{CACHE_NAME: past})
+
+    def _one_token_copies(self) -> tuple[list | None, list | None]:
+        """`OneTokenPlan`'s layers and output layers, or (None, None) where a one-token step reads no copies
+        (`_reads_copies`). A layer is (cell type, whether it fuses its products, and `_bag_arguments` for the
+        products of [x, 1], [h, 1] and [x, 1, h, 1] with its copy); an output layer (`_bag_arguments` of its
+        copy [W | b], whether it has a bias)."""
+        outputs, layers = self._output_layers(), []
+        matrices = tuple(m.weight for m in outputs)
+        if not (
+            all(map(_plain_linear, outputs))
+            and _reads_copies(self.config.decode_cache_weights, self, matrices)
+        ):
+            return None, None
+        for layer in self.model.layers:
+            rnn = layer.rnn
+            group = (rnn.weight_ih_l0, rnn.bias_ih_l0, rnn.weight_hh_l0, rnn.bias_hh_l0)
+            if not _reads_copies(True, layer, group[::2]):
+                return None, None
+            (copy,) = layer._decode_copies.of(group)
+            (width, size), hidden = rnn.weight_ih_l0.shape, layer.hidden_size
+            bags = [
+                _bag_arguments(copy, start, k, width) for start, k in ((0, size + 1), (size + 1, hidden + 1))
+            ]
+            bags.append(_bag_arguments(copy, 0, size + hidden + 2, width))
+            layers.append((layer.cell_type, layer.fuses_products, *bags))
+        heads = [
+            (_bag_arguments(copy, 0, copy.shape[1], width), bias)
+            for copy, bias, width in self._output_copies(outputs)
+        ]
+        return layers, heads
+
+    def _one_token(self, token: int, states: list[tuple]) -> tuple[torch.Tensor, list[tuple]]:
+        """The batch-1 step on a CPU from `OneTokenPlan`: (logits (1, 1, vocab), the new states). The same
+        products (`_bag_product`) and cell equations (`_cell_update`) as `LSTMRecurrentLayer._decode_step`
+        and `_output_layer`, with what they work out at every call worked out once; the first layer's input
+        product is kept per token (`InputProductRows`)."""
+        plan, embedding = self._one_token_plan, self.model.embed_tokens.weight
+        x = embedding[token : token + 1]
+        one = _ones(1, x.dtype, x.device)
+        bag_x = plan.layers[0][2]
+        gx = self.model.layers[0]._input_rows.product(
+            token, lambda: _bag_product(torch.cat((x, one), 1), *bag_x)
+        )
+        new = []
+        for (cell_type, fuses, bag_x, bag_h, bag_all), state in zip(plan.layers, states):
+            h = state[0]
+            if fuses:
+                new.append(
+                    _cell_update(
+                        cell_type, state, gates=_bag_product(torch.cat((x, one, h, one), 1), *bag_all)
+                    )
+                )
+            else:
+                if gx is None:
+                    gx = _bag_product(torch.cat((x, one), 1), *bag_x)
+                new.append(
+                    _cell_update(cell_type, state, gx=gx, gh=_bag_product(torch.cat((h, one), 1), *bag_h))
+                )
+            x, gx = new[-1][0], None
+        for bag, has_bias in plan.outputs:
+            x = _bag_product(torch.cat((x, one), 1) if has_bias else x, *bag)
+        return x.unsqueeze(1), new
 
     def _decode_step_into(self, b: _StepBuffers) -> None:
         """The one-token step `GraphedDecodeStep` captures: from `b.ids`, `b.mask` and `b.state_in` to

@@ -80,17 +80,27 @@ def restored(copy: torch.Tensor, out_features: int) -> torch.Tensor:
     return copy.transpose(1, 2).reshape(-1, copy.shape[1])[:out_features]
 
 
+def side_by_side(*tensors: torch.Tensor) -> torch.Tensor:
+    """What a copy stacks: matrices and bias columns, [W_ih | b_ih | W_hh | b_hh] or [W | b]."""
+    return torch.cat([t if t.dim() == 2 else t[:, None] for t in tensors], 1)
+
+
+def layer_matrix(rnn) -> torch.Tensor:
+    return side_by_side(rnn.weight_ih_l0, rnn.bias_ih_l0, rnn.weight_hh_l0, rnn.bias_hh_l0)
+
+
 def test_the_copies_are_the_same_matrices_stored_column_major():
     model = make()
     with threads(1):
         decode(model, ids_for(model))
     rnn = model.model.layers[0].rnn
-    w_ih, w_hh = model.model.layers[0]._decode_copies.matrices
-    for copy_, param in ((w_ih, rnn.weight_ih_l0), (w_hh, rnn.weight_hh_l0)):
-        assert copy_.shape == (1, param.shape[1], param.shape[0]) and copy_.is_contiguous()  # W^T, one block
-        assert torch.equal(copy_[0], param.t()) and copy_.data_ptr() != param.data_ptr()
+    (copy_,) = model.model.layers[0]._decode_copies.matrices  # [W_ih | b_ih | W_hh | b_hh]^T, one block
+    stacked = layer_matrix(rnn)
+    assert copy_.shape == (1, stacked.shape[1], stacked.shape[0]) and copy_.is_contiguous()
+    assert torch.equal(copy_[0], stacked.t()) and copy_.data_ptr() != rnn.weight_ih_l0.data_ptr()
     (w_out,) = model._decode_copies.matrices
-    assert torch.equal(w_out[0], model.lm_head.weight.t()) and w_out.is_contiguous()
+    assert torch.equal(w_out[0], side_by_side(model.lm_head.weight, model.lm_head.bias).t())
+    assert w_out.is_contiguous()
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -102,18 +112,18 @@ def test_on_several_threads_the_copies_are_cut_into_a_column_block_per_thread(n,
     with threads(n):
         fast = decode(model, ids)
         projection, w_out = model._decode_copies.matrices
-        assert w_out.shape == (n, 20, -(-40 // n)) and w_out.is_contiguous()
-        assert torch.equal(restored(w_out, 40), model.lm_head.weight)
-        assert not w_out.transpose(1, 2).reshape(-1, 20)[40:].any()
-        assert projection.shape == (n, 32, -(-20 // n))  # the projection too
-        w_ih, w_hh = model.model.layers[1]._decode_copies.matrices  # and the recurrent matrices
-        assert w_hh.shape == (n, 32, -(-128 // n))
-        assert torch.equal(restored(w_hh, 128), model.model.layers[1].rnn.weight_hh_l0)
+        assert w_out.shape == (n, 21, -(-40 // n)) and w_out.is_contiguous()  # W and the bias row
+        assert torch.equal(restored(w_out, 40), side_by_side(model.lm_head.weight, model.lm_head.bias))
+        assert not w_out.transpose(1, 2).reshape(-1, 21)[40:].any()
+        assert projection.shape == (n, 32, -(-20 // n))  # the projection too (no bias)
+        (stacked,) = model.model.layers[1]._decode_copies.matrices  # and the recurrent layers'
+        assert stacked.shape == (n, 32 + 1 + 32 + 1, -(-128 // n))
+        assert torch.equal(restored(stacked, 128), layer_matrix(model.model.layers[1].rnn))
         plain = decode(twin(model, decode_cache_weights=False), ids)
         assert fast.shape == plain.shape and (fast - plain).abs().max() < TOLERANCE
     with threads(1):  # the thread count changed: one block again
         assert (decode(model, ids) - plain).abs().max() < TOLERANCE
-        assert model._decode_copies.matrices[1].shape == (1, 20, 40)
+        assert model._decode_copies.matrices[1].shape == (1, 21, 40)
 
 
 def test_peephole_keeps_its_reference_path():
@@ -195,7 +205,7 @@ def test_resize_token_embeddings_rebuilds_the_copies():
     ids[0, -1] = 56  # a new token id
     with threads(1):
         fast = decode(model, ids)
-    assert fast.shape[-1] == 57 and model._decode_copies.matrices[0].shape == (1, 32, 57)
+    assert fast.shape[-1] == 57 and model._decode_copies.matrices[0].shape == (1, 33, 57)
     assert (fast - decode(twin(model, decode_cache_weights=False), ids)).abs().max() < TOLERANCE
 
 
@@ -242,10 +252,9 @@ def test_the_copies_cost_one_more_copy_of_the_matrices():
     decode(model, ids_for(model))
     owners = [*model.model.layers, model]
     held = sum(w.numel() for owner in owners for w in owner._decode_copies.matrices)
-    layers = sum(
-        layer.rnn.weight_ih_l0.numel() + layer.rnn.weight_hh_l0.numel() for layer in model.model.layers
-    )
-    assert held == layers + model.output_projection.weight.numel() + model.lm_head.weight.numel()
+    layers = sum(p.numel() for layer in model.model.layers for p in layer.rnn.parameters())
+    outputs = sum(p.numel() for m in (model.output_projection, model.lm_head) for p in m.parameters())
+    assert held == layers + outputs  # every matrix and bias once more (128 = 4 x 32 divides by 1 thread)
 
 
 def test_turned_off_they_are_never_built_and_turning_off_frees_them():

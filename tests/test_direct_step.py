@@ -6,7 +6,7 @@ import pytest
 import torch
 from test_decode_step import TOLERANCE, WITH_CACHE, decode, make, twin
 
-from hf_lstm.modeling_hf_lstm import InputProductRows, _linear_from_copy
+from hf_lstm.modeling_hf_lstm import InputProductRows, _copy_product
 
 
 def ordinary(model):
@@ -47,12 +47,12 @@ def test_a_kept_row_is_the_products_own_value():
     ids = ids_with_repeats(model)
     decode(model, ids)
     layer = model.model.layers[0]
-    w_ih = layer._decode_copies.matrices[0]  # the step's copy of W_ih: the same computation on the same bytes
+    (copy,) = layer._decode_copies.matrices  # the step's copy: the same computation on the same bytes
     for token, row in rows(model).items():
         x = model.model.embed_tokens.weight[token : token + 1]
         with torch.no_grad():
             width = layer.rnn.weight_ih_l0.shape[0]
-            assert torch.equal(row, _linear_from_copy(x, w_ih, layer.rnn.bias_ih_l0, width))
+            assert torch.equal(row, _copy_product(torch.cat((x, torch.ones(1, 1)), 1), copy, 0, width))
             exact = x.double() @ layer.rnn.weight_ih_l0.double().t() + layer.rnn.bias_ih_l0.double()
         assert (row.double() - exact).abs().max() < TOLERANCE
 

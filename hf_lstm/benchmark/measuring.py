@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from ..modeling_hf_lstm import _column_blocks, _row_product
+from ..modeling_hf_lstm import _column_blocks, _copy_product
 from ..timing import StepClock
 
 
@@ -161,6 +161,18 @@ def _onednn_product(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(x.unsqueeze(0), w, None, "none", [], "")
 
 
+def _blocks_of(blocks: int):
+    """`store` for the weighted-rows layouts: the model's decode-time copy of w (no bias row) in `blocks`
+    column blocks, with w's row count."""
+    return lambda w: (_column_blocks(w, blocks), w.shape[0])
+
+
+def _weighted_rows(stored: tuple[torch.Tensor, int], x: torch.Tensor) -> torch.Tensor:
+    """The model's batch-1 product (`_copy_product`) from a copy made by `_blocks_of`."""
+    copy, out_features = stored
+    return _copy_product(x.reshape(1, -1), copy, 0, out_features).reshape(-1)
+
+
 def _layouts() -> dict:
     """Every layout this torch can store a float32 matrix in for its matrix-vector product, each as (store,
     product): `store(w)` the stored matrix, `product(stored, x)` the product with a vector `x`."""
@@ -168,14 +180,9 @@ def _layouts() -> dict:
         "row-major": (lambda w: w.contiguous(), torch.mv),  # (out, in): how torch stores a parameter
         "column-major": (lambda w: w.t().contiguous().t(), torch.mv),  # (in, out): the model's decode copies
         # W^T's rows summed weighted by x (embedding_bag): the model's batch-1 step on one thread
-        "weighted-rows": (lambda w: w.t().contiguous(), lambda rows, x: _row_product(x, rows)),
+        "weighted-rows": (_blocks_of(1), _weighted_rows),
         # the same over one column block per thread, side by side: the model's batch-1 step on several
-        "weighted-rows-per-thread": (
-            lambda w: (_column_blocks(w, torch.get_num_threads()), w.shape[0]),
-            lambda stored, x: _row_product(x, stored[0].flatten(0, 1), stored[0].shape[0]).reshape(-1)[
-                : stored[1]
-            ],
-        ),
+        "weighted-rows-per-thread": (lambda w: _blocks_of(torch.get_num_threads())(w), _weighted_rows),
     }
     try:  # a private op of x86 builds: measured where it exists, left out where it does not
         w = torch.randn(8, 4)
