@@ -259,3 +259,59 @@ def test_bad_arguments_are_refused_before_any_work(capsys):
         with pytest.raises(SystemExit):
             compare.parse_args(argv)
     assert "bert" in capsys.readouterr().err
+
+
+# -- runs made apart, combined (scripts/combine_compare.py) -----------------------------------------------
+
+
+def _record(name, seed, perplexity, steps=100):
+    return {
+        "name": name,
+        "status": "ok",
+        "role": "final",
+        "seed": seed,
+        "target_parameters": 4_000_000,
+        "budget": "wall_clock",
+        "learning_rate": 0.002,
+        "lr_candidates": [None],
+        "shape": "2 x 8",
+        "num_parameters": 4_000_000,
+        "num_non_embedding_parameters": 1_000_000,
+        "train_steps": steps,
+        "train_tokens_per_second": 1000.0,
+        "eval_perplexity": perplexity,
+        "validation_perplexity_fixed_window": perplexity,
+        "test_perplexity_fixed_window": perplexity * 0.9,
+        "eval_curve": [{"step": 1}],  # left out of the combined file
+    }
+
+
+def test_runs_made_apart_combine_into_means_spreads_and_ranks_seed_by_seed(tmp_path):
+    from hf_lstm.compare.combine import main
+
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps([_record("hf_lstm", 42, 200.0), _record("xlstm", 42, 190.0)]))
+    second.write_text(json.dumps([_record("hf_lstm", 43, 180.0, steps=90), _record("xlstm", 43, 196.0), *[]]))
+    out, saved = tmp_path / "r.md", tmp_path / "all.json"
+    assert (
+        main([str(first), str(second), "--title", "t", "--output", str(out), "--save_results", str(saved)])
+        == 0
+    )
+    text = out.read_text()
+    assert "| hf_lstm | 4M | 4,000,000 / 1,000,000 | wall_clock | 0.002 | 2 | 190.0 ± 14.1 |" in text
+    assert "| hf_lstm | 200.0 / 180.0 | 2 / 1 | 100 / 90 | 1,000 / 1,000 |" in text  # seeds 42 / 43
+    assert "| xlstm | 190.0 / 196.0 | 1 / 2 |" in text
+    assert "hf_lstm 190.0 validation perplexity; xlstm 193.0" in text
+    records = json.loads(saved.read_text())
+    assert len(records) == 4 and "eval_curve" not in records[0] and records[0]["source"] == str(first)
+
+
+def test_a_run_given_twice_is_refused_rather_than_counted_twice(tmp_path):
+    from hf_lstm.compare.combine import main
+
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps([_record("hf_lstm", 42, 200.0)]))
+    with pytest.raises(ValueError, match="give each run once"):
+        main([str(path), str(path), "--title", "t", "--output", str(tmp_path / "r.md")])
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "missing.json"), "--title", "t", "--output", str(tmp_path / "r.md")])

@@ -206,3 +206,43 @@ def lstm_versus_peers(records: list[dict]) -> list[str]:
             f"(hf_lstm's perplexity as a multiple of each: below 1 = hf_lstm better); {verdict}."
         )
     return lines
+
+
+def seeds_section(records: list[dict]) -> list[str]:
+    """Each family's final runs seed by seed: validation perplexity, the steps and tokens/s its budget gave it
+    (a slower machine at the time of one seed shows here, not only in the spread), and its rank among the
+    families at that seed."""
+    finals = [r for r in records if r.get("status") == "ok" and r.get("role") == "final"]
+    seeds = sorted({r.get("seed") for r in finals})
+    if len(seeds) < 2:
+        return []
+    by_seed = {
+        s: sorted((r for r in finals if r.get("seed") == s), key=lambda r: r["eval_perplexity"])
+        for s in seeds
+    }
+    rank = {(r["name"], s): k + 1 for s, runs in by_seed.items() for k, r in enumerate(runs)}
+    names = list(dict.fromkeys(r["name"] for r in finals))
+    per = " / ".join(str(s) for s in seeds)
+    lines = [
+        "## Seed by seed",
+        "",
+        f"Each cell lists seeds {per} in that order; rank 1 = the lowest validation perplexity among the "
+        "families at that seed.",
+        "",
+        "| model | valid ppl (fixed) | rank | train steps | train tokens/s |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name in names:
+        runs = {r.get("seed"): r for r in finals if r["name"] == name}
+        ranks = " / ".join(str(rank[(name, s)]) if (name, s) in rank else "-" for s in seeds)
+        quality, steps = (
+            _per_seed(runs, seeds, "eval_perplexity", 1),
+            _per_seed(runs, seeds, "train_steps", 0),
+        )
+        speed = _per_seed(runs, seeds, "train_tokens_per_second", 0)
+        lines.append(f"| {name} | {quality} | {ranks} | {steps} | {speed} |")
+    return [*lines, ""]
+
+
+def _per_seed(runs: dict, seeds: list, key: str, digits: int) -> str:
+    return " / ".join(_fmt(runs[s].get(key), digits) if s in runs else "-" for s in seeds)

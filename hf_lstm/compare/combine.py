@@ -1,0 +1,96 @@
+"""One report from several `hf-lstm compare` runs that differ only in their seeds.
+
+A comparison's runs need not all run at once: the reference tables in docs/COMPARE.md were trained seed by
+seed, on a 2-core machine, one process per core with the families split between them. This script reads their
+results.json files and writes what `hf-lstm compare --seeds N` would have written about the seeds: mean and
+spread per family, every seed's numbers with its rank and the steps its budget gave it, and hf_lstm against
+each peer.
+
+    python scripts/combine_compare.py docs/compare-peers-ptb-4m/results.json runs/a/results.json \
+        runs/b/results.json --title "peers-ptb-4M, seeds 42-44" --output docs/COMPARE-peers-ptb-4M-seeds.md \
+        --save_results docs/compare-peers-ptb-4m-seeds/results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .tables import failures_section, lstm_versus_peers, runs_section, seeds_section
+
+KEPT = (  # what the combined results.json keeps of each record: the numbers, not the curves or paths
+    "name",
+    "status",
+    "stage",
+    "reason",
+    "role",
+    "seed",
+    "target_parameters",
+    "budget",
+    "learning_rate",
+    "lr_candidates",
+    "shape",
+    "num_parameters",
+    "num_non_embedding_parameters",
+    "train_steps",
+    "train_tokens",
+    "train_seconds",
+    "train_tokens_per_second",
+    "eval_perplexity",
+    "validation_perplexity_fixed_window",
+    "test_perplexity_fixed_window",
+    "validation_perplexity_stateful",
+    "test_perplexity_stateful",
+    "validation_bits_per_byte_fixed_window",
+    "test_bits_per_byte_fixed_window",
+)
+
+
+def combine(paths: list[Path]) -> list[dict]:
+    """Every record of the files, each tagged with the file it came from; a run present twice (the same
+    family, size, budget, learning rate and seed) is an error, since one of the two would be silently
+    dropped from the means."""
+    records, seen = [], {}
+    for path in paths:
+        for record in json.loads(Path(path).read_text()):
+            key = tuple(
+                record.get(k) for k in ("name", "target_parameters", "budget", "learning_rate", "seed")
+            )
+            if key in seen and record.get("status") == "ok":
+                raise ValueError(f"{key} is in both {seen[key]} and {path}: give each run once")
+            seen[key] = path
+            records.append({**{k: record[k] for k in KEPT if k in record}, "source": str(path)})
+    return records
+
+
+def report(records: list[dict], title: str, sources: list[Path]) -> str:
+    lines = [f"# {title}", "", "Combined by `scripts/combine_compare.py` from:", ""]
+    for path in sources:
+        mine = [r for r in records if r["source"] == str(path)]
+        names = ", ".join(dict.fromkeys(r["name"] for r in mine))
+        seeds = ", ".join(str(s) for s in sorted({r.get("seed") for r in mine}))
+        lines.append(f"- `{path}`: {names}; seeds {seeds}")
+    lines.append("")
+    lines += failures_section(records) + runs_section(records) + seeds_section(records)
+    return "\n".join([*lines, *lstm_versus_peers(records), ""])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", nargs="+", type=Path, help="results.json files of `hf-lstm compare`.")
+    parser.add_argument("--title", required=True)
+    parser.add_argument("--output", required=True, type=Path, help="The Markdown report to write.")
+    parser.add_argument("--save_results", type=Path, help="Also write the combined records (JSON) here.")
+    args = parser.parse_args(argv)
+    missing = [str(p) for p in args.results if not p.is_file()]
+    if missing:
+        parser.error(f"no such results file: {', '.join(missing)}")
+    records = combine(args.results)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(report(records, args.title, args.results))
+    if args.save_results:
+        args.save_results.parent.mkdir(parents=True, exist_ok=True)
+        args.save_results.write_text(json.dumps(records, indent=1) + "\n")
+    print(f"wrote {args.output} ({len(records)} runs)")
+    return 0
