@@ -456,8 +456,8 @@ def _stamps(tensors) -> tuple:
 
 class OneTokenPlan:
     """What the batch-1 decoding step on a CPU reads (`LSTMForCausalLM._one_token`), worked out once and
-    checked at every token: each layer's decode-time copy (`ColumnMajorCopies`), whether the layer fuses its
-    two products, its gate width, and the output layers' copies.
+    checked at every token: per layer, its cell type, whether it fuses its two products, and the arguments of
+    its products with its decode-time copy (`_bag_arguments`); the same for the output layers.
 
     Made again when any weight the step reads, torch's thread count or `decode_cache_weights` changes (the
     stamps `ColumnMajorCopies` uses, taken of every weight at once rather than matrix by matrix); the first
@@ -844,11 +844,10 @@ class LSTMRecurrentLayer(nn.Module):
         Decoding is bound by reading the weights once per token, so in eval mode without gradients the step
         reads a decode-time copy of the layer's matrices and biases (`ColumnMajorCopies`: [W_ih | b_ih |
         W_hh | b_hh] in the layout read fastest, `_copy_product`) and applies the cell's equations to the
-        products (`_cell_update`). An LSTM or RNN layer above the first computes its
-        gates' pre-activations as one product of [x, 1, h, 1] with the whole copy. The first layer, whose
-        input is a token's embedding, computes its input product apart (the batch-1 step keeps it per token,
-        `InputProductRows`); a GRU layer needs the two products apart for its reset gate. Otherwise torch's
-        single-step cell
+        products (`_cell_update`). An LSTM or RNN layer above the first computes its gates' pre-activations
+        as one product of [x, 1, h, 1] with the whole copy. The first layer, whose input is a token's
+        embedding, computes its input product apart (the batch-1 step keeps it per token, `InputProductRows`);
+        a GRU layer needs the two products apart for its reset gate. Otherwise torch's single-step cell
         (`torch.lstm_cell`, `torch.gru_cell`, `torch.rnn_tanh_cell`: the same equations in one call) reads
         the parameters."""
         rnn = self.rnn
@@ -1559,9 +1558,8 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         )
         matrices = tuple(m.weight for m in layers) if enabled else ()
         if _reads_copies(enabled, self, matrices):
-            return _through_copies(
-                hidden.reshape(hidden.shape[0], -1), self._output_copies(layers)
-            ).unsqueeze(1)
+            logits = _through_copies(hidden.reshape(hidden.shape[0], -1), self._output_copies(layers))
+            return logits.unsqueeze(1)
         if not self.config.decode_cache_weights:
             self._decode_copies.clear()  # turned off: free their memory
         for layer in layers:
@@ -1709,10 +1707,8 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
                 return None, None
             (copy,) = layer._decode_copies.of(group)
             (width, size), hidden = rnn.weight_ih_l0.shape, layer.hidden_size
-            bags = [
-                _bag_arguments(copy, start, k, width) for start, k in ((0, size + 1), (size + 1, hidden + 1))
-            ]
-            bags.append(_bag_arguments(copy, 0, size + hidden + 2, width))
+            rows = ((0, size + 1), (size + 1, hidden + 1), (0, size + hidden + 2))  # [x, 1], [h, 1], both
+            bags = [_bag_arguments(copy, start, k, width) for start, k in rows]
             layers.append((layer.cell_type, layer.fuses_products, *bags))
         heads = [
             (_bag_arguments(copy, 0, copy.shape[1], width), bias)
@@ -1727,26 +1723,21 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         product is kept per token (`InputProductRows`)."""
         plan, embedding = self._one_token_plan, self.model.embed_tokens.weight
         x = embedding[token : token + 1]
-        one = _ones(1, x.dtype, x.device)
-        bag_x = plan.layers[0][2]
+        one, first = _ones(1, x.dtype, x.device), plan.layers[0][2]
         gx = self.model.layers[0]._input_rows.product(
-            token, lambda: _bag_product(torch.cat((x, one), 1), *bag_x)
+            token, lambda: _bag_product(torch.cat((x, one), 1), *first)
         )
         new = []
         for (cell_type, fuses, bag_x, bag_h, bag_all), state in zip(plan.layers, states):
             h = state[0]
             if fuses:
-                new.append(
-                    _cell_update(
-                        cell_type, state, gates=_bag_product(torch.cat((x, one, h, one), 1), *bag_all)
-                    )
-                )
+                gates = _bag_product(torch.cat((x, one, h, one), 1), *bag_all)
+                new.append(_cell_update(cell_type, state, gates=gates))
             else:
-                if gx is None:
+                if gx is None:  # a layer above the first: its input is the h_t of the layer below
                     gx = _bag_product(torch.cat((x, one), 1), *bag_x)
-                new.append(
-                    _cell_update(cell_type, state, gx=gx, gh=_bag_product(torch.cat((h, one), 1), *bag_h))
-                )
+                gh = _bag_product(torch.cat((h, one), 1), *bag_h)
+                new.append(_cell_update(cell_type, state, gx=gx, gh=gh))
             x, gx = new[-1][0], None
         for bag, has_bias in plan.outputs:
             x = _bag_product(torch.cat((x, one), 1) if has_bias else x, *bag)
