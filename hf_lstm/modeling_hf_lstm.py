@@ -371,7 +371,7 @@ def _bag_product(rows, flat, index, offsets, blocks: int, out_features: int) -> 
     """`_copy_product` at batch 1: one bag of rows per column block, each row weighted by its entry of the
     vector `rows` (1, k)."""
     k = rows.shape[1]
-    weights = rows.view(k) if blocks == 1 else rows.expand(blocks, k).reshape(blocks * k)
+    weights = rows.reshape(k) if blocks == 1 else rows.expand(blocks, k).reshape(blocks * k)
     # `torch.embedding_bag` is what `F.embedding_bag` calls after checking its arguments (in this order:
     # weight, indices, offsets, scale_grad_by_freq, mode 0 = "sum", sparse, per_sample_weights)
     y = torch.embedding_bag(flat, index, offsets, False, 0, False, weights)[0].view(1, -1)
