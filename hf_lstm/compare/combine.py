@@ -47,13 +47,15 @@ KEPT = (  # what the combined results.json keeps of each record: the numbers, no
 )
 
 
-def combine(paths: list[Path]) -> list[dict]:
-    """Every record of the files, each tagged with the file it came from; a run present twice (the same
-    family, size, budget, learning rate and seed) is an error, since one of the two would be silently
-    dropped from the means."""
+def combine(paths: list[Path], models: list[str] | None = None) -> list[dict]:
+    """Every record of the files (of the families `models` only, if given), each tagged with the file it came
+    from; a run present twice (the same family, size, budget, learning rate and seed) is an error, since it
+    would count twice in the means."""
     records, seen = [], {}
     for path in paths:
         for record in json.loads(Path(path).read_text()):
+            if models and record.get("name") not in models:
+                continue
             key = tuple(
                 record.get(k) for k in ("name", "target_parameters", "budget", "learning_rate", "seed")
             )
@@ -82,11 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--title", required=True)
     parser.add_argument("--output", required=True, type=Path, help="The Markdown report to write.")
     parser.add_argument("--save_results", type=Path, help="Also write the combined records (JSON) here.")
+    parser.add_argument(
+        "--models",
+        default=None,
+        help="Keep only these families (comma-separated), e.g. when some files hold more.",
+    )
     args = parser.parse_args(argv)
     missing = [str(p) for p in args.results if not p.is_file()]
     if missing:
         parser.error(f"no such results file: {', '.join(missing)}")
-    records = combine(args.results)
+    records = combine(args.results, args.models.split(",") if args.models else None)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(report(records, args.title, args.results))
     if args.save_results:
