@@ -59,9 +59,10 @@ def combine(paths: list[Path], models: list[str] | None = None) -> list[dict]:
             key = tuple(
                 record.get(k) for k in ("name", "target_parameters", "budget", "learning_rate", "seed")
             )
-            if key in seen and record.get("status") == "ok":
-                raise ValueError(f"{key} is in both {seen[key]} and {path}: give each run once")
-            seen[key] = path
+            if record.get("status") == "ok":  # a failed run may be given again with its retry
+                if key in seen:
+                    raise ValueError(f"{key} is in both {seen[key]} and {path}: give each run once")
+                seen[key] = path
             records.append({**{k: record[k] for k in KEPT if k in record}, "source": str(path)})
     return records
 
