@@ -317,3 +317,24 @@ def test_a_run_given_twice_is_refused_rather_than_counted_twice(tmp_path):
         main([str(path), str(path), "--title", "t", "--output", str(tmp_path / "r.md")])
     with pytest.raises(SystemExit):
         main([str(tmp_path / "missing.json"), "--title", "t", "--output", str(tmp_path / "r.md")])
+
+
+def test_a_sweep_and_seeds_run_apart_combine_only_at_the_rate_the_sweep_chose(tmp_path):
+    from hf_lstm.compare.combine import main
+
+    rates = [0.001, 0.002, 0.004]
+    sweep = [
+        {**_record("hf_lstm", 42, p), "learning_rate": r, "lr_candidates": rates, "role": role}
+        for r, p, role in ((0.001, 230.0, "sweep"), (0.002, 200.0, "final"), (0.004, 210.0, "sweep"))
+    ]
+    first, seeds, out = tmp_path / "sweep.json", tmp_path / "seeds.json", tmp_path / "r.md"
+    first.write_text(json.dumps(sweep))
+    seeds.write_text(json.dumps([_record("hf_lstm", 43, 190.0)]))  # at 0.002, the chosen rate
+    assert main([str(first), str(seeds), "--title", "t", "--output", str(out)]) == 0
+    text = out.read_text()
+    assert "| hf_lstm | 4M | 4,000,000 / 1,000,000 | wall_clock | 0.002 (0.001, 0.002, 0.004) | 2 |" in text
+    assert "## Learning-rate sweep" in text and "| 0.002 | 200.0 | 180.0 | **yes** |" in text
+    assert "| 0.004 | 210.0 | 189.0 |  |" in text
+    seeds.write_text(json.dumps([{**_record("hf_lstm", 43, 190.0), "learning_rate": 0.004}]))
+    with pytest.raises(ValueError, match=r"2 learning rates \(lr 0.002: seeds 42; lr 0.004: seeds 43\)"):
+        main([str(first), str(seeds), "--title", "t", "--output", str(out)])

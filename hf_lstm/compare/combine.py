@@ -1,10 +1,12 @@
-"""One report from several `hf-lstm compare` runs that differ only in their seeds.
+"""One report from several `hf-lstm compare` runs that differ only in their seeds (and, for the first seed,
+the learning rates its sweep tried).
 
 A comparison's runs need not all run at once: the reference tables in docs/COMPARE.md were trained seed by
 seed, on a 2-core machine, one process per core with the families split between them. This script reads their
 results.json files and writes what `hf-lstm compare --seeds N` would have written about the seeds: mean and
 spread per family, every seed's numbers with its rank and the steps its budget gave it, and hf_lstm against
-each peer.
+each peer; and, when one of them ran the learning-rate sweep (`--lr_sweep N`), every rate it tried. Seeds run
+apart must have run at the rate the sweep chose: a family whose final runs disagree on the rate is refused.
 
     python scripts/combine_compare.py docs/compare-peers-ptb-4m/results.json runs/a/results.json \
         runs/b/results.json --title "peers-ptb-4M, seeds 42-44" --output docs/COMPARE-peers-ptb-4M-seeds.md \
@@ -17,7 +19,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .tables import failures_section, lstm_versus_peers, runs_section, seeds_section
+from .tables import failures_section, lstm_versus_peers, runs_section, seeds_section, sweep_section
 
 KEPT = (  # what the combined results.json keeps of each record: the numbers, not the curves or paths
     "name",
@@ -64,7 +66,25 @@ def combine(paths: list[Path], models: list[str] | None = None) -> list[dict]:
                     raise ValueError(f"{key} is in both {seen[key]} and {path}: give each run once")
                 seen[key] = path
             records.append({**{k: record[k] for k in KEPT if k in record}, "source": str(path)})
+    _check_one_rate(records)
     return records
+
+
+def _check_one_rate(records: list[dict]) -> None:
+    """Every completed final run of one family, size and budget at one learning rate: the means would
+    otherwise mix rates (say, a seed run at the recipe's rate beside a sweep that chose another)."""
+    rates: dict[tuple, dict[float, list]] = {}
+    for r in records:
+        if r.get("status") == "ok" and r.get("role") == "final":
+            key = (r["name"], r.get("target_parameters"), r.get("budget"))
+            rates.setdefault(key, {}).setdefault(r.get("learning_rate"), []).append(r.get("seed"))
+    for (name, target, budget), seeds in rates.items():
+        if len(seeds) > 1:
+            found = "; ".join(f"lr {rate}: seeds {', '.join(map(str, s))}" for rate, s in seeds.items())
+            raise ValueError(
+                f"{name} ({target:,} parameters, {budget}) has final runs at {len(seeds)} learning rates "
+                f"({found}): rerun the other seeds at the rate the sweep chose, or leave them out"
+            )
 
 
 def report(records: list[dict], title: str, sources: list[Path]) -> str:
@@ -76,6 +96,7 @@ def report(records: list[dict], title: str, sources: list[Path]) -> str:
         lines.append(f"- `{path}`: {names}; seeds {seeds}")
     lines.append("")
     lines += failures_section(records) + runs_section(records) + seeds_section(records)
+    lines += sweep_section(records)
     return "\n".join([*lines, *lstm_versus_peers(records), ""])
 
 

@@ -52,7 +52,8 @@ def aggregate(records: list[dict]) -> list[dict]:
             "num_parameters": first["num_parameters"],
             "num_non_embedding_parameters": first["num_non_embedding_parameters"],
             "learning_rate": first["learning_rate"],
-            "lr_candidates": first.get("lr_candidates"),
+            # the sweep's rates, where only the first seed's run records them (seeds run apart, combined)
+            "lr_candidates": max((r.get("lr_candidates") or [] for r in runs), key=len),
             "seeds": [r.get("seed") for r in runs],
         }
         row.update({key: _stats([r.get(key) for r in runs]) for key in QUALITY + SPEED})
