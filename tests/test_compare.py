@@ -336,5 +336,15 @@ def test_a_sweep_and_seeds_run_apart_combine_only_at_the_rate_the_sweep_chose(tm
     assert "## Learning-rate sweep" in text and "| 0.002 | 200.0 | 180.0 | **yes** |" in text
     assert "| 0.004 | 210.0 | 189.0 |  |" in text
     seeds.write_text(json.dumps([{**_record("hf_lstm", 43, 190.0), "learning_rate": 0.004}]))
-    with pytest.raises(ValueError, match=r"2 learning rates \(lr 0.002: seeds 42; lr 0.004: seeds 43\)"):
+    with pytest.raises(ValueError, match="seed 42 chose learning rate 0.002, but seeds 43 ran at another"):
         main([str(first), str(seeds), "--title", "t", "--output", str(out)])
+    # the same sweep run apart, one rate per file, each run a plain final run: assembled and chosen alike
+    apart = []
+    for rate, perplexity in ((0.004, 210.0), (0.002, 200.0), (0.001, 230.0)):
+        apart.append(tmp_path / f"lr{rate}.json")
+        apart[-1].write_text(json.dumps([{**_record("hf_lstm", 42, perplexity), "learning_rate": rate}]))
+    seeds.write_text(json.dumps([_record("hf_lstm", 43, 190.0)]))
+    assert main([*map(str, apart), str(seeds), "--title", "t", "--output", str(out)]) == 0
+    again = out.read_text()
+    assert "| wall_clock | 0.002 (0.001, 0.002, 0.004) | 2 | 195.0 ± 7.1 |" in again
+    assert "| 0.001 | 230.0 | 207.0 |  |" in again and "| 0.002 | 200.0 | 180.0 | **yes** |" in again

@@ -5,8 +5,8 @@ A comparison's runs need not all run at once: the reference tables in docs/COMPA
 seed, on a 2-core machine, one process per core with the families split between them. This script reads their
 results.json files and writes what `hf-lstm compare --seeds N` would have written about the seeds: mean and
 spread per family, every seed's numbers with its rank and the steps its budget gave it, and hf_lstm against
-each peer; and, when one of them ran the learning-rate sweep (`--lr_sweep N`), every rate it tried. Seeds run
-apart must have run at the rate the sweep chose: a family whose final runs disagree on the rate is refused.
+each peer; and the learning-rate sweep: the runs of a family's first seed at different rates, run together
+(`--lr_sweep N`) or apart (`_assemble_sweeps`). Its other seeds must have run at the rate the sweep chose.
 
     python scripts/combine_compare.py docs/compare-peers-ptb-4m/results.json runs/a/results.json \
         runs/b/results.json --title "peers-ptb-4M, seeds 42-44" --output docs/COMPARE-peers-ptb-4M-seeds.md \
@@ -66,24 +66,41 @@ def combine(paths: list[Path], models: list[str] | None = None) -> list[dict]:
                     raise ValueError(f"{key} is in both {seen[key]} and {path}: give each run once")
                 seen[key] = path
             records.append({**{k: record[k] for k in KEPT if k in record}, "source": str(path)})
-    _check_one_rate(records)
+    _assemble_sweeps(records)
     return records
 
 
-def _check_one_rate(records: list[dict]) -> None:
-    """Every completed final run of one family, size and budget at one learning rate: the means would
-    otherwise mix rates (say, a seed run at the recipe's rate beside a sweep that chose another)."""
-    rates: dict[tuple, dict[float, list]] = {}
+def _assemble_sweeps(records: list[dict]) -> None:
+    """Each family's learning-rate sweep, wherever its runs came from: the completed runs of one family, size
+    and budget at its first seed and different learning rates are the sweep, whether `hf-lstm compare
+    --lr_sweep` ran them together or they were run apart (say, `--transformer_train_args "--learning_rate
+    1e-3"`); the one with the lowest validation perplexity (`eval_perplexity`) is chosen (`role: "final"`),
+    the others become `role: "sweep"`, and every run of the family records the rates tried. The family's
+    other seeds must have run at the chosen rate: the means would otherwise mix rates."""
+    groups: dict[tuple, list[dict]] = {}
     for r in records:
-        if r.get("status") == "ok" and r.get("role") == "final":
-            key = (r["name"], r.get("target_parameters"), r.get("budget"))
-            rates.setdefault(key, {}).setdefault(r.get("learning_rate"), []).append(r.get("seed"))
-    for (name, target, budget), seeds in rates.items():
-        if len(seeds) > 1:
-            found = "; ".join(f"lr {rate}: seeds {', '.join(map(str, s))}" for rate, s in seeds.items())
+        if r.get("status") == "ok" and r.get("role") in ("final", "sweep"):
+            groups.setdefault((r["name"], r.get("target_parameters"), r.get("budget")), []).append(r)
+    for (name, target, budget), runs in groups.items():
+        first = min(r.get("seed") for r in runs)
+        tried = [r for r in runs if r.get("seed") == first]
+        chosen = min(tried, key=lambda r: r["eval_perplexity"])
+        if len(tried) > 1:
+            rates = sorted(r["learning_rate"] for r in tried)
+            for r in runs:
+                r["lr_candidates"] = rates
+            for r in tried:
+                r["role"] = "final" if r is chosen else "sweep"
+        elsewhere = sorted(
+            r.get("seed")
+            for r in runs
+            if r.get("seed") != first and r["learning_rate"] != chosen["learning_rate"]
+        )
+        if elsewhere:
             raise ValueError(
-                f"{name} ({target:,} parameters, {budget}) has final runs at {len(seeds)} learning rates "
-                f"({found}): rerun the other seeds at the rate the sweep chose, or leave them out"
+                f"{name} ({target:,} parameters, {budget}): seed {first} chose learning rate "
+                f"{chosen['learning_rate']:g}, but seeds {', '.join(map(str, elsewhere))} ran at another: "
+                "rerun them at the chosen rate, or leave them out"
             )
 
 
