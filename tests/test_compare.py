@@ -338,6 +338,11 @@ def test_a_sweep_and_seeds_run_apart_combine_only_at_the_rate_the_sweep_chose(tm
     seeds.write_text(json.dumps([{**_record("hf_lstm", 43, 190.0), "learning_rate": 0.004}]))
     with pytest.raises(ValueError, match="seed 42 chose learning rate 0.002, but seeds 43 ran at another"):
         main([str(first), str(seeds), "--title", "t", "--output", str(out)])
+    saved = tmp_path / "kept.json"  # or left out, and listed, on request
+    args = [str(first), str(seeds), "--title", "t", "--output", str(out), "--save_results", str(saved)]
+    assert main([*args, "--drop_other_rates"]) == 0
+    assert "- hf_lstm, seed 43, learning rate 0.004 (`" in out.read_text()
+    assert sorted(r["seed"] for r in json.loads(saved.read_text())) == [42, 42, 42]
     # the same sweep run apart, one rate per file, each run a plain final run: assembled and chosen alike
     apart = []
     for rate, perplexity in ((0.004, 210.0), (0.002, 200.0), (0.001, 230.0)):

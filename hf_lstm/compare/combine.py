@@ -49,10 +49,12 @@ KEPT = (  # what the combined results.json keeps of each record: the numbers, no
 )
 
 
-def combine(paths: list[Path], models: list[str] | None = None) -> list[dict]:
+def combine(
+    paths: list[Path], models: list[str] | None = None, drop_other_rates: bool = False
+) -> tuple[list[dict], list[dict]]:
     """Every record of the files (of the families `models` only, if given), each tagged with the file it came
-    from; a run present twice (the same family, size, budget, learning rate and seed) is an error, since it
-    would count twice in the means."""
+    from, and the runs left out (`drop_other_rates`, see `_assemble_sweeps`); a run present twice (the same
+    family, size, budget, learning rate and seed) is an error, since it would count twice in the means."""
     records, seen = [], {}
     for path in paths:
         for record in json.loads(Path(path).read_text()):
@@ -66,18 +68,21 @@ def combine(paths: list[Path], models: list[str] | None = None) -> list[dict]:
                     raise ValueError(f"{key} is in both {seen[key]} and {path}: give each run once")
                 seen[key] = path
             records.append({**{k: record[k] for k in KEPT if k in record}, "source": str(path)})
-    _assemble_sweeps(records)
-    return records
+    dropped = _assemble_sweeps(records, drop_other_rates)
+    return [r for r in records if not any(r is d for d in dropped)], dropped
 
 
-def _assemble_sweeps(records: list[dict]) -> None:
+def _assemble_sweeps(records: list[dict], drop_other_rates: bool = False) -> list[dict]:
     """Each family's learning-rate sweep, wherever its runs came from: the completed runs of one family, size
     and budget at its first seed and different learning rates are the sweep, whether `hf-lstm compare
     --lr_sweep` ran them together or they were run apart (say, `--transformer_train_args "--learning_rate
     1e-3"`); the one with the lowest validation perplexity (`eval_perplexity`) is chosen (`role: "final"`),
     the others become `role: "sweep"`, and every run of the family records the rates tried. The family's
-    other seeds must have run at the chosen rate: the means would otherwise mix rates."""
+    other seeds must have run at the chosen rate: the means would otherwise mix rates. Seeds at another rate
+    are an error, or, with `drop_other_rates`, returned to be left out (say, seeds trained at a family's
+    recipe rate before its sweep chose another)."""
     groups: dict[tuple, list[dict]] = {}
+    dropped = []
     for r in records:
         if r.get("status") == "ok" and r.get("role") in ("final", "sweep"):
             groups.setdefault((r["name"], r.get("target_parameters"), r.get("budget")), []).append(r)
@@ -91,26 +96,36 @@ def _assemble_sweeps(records: list[dict]) -> None:
                 r["lr_candidates"] = rates
             for r in tried:
                 r["role"] = "final" if r is chosen else "sweep"
-        elsewhere = sorted(
-            r.get("seed")
-            for r in runs
-            if r.get("seed") != first and r["learning_rate"] != chosen["learning_rate"]
-        )
-        if elsewhere:
+        elsewhere = [
+            r for r in runs if r.get("seed") != first and r["learning_rate"] != chosen["learning_rate"]
+        ]
+        if elsewhere and not drop_other_rates:
             raise ValueError(
                 f"{name} ({target:,} parameters, {budget}): seed {first} chose learning rate "
-                f"{chosen['learning_rate']:g}, but seeds {', '.join(map(str, elsewhere))} ran at another: "
-                "rerun them at the chosen rate, or leave them out"
+                f"{chosen['learning_rate']:g}, but seeds {', '.join(str(r.get('seed')) for r in elsewhere)} "
+                "ran at another: rerun them at the chosen rate, or leave them out (--drop_other_rates)"
             )
+        dropped += elsewhere
+    return dropped
 
 
-def report(records: list[dict], title: str, sources: list[Path]) -> str:
+def report(records: list[dict], title: str, sources: list[Path], dropped: tuple[dict, ...] = ()) -> str:
     lines = [f"# {title}", "", "Combined by `scripts/combine_compare.py` from:", ""]
     for path in sources:
         mine = [r for r in records if r["source"] == str(path)]
         names = ", ".join(dict.fromkeys(r["name"] for r in mine))
         seeds = ", ".join(str(s) for s in sorted({r.get("seed") for r in mine}))
         lines.append(f"- `{path}`: {names}; seeds {seeds}")
+    if dropped:
+        lines += [
+            "",
+            "Left out (`--drop_other_rates`): seeds that ran at a rate their family's sweep did not choose:",
+            "",
+        ]
+        lines += [
+            f"- {r['name']}, seed {r.get('seed')}, learning rate {r['learning_rate']:g} (`{r['source']}`)"
+            for r in dropped
+        ]
     lines.append("")
     lines += failures_section(records) + runs_section(records) + seeds_section(records)
     lines += sweep_section(records)
@@ -128,13 +143,21 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="Keep only these families (comma-separated), e.g. when some files hold more.",
     )
+    parser.add_argument(
+        "--drop_other_rates",
+        action="store_true",
+        help="Leave out (and list) the seeds of a family that ran at a learning rate its sweep did not "
+        "choose, instead of refusing them.",
+    )
     args = parser.parse_args(argv)
     missing = [str(p) for p in args.results if not p.is_file()]
     if missing:
         parser.error(f"no such results file: {', '.join(missing)}")
-    records = combine(args.results, args.models.split(",") if args.models else None)
+    records, dropped = combine(
+        args.results, args.models.split(",") if args.models else None, args.drop_other_rates
+    )
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(report(records, args.title, args.results))
+    args.output.write_text(report(records, args.title, args.results, dropped))
     if args.save_results:
         args.save_results.parent.mkdir(parents=True, exist_ok=True)
         args.save_results.write_text(json.dumps(records, indent=1) + "\n")
