@@ -343,6 +343,12 @@ def test_a_sweep_and_seeds_run_apart_combine_only_at_the_rate_the_sweep_chose(tm
     assert main([*args, "--drop_other_rates"]) == 0
     assert "- hf_lstm, seed 43, learning rate 0.004 (`" in out.read_text()
     assert sorted(r["seed"] for r in json.loads(saved.read_text())) == [42, 42, 42]
+    # a file whose seed 42 was trained again: only its other seeds are read
+    seeds.write_text(json.dumps([_record("hf_lstm", 43, 190.0), {**sweep[1], "eval_perplexity": 250.0}]))
+    with pytest.raises(ValueError, match="give each run once"):
+        main(args)
+    assert main([*args, "--seeds_of", f"{seeds}=43"]) == 0
+    assert sorted(r["seed"] for r in json.loads(saved.read_text())) == [42, 42, 42, 43]
     # the same sweep run apart, one rate per file, each run a plain final run: assembled and chosen alike
     apart = []
     for rate, perplexity in ((0.004, 210.0), (0.002, 200.0), (0.001, 230.0)):

@@ -50,15 +50,21 @@ KEPT = (  # what the combined results.json keeps of each record: the numbers, no
 
 
 def combine(
-    paths: list[Path], models: list[str] | None = None, drop_other_rates: bool = False
+    paths: list[Path],
+    models: list[str] | None = None,
+    drop_other_rates: bool = False,
+    seeds_of: dict[Path, set[int]] | None = None,
 ) -> tuple[list[dict], list[dict]]:
-    """Every record of the files (of the families `models` only, if given), each tagged with the file it came
-    from, and the runs left out (`drop_other_rates`, see `_assemble_sweeps`); a run present twice (the same
-    family, size, budget, learning rate and seed) is an error, since it would count twice in the means."""
-    records, seen = [], {}
+    """Every record of the files (of the families `models` only, if given; of the seeds `seeds_of[path]`
+    only, for a file named there), each tagged with the file it came from, and the runs left out
+    (`drop_other_rates`, see `_assemble_sweeps`); a run present twice (the same family, size, budget, learning
+    rate and seed) is an error, since it would count twice in the means."""
+    records, seen, seeds_of = [], {}, seeds_of or {}
     for path in paths:
         for record in json.loads(Path(path).read_text()):
             if models and record.get("name") not in models:
+                continue
+            if path in seeds_of and record.get("seed") not in seeds_of[path]:
                 continue
             key = tuple(
                 record.get(k) for k in ("name", "target_parameters", "budget", "learning_rate", "seed")
@@ -149,13 +155,28 @@ def main(argv: list[str] | None = None) -> int:
         help="Leave out (and list) the seeds of a family that ran at a learning rate its sweep did not "
         "choose, instead of refusing them.",
     )
+    parser.add_argument(
+        "--seeds_of",
+        action="append",
+        default=[],
+        metavar="FILE=SEEDS",
+        help="Keep only these seeds of one of the results files, e.g. old.json=43,44 where its seed 42 was "
+        "trained again (repeatable).",
+    )
     args = parser.parse_args(argv)
     missing = [str(p) for p in args.results if not p.is_file()]
     if missing:
         parser.error(f"no such results file: {', '.join(missing)}")
-    records, dropped = combine(
-        args.results, args.models.split(",") if args.models else None, args.drop_other_rates
-    )
+    seeds_of = {}
+    for given in args.seeds_of:
+        path, _, seeds = given.rpartition("=")
+        if Path(path) not in args.results or not seeds:
+            parser.error(
+                f"--seeds_of {given}: expected one of the results files, '=', and seeds, e.g. a.json=43,44"
+            )
+        seeds_of[Path(path)] = {int(s) for s in seeds.split(",")}
+    models = args.models.split(",") if args.models else None
+    records, dropped = combine(args.results, models, args.drop_other_rates, seeds_of)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(report(records, args.title, args.results, dropped))
     if args.save_results:
