@@ -121,7 +121,7 @@ def report(records: list[dict], title: str, sources: list[Path], dropped: tuple[
         mine = [r for r in records if r["source"] == str(path)]
         names = ", ".join(dict.fromkeys(r["name"] for r in mine))
         seeds = ", ".join(str(s) for s in sorted({r.get("seed") for r in mine}))
-        lines.append(f"- `{path}`: {names}; seeds {seeds}")
+        lines.append(f"- `{path}`: {names}; seeds {seeds}" if mine else f"- `{path}`: nothing kept")
     if dropped:
         lines += [
             "",
