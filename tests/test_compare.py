@@ -306,6 +306,12 @@ def test_runs_made_apart_combine_into_means_spreads_and_ranks_seed_by_seed(tmp_p
     assert len(records) == 4 and "eval_curve" not in records[0] and records[0]["source"] == str(first)
     assert main([str(first), str(second), "--models", "xlstm", "--title", "t", "--output", str(out)]) == 0
     assert "hf_lstm" not in out.read_text() and "| xlstm | 190.0 / 196.0 | 1 / 1 |" in out.read_text()
+    assert (
+        main([str(first), str(second), "--models", "xlstm,hf_lstm", "--title", "t", "--output", str(out)])
+        == 0
+    )
+    text = out.read_text()  # the families in the order --models gives
+    assert text.index("| xlstm | 4M |") < text.index("| hf_lstm | 4M |")
 
 
 def test_a_run_given_twice_is_refused_rather_than_counted_twice(tmp_path):

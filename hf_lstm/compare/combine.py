@@ -55,10 +55,10 @@ def combine(
     drop_other_rates: bool = False,
     seeds_of: dict[Path, set[int]] | None = None,
 ) -> tuple[list[dict], list[dict]]:
-    """Every record of the files (of the families `models` only, if given; of the seeds `seeds_of[path]`
-    only, for a file named there), each tagged with the file it came from, and the runs left out
-    (`drop_other_rates`, see `_assemble_sweeps`); a run present twice (the same family, size, budget, learning
-    rate and seed) is an error, since it would count twice in the means."""
+    """Every record of the files (of the families `models` only, in that order, if given; of the seeds
+    `seeds_of[path]` only, for a file named there), each tagged with the file it came from, and the runs left
+    out (`drop_other_rates`, see `_assemble_sweeps`); a run present twice (the same family, size, budget,
+    learning rate and seed) is an error, since it would count twice in the means."""
     records, seen, seeds_of = [], {}, seeds_of or {}
     for path in paths:
         for record in json.loads(Path(path).read_text()):
@@ -75,6 +75,8 @@ def combine(
                 seen[key] = path
             records.append({**{k: record[k] for k in KEPT if k in record}, "source": str(path)})
     dropped = _assemble_sweeps(records, drop_other_rates)
+    if models:  # the report's tables list the families in this order
+        records.sort(key=lambda r: models.index(r["name"]))
     return [r for r in records if not any(r is d for d in dropped)], dropped
 
 
@@ -147,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--models",
         default=None,
-        help="Keep only these families (comma-separated), e.g. when some files hold more.",
+        help="Keep only these families (comma-separated), e.g. when some files hold more; the tables list "
+        "them in this order.",
     )
     parser.add_argument(
         "--drop_other_rates",
