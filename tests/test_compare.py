@@ -353,6 +353,8 @@ def test_a_sweep_and_seeds_run_apart_combine_only_at_the_rate_the_sweep_chose(tm
     seeds.write_text(json.dumps([_record("hf_lstm", 43, 190.0), {**sweep[1], "eval_perplexity": 250.0}]))
     with pytest.raises(ValueError, match="give each run once"):
         main(args)
+    with pytest.raises(SystemExit):  # a clear usage error, not a traceback from int()
+        main([*args, "--seeds_of", f"{seeds}=43,x"])
     assert main([*args, "--seeds_of", f"{seeds}=43"]) == 0
     assert sorted(r["seed"] for r in json.loads(saved.read_text())) == [42, 42, 42, 43]
     # the same sweep run apart, one rate per file, each run a plain final run: assembled and chosen alike

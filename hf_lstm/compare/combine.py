@@ -6,7 +6,9 @@ seed, on a 2-core machine, one process per core with the families split between 
 results.json files and writes what `hf-lstm compare --seeds N` would have written about the seeds: mean and
 spread per family, every seed's numbers with its rank and the steps its budget gave it, and hf_lstm against
 each peer; and the learning-rate sweep: the runs of a family's first seed at different rates, run together
-(`--lr_sweep N`) or apart (`_assemble_sweeps`). Its other seeds must have run at the rate the sweep chose.
+(`--lr_sweep N`) or apart (`_assemble_sweeps`). Its other seeds must have run at the rate the sweep chose
+(or be left out: `--drop_other_rates`). Under an equal-wall-clock budget a run's steps are the machine's speed
+that day: combine runs of one day (docs/COMPARE.md shows what mixing days did).
 
     python scripts/combine_compare.py docs/compare-peers-ptb-4m/results.json runs/a/results.json \
         runs/b/results.json --title "peers-ptb-4M, seeds 42-44" --output docs/COMPARE-peers-ptb-4M-seeds.md \
@@ -117,7 +119,7 @@ def _assemble_sweeps(records: list[dict], drop_other_rates: bool = False) -> lis
     return dropped
 
 
-def report(records: list[dict], title: str, sources: list[Path], dropped: tuple[dict, ...] = ()) -> str:
+def report(records: list[dict], title: str, sources: list[Path], dropped: list[dict] | None = None) -> str:
     lines = [f"# {title}", "", "Combined by `scripts/combine_compare.py` from:", ""]
     for path in sources:
         mine = [r for r in records if r["source"] == str(path)]
@@ -173,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds_of = {}
     for given in args.seeds_of:
         path, _, seeds = given.rpartition("=")
-        if Path(path) not in args.results or not seeds:
+        if Path(path) not in args.results or not all(s.strip().isdigit() for s in seeds.split(",")):
             parser.error(
                 f"--seeds_of {given}: expected one of the results files, '=', and seeds, e.g. a.json=43,44"
             )
