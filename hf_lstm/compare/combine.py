@@ -79,7 +79,8 @@ def combine(
     dropped = _assemble_sweeps(records, drop_other_rates)
     if models:  # the report's tables list the families in this order
         records.sort(key=lambda r: models.index(r["name"]))
-    return [r for r in records if not any(r is d for d in dropped)], dropped
+    left_out = {id(r) for r in dropped}
+    return [r for r in records if id(r) not in left_out], dropped
 
 
 def _assemble_sweeps(records: list[dict], drop_other_rates: bool = False) -> list[dict]:

@@ -120,10 +120,10 @@ def sweep_section(records: list[dict]) -> list[str]:
     tried = [r for r in tried if r.get("seed") == min(x.get("seed", 0) for x in tried)]
     if not tried:
         return []
-    first_seen = {name: i for i, name in reversed(list(enumerate(r["name"] for r in records)))}
-    tried.sort(  # family by family (in the order they come), then by size, budget and rate
+    families = list(dict.fromkeys(r["name"] for r in records))  # in the order they come
+    tried.sort(  # family by family, then by size, budget and rate
         key=lambda r: (
-            first_seen[r["name"]],
+            families.index(r["name"]),
             r.get("target_parameters") or 0,
             str(r.get("budget")),
             r.get("learning_rate") or 0,

@@ -73,7 +73,7 @@ def adding_batch(batch_size: int, seq_len: int, generator: torch.Generator, leng
 
     Returns:
         `tuple[torch.Tensor, torch.Tensor]`: x of shape (batch, L, 2) holding (value, marker) pairs, and y of
-        shape (batch,) holding the target 0.5 + (X1 + X2) / 4.
+        shape (batch,) holding the value to predict, 0.5 + (X1 + X2) / 4.
     """
     if seq_len < 22:
         raise ValueError(
