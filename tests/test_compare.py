@@ -209,6 +209,8 @@ def test_each_family_runs_with_its_recipe_its_shape_and_the_shared_data_and_batc
     assert settings.context_length == (16 if model_type == "hf_lstm" else 32)
     assert parse_config_overrides(settings.config_overrides) == shape.overrides
     assert settings.tokenizer_name.endswith("tokenizer") and settings.max_train_steps is None
+    # the model at the budget's end, on a corpus of one's own too (train's default there keeps the best)
+    assert settings.load_best_model_at_end is False and settings.best_model_plan(True, 100) == (False, None)
 
 
 def test_extra_train_arguments_override_the_recipe_and_the_plan_comes_last():
@@ -367,3 +369,32 @@ def test_a_sweep_and_seeds_run_apart_combine_only_at_the_rate_the_sweep_chose(tm
     again = out.read_text()
     assert "| wall_clock | 0.002 (0.001, 0.002, 0.004) | 2 | 195.0 ± 7.1 |" in again
     assert "| 0.001 | 230.0 | 207.0 |  |" in again and "| 0.002 | 200.0 | 180.0 | **yes** |" in again
+
+
+def test_the_cards_copied_are_those_of_each_family_s_first_seed_at_the_chosen_rate(tmp_path, capsys):
+    from hf_lstm.compare.combine import main
+
+    runs = []
+    for name, rate, seed, perplexity in (
+        ("hf_lstm", 0.006, 42, 220.0),
+        ("hf_lstm", 0.012, 42, 210.0),  # chosen
+        ("hf_lstm", 0.012, 43, 205.0),  # a better seed, but not the sweep's run
+        ("xlstm", 0.002, 42, 270.0),  # its folder is gone
+    ):
+        folder = tmp_path / f"{name}-{rate}-{seed}"
+        if name == "hf_lstm":
+            folder.mkdir()
+            (folder / "README.md").write_text(f"# card of {name} at {rate}, seed {seed}\n")
+        record = {**_record(name, seed, perplexity), "learning_rate": rate, "model_dir": str(folder)}
+        runs.append(tmp_path / f"{name}-{rate}-{seed}.json")
+        runs[-1].write_text(json.dumps([{**record, "parameter_match_error": 0.01}]))
+    cards, out = tmp_path / "cards", tmp_path / "docs" / "r.md"
+    args = [*map(str, runs), "--title", "t", "--output", str(out), "--model_cards_dir", str(cards)]
+    with pytest.raises(SystemExit):  # the cards need a name
+        main(args)
+    assert main([*args, "--run_name", "sweep"]) == 0
+    assert [p.name for p in cards.iterdir()] == ["sweep-hf_lstm.md"]
+    card = (cards / "sweep-hf_lstm.md").read_text()
+    assert card.startswith("# card of hf_lstm at 0.012, seed 42") and "## In the comparison" in card
+    assert "(../docs/r.md)" in card
+    assert "no card for xlstm: the model folder its results file names is gone" in capsys.readouterr().out

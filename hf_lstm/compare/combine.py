@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
+from .report import copy_model_cards
 from .tables import failures_section, lstm_versus_peers, runs_section, seeds_section, sweep_section
 
 KEPT = (  # what the combined results.json keeps of each record: the numbers, not the curves or paths
@@ -120,6 +122,31 @@ def _assemble_sweeps(records: list[dict], drop_other_rates: bool = False) -> lis
     return dropped
 
 
+def reference_cards(records: list[dict], cards_dir: Path, run_name: str, report_link: str) -> list[str]:
+    """Copy the card of each family's reference model, the run at its first seed and chosen learning rate, to
+    CARDS_DIR/<run name>-<family>.md (as `hf-lstm compare --model_cards_dir` does), read from the model folder
+    its results file recorded. A family whose folder is gone gets none (the paths returned say which did)."""
+    firsts: dict[str, dict] = {}
+    for r in records:
+        if r.get("status") != "ok" or r.get("role") != "final":
+            continue
+        known = firsts.get(r["name"])
+        if known and (known["target_parameters"], known["budget"]) != (r["target_parameters"], r["budget"]):
+            raise ValueError(
+                f"{r['name']} ran at more than one size or budget: give --model_cards_dir the runs of one"
+            )
+        if not known or r["seed"] < known["seed"]:
+            firsts[r["name"]] = r
+    key = ("name", "target_parameters", "budget", "learning_rate", "seed")
+    originals = [
+        {**o, "main": True}
+        for r in firsts.values()
+        for o in json.loads(Path(r["source"]).read_text())
+        if all(o.get(k) == r.get(k) for k in key) and o.get("status") == "ok"
+    ]
+    return copy_model_cards(originals, cards_dir, run_name, report_link)
+
+
 def report(records: list[dict], title: str, sources: list[Path], dropped: list[dict] | None = None) -> str:
     lines = [f"# {title}", "", "Combined by `scripts/combine_compare.py` from:", ""]
     for path in sources:
@@ -169,6 +196,12 @@ def main(argv: list[str] | None = None) -> int:
         help="Keep only these seeds of one of the results files, e.g. old.json=43,44 where its seed 42 was "
         "trained again (repeatable).",
     )
+    parser.add_argument(
+        "--model_cards_dir",
+        type=Path,
+        help="Also copy the card of each family's first seed at its chosen rate to DIR/<run name>-<model>.md",
+    )
+    parser.add_argument("--run_name", help="The cards' name prefix (with --model_cards_dir).")
     args = parser.parse_args(argv)
     missing = [str(p) for p in args.results if not p.is_file()]
     if missing:
@@ -181,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"--seeds_of {given}: expected one of the results files, '=', and seeds, e.g. a.json=43,44"
             )
         seeds_of[Path(path)] = {int(s) for s in seeds.split(",")}
+    if args.model_cards_dir and not args.run_name:
+        parser.error("--model_cards_dir needs --run_name, the prefix of the cards' names")
     models = args.models.split(",") if args.models else None
     records, dropped = combine(args.results, models, args.drop_other_rates, seeds_of)
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -189,4 +224,12 @@ def main(argv: list[str] | None = None) -> int:
         args.save_results.parent.mkdir(parents=True, exist_ok=True)
         args.save_results.write_text(json.dumps(records, indent=1) + "\n")
     print(f"wrote {args.output} ({len(records)} runs)")
+    if args.model_cards_dir:
+        link = os.path.relpath(args.output, args.model_cards_dir)
+        cards = reference_cards(records, args.model_cards_dir, args.run_name, link)
+        print(f"wrote {len(cards)} model cards to {args.model_cards_dir}")
+        families = dict.fromkeys(r["name"] for r in records if r.get("status") == "ok")
+        gone = [f for f in families if not any(c.endswith(f"-{f.replace(':', '-')}.md") for c in cards)]
+        if gone:
+            print(f"no card for {', '.join(gone)}: the model folder its results file names is gone")
     return 0

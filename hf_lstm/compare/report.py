@@ -224,7 +224,8 @@ def _setup_section(options: argparse.Namespace, records: list[dict], summary: di
         f"{WARMUP_FRACTION:.0%} warm-up " + schedule,
         f"- Curves: about {options.curve_points} checkpoints per run, saved inside the training clock (a "
         "fraction of a second each) and evaluated after the run, so evaluation takes nothing from the "
-        "budget.",
+        "budget. Every result is the model at the end of its budget, on every corpus (no checkpoint chosen "
+        "on validation).",
         "- Recipes: "
         + "; ".join(_recipe(r) for r in records)
         + ". hf_lstm's stream batching carries the state across windows; every other family reads "

@@ -193,6 +193,9 @@ def family_settings(
         block_size=options.block_size,
         eval_window=options.eval_window,
         lr_scheduler_type="cosine",
+        # every corpus's result is the model at the budget's end, as on PTB; hf-lstm train's default for
+        # another corpus would evaluate ten times and keep the best on validation
+        load_best_model_at_end=False,
         sample_max_new_tokens=options.sample_max_new_tokens,
         **family.recipe,
     )
