@@ -365,8 +365,12 @@ def test_a_sweep_and_seeds_run_apart_combine_only_at_the_rate_the_sweep_chose(tm
         apart.append(tmp_path / f"lr{rate}.json")
         apart[-1].write_text(json.dumps([{**_record("hf_lstm", 42, perplexity), "learning_rate": rate}]))
     seeds.write_text(json.dumps([_record("hf_lstm", 43, 190.0)]))
-    assert main([*map(str, apart), str(seeds), "--title", "t", "--output", str(out)]) == 0
+    plot = tmp_path / "plots" / "seeds.png"
+    args = [*map(str, apart), str(seeds), "--title", "t", "--output", str(out), "--plot", str(plot)]
+    assert main(args) == 0
+    assert plot.stat().st_size > 5000
     again = out.read_text()
+    assert "](plots/seeds.png)" in again
     assert "| wall_clock | 0.002 (0.001, 0.002, 0.004) | 2 | 195.0 ± 7.1 |" in again
     assert "| 0.001 | 230.0 | 207.0 |  |" in again and "| 0.002 | 200.0 | 180.0 | **yes** |" in again
 

@@ -22,6 +22,7 @@ import json
 import os
 from pathlib import Path
 
+from .plots import draw_seeds_and_sweep
 from .report import copy_model_cards
 from .tables import failures_section, lstm_versus_peers, runs_section, seeds_section, sweep_section
 
@@ -147,7 +148,13 @@ def reference_cards(records: list[dict], cards_dir: Path, run_name: str, report_
     return copy_model_cards(originals, cards_dir, run_name, report_link)
 
 
-def report(records: list[dict], title: str, sources: list[Path], dropped: list[dict] | None = None) -> str:
+def report(
+    records: list[dict],
+    title: str,
+    sources: list[Path],
+    dropped: list[dict] | None = None,
+    plot_link: str | None = None,
+) -> str:
     lines = [f"# {title}", "", "Combined by `scripts/combine_compare.py` from:", ""]
     for path in sources:
         mine = [r for r in records if r["source"] == str(path)]
@@ -165,6 +172,8 @@ def report(records: list[dict], title: str, sources: list[Path], dropped: list[d
             for r in dropped
         ]
     lines.append("")
+    if plot_link:
+        lines += [f"![each seed, and the learning-rate sweep]({plot_link})", ""]
     lines += failures_section(records) + runs_section(records) + seeds_section(records)
     lines += sweep_section(records)
     return "\n".join([*lines, *lstm_versus_peers(records), ""])
@@ -202,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         help="Also copy the card of each family's first seed at its chosen rate to DIR/<run name>-<model>.md",
     )
     parser.add_argument("--run_name", help="The cards' name prefix (with --model_cards_dir).")
+    parser.add_argument(
+        "--plot", type=Path, help="Also draw each family's seeds and sweep to this PNG, shown in the report."
+    )
     args = parser.parse_args(argv)
     missing = [str(p) for p in args.results if not p.is_file()]
     if missing:
@@ -219,7 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     models = args.models.split(",") if args.models else None
     records, dropped = combine(args.results, models, args.drop_other_rates, seeds_of)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(report(records, args.title, args.results, dropped))
+    link = None
+    if args.plot:
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        draw_seeds_and_sweep(records, args.plot)
+        link = os.path.relpath(args.plot, args.output.parent)
+    args.output.write_text(report(records, args.title, args.results, dropped, link))
     if args.save_results:
         args.save_results.parent.mkdir(parents=True, exist_ok=True)
         args.save_results.write_text(json.dumps(records, indent=1) + "\n")

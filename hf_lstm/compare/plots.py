@@ -168,6 +168,70 @@ def _plot_size(plt, records: list[dict], path: Path) -> None:
     _finish(plt, fig, axes, path)
 
 
+def draw_seeds_and_sweep(records: list[dict], path: Path) -> None:
+    """One PNG of a combined comparison (`scripts/combine_compare.py`): on the left each family's validation
+    perplexity at every seed of its chosen rate (dots) with the mean and standard deviation, best family on
+    top; on the right, where the families were swept, validation perplexity against the learning rate at the
+    first seed, the chosen rate ringed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .tables import aggregate
+
+    rows = sorted(
+        (r for r in aggregate(records) if r["validation_perplexity_fixed_window"]["mean"] is not None),
+        key=lambda r: -r["validation_perplexity_fixed_window"]["mean"],
+    )
+    swept = [r for r in records if r.get("status") == "ok" and len(r.get("lr_candidates") or []) > 1]
+    firsts = {r["name"]: min(x.get("seed") for x in swept if x["name"] == r["name"]) for r in swept}
+    fig, axes = plt.subplots(1, 2 if swept else 1, figsize=(12 if swept else 6.5, 0.45 * len(rows) + 1.8))
+    left = axes[0] if swept else axes
+    for y, row in enumerate(rows):
+        runs = [
+            r
+            for r in records
+            if r.get("status") == "ok" and r.get("role") == "final" and r["name"] == row["name"]
+            if (r["target_parameters"], r["budget"]) == (row["target_parameters"], row["budget"])
+        ]
+        stats = row["validation_perplexity_fixed_window"]
+        left.errorbar(stats["mean"], y, xerr=stats["std"] or 0, fmt="s", color="black", capsize=4)
+        left.scatter([r["eval_perplexity"] for r in runs], [y] * len(runs), alpha=0.6, zorder=3)
+    left.set_yticks(range(len(rows)), [r["name"] for r in rows])
+    left.set(xscale="log", xlabel="validation perplexity (fixed windows)")
+    left.set_title("Each seed at the chosen rate (dots); mean ± sd (black)", fontsize=10)
+    if swept:
+        right = axes[1]
+        for name in dict.fromkeys(r["name"] for r in swept):
+            tried = sorted(
+                (r for r in swept if r["name"] == name and r.get("seed") == firsts[name]),
+                key=lambda r: r["learning_rate"],
+            )
+            line = right.plot(
+                [r["learning_rate"] for r in tried],
+                [r["eval_perplexity"] for r in tried],
+                marker="o",
+                label=name,
+            )[0]
+            chosen = [r for r in tried if r.get("role") == "final"]
+            right.scatter(
+                [r["learning_rate"] for r in chosen],
+                [r["eval_perplexity"] for r in chosen],
+                s=160,
+                facecolors="none",
+                edgecolors=line.get_color(),
+            )
+        right.set(xscale="log", yscale="log", xlabel="learning rate", ylabel="validation perplexity (fixed)")
+        right.set_title("The sweep at the first seed (chosen rate ringed)", fontsize=10)
+        right.legend(fontsize=8)
+        right.grid(alpha=0.3)
+    left.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def draw_plots(records: list[dict], output_dir: Path) -> list[str]:
     """Draw the plots into `output_dir` from the records of results.json: curves.png (loss and validation
     perplexity against wall-clock and tokens), generation.png (tokens/s against context at each batch size)
