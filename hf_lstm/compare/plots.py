@@ -168,11 +168,25 @@ def _plot_size(plt, records: list[dict], path: Path) -> None:
     _finish(plt, fig, axes, path)
 
 
+def _plain_numbers(axis) -> None:
+    """Label a log axis 200, 300, 1,000 instead of 2x10^2: major ticks, and minor ones led by 2, 3 or 5."""
+    from matplotlib.ticker import FuncFormatter
+
+    def label(value, _):
+        return f"{value:,.0f}" if value >= 1 else f"{value:g}"
+
+    def minor(value, _):
+        return label(value, _) if f"{value:e}"[0] in "235" else ""
+
+    axis.set_major_formatter(FuncFormatter(label))
+    axis.set_minor_formatter(FuncFormatter(minor))
+
+
 def draw_seeds_and_sweep(records: list[dict], path: Path) -> None:
     """One PNG of a combined comparison (`scripts/combine_compare.py`): on the left each family's validation
     perplexity at every seed of its chosen rate (dots) with the mean and standard deviation, best family on
     top; on the right, where the families were swept, validation perplexity against the learning rate at the
-    first seed, the chosen rate ringed."""
+    first seed, the chosen rate ringed. A family has one colour in both."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -180,12 +194,12 @@ def draw_seeds_and_sweep(records: list[dict], path: Path) -> None:
 
     from .tables import aggregate
 
+    colour = {name: f"C{i % 10}" for i, name in enumerate(dict.fromkeys(r["name"] for r in records))}
     rows = sorted(
         (r for r in aggregate(records) if r["validation_perplexity_fixed_window"]["mean"] is not None),
         key=lambda r: -r["validation_perplexity_fixed_window"]["mean"],
     )
     swept = [r for r in records if r.get("status") == "ok" and len(r.get("lr_candidates") or []) > 1]
-    firsts = {r["name"]: min(x.get("seed") for x in swept if x["name"] == r["name"]) for r in swept}
     fig, axes = plt.subplots(1, 2 if swept else 1, figsize=(12 if swept else 6.5, 0.45 * len(rows) + 1.8))
     left = axes[0] if swept else axes
     for y, row in enumerate(rows):
@@ -197,36 +211,37 @@ def draw_seeds_and_sweep(records: list[dict], path: Path) -> None:
         ]
         stats = row["validation_perplexity_fixed_window"]
         left.errorbar(stats["mean"], y, xerr=stats["std"] or 0, fmt="s", color="black", capsize=4)
-        left.scatter([r["eval_perplexity"] for r in runs], [y] * len(runs), alpha=0.6, zorder=3)
+        left.scatter(
+            [r["eval_perplexity"] for r in runs], [y] * len(runs), color=colour[row["name"]], zorder=3
+        )
     left.set_yticks(range(len(rows)), [r["name"] for r in rows])
-    left.set(xscale="log", xlabel="validation perplexity (fixed windows)")
+    left.set(xlabel="validation perplexity (fixed windows)")
     left.set_title("Each seed at the chosen rate (dots); mean ± sd (black)", fontsize=10)
+    left.grid(alpha=0.3)
     if swept:
         right = axes[1]
         for name in dict.fromkeys(r["name"] for r in swept):
+            first = min(r.get("seed") for r in swept if r["name"] == name)
             tried = sorted(
-                (r for r in swept if r["name"] == name and r.get("seed") == firsts[name]),
+                (r for r in swept if r["name"] == name and r.get("seed") == first),
                 key=lambda r: r["learning_rate"],
             )
-            line = right.plot(
-                [r["learning_rate"] for r in tried],
-                [r["eval_perplexity"] for r in tried],
-                marker="o",
-                label=name,
-            )[0]
+            rates, perplexity = [r["learning_rate"] for r in tried], [r["eval_perplexity"] for r in tried]
+            right.plot(rates, perplexity, marker="o", color=colour[name], label=name)
             chosen = [r for r in tried if r.get("role") == "final"]
             right.scatter(
                 [r["learning_rate"] for r in chosen],
                 [r["eval_perplexity"] for r in chosen],
                 s=160,
                 facecolors="none",
-                edgecolors=line.get_color(),
+                edgecolors=colour[name],
             )
         right.set(xscale="log", yscale="log", xlabel="learning rate", ylabel="validation perplexity (fixed)")
+        _plain_numbers(right.xaxis)
+        _plain_numbers(right.yaxis)
         right.set_title("The sweep at the first seed (chosen rate ringed)", fontsize=10)
         right.legend(fontsize=8)
         right.grid(alpha=0.3)
-    left.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
