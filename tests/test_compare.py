@@ -306,8 +306,22 @@ def test_runs_made_apart_combine_into_means_spreads_and_ranks_seed_by_seed(tmp_p
     assert "hf_lstm 190.0 validation perplexity; xlstm 193.0" in text
     records = json.loads(saved.read_text())
     assert len(records) == 4 and "eval_curve" not in records[0] and records[0]["source"] == str(first)
-    assert main([str(first), str(second), "--models", "xlstm", "--title", "t", "--output", str(out)]) == 0
+    plot = tmp_path / "seeds.png"
+    args = [
+        str(first),
+        str(second),
+        "--models",
+        "xlstm",
+        "--title",
+        "t",
+        "--output",
+        str(out),
+        "--plot",
+        str(plot),
+    ]
+    assert main(args) == 0
     assert "hf_lstm" not in out.read_text() and "| xlstm | 190.0 / 196.0 | 1 / 1 |" in out.read_text()
+    assert "![each seed](seeds.png)" in out.read_text() and plot.stat().st_size > 5000  # no sweep to draw
     assert (
         main([str(first), str(second), "--models", "xlstm,hf_lstm", "--title", "t", "--output", str(out)])
         == 0
@@ -370,7 +384,7 @@ def test_a_sweep_and_seeds_run_apart_combine_only_at_the_rate_the_sweep_chose(tm
     assert main(args) == 0
     assert plot.stat().st_size > 5000
     again = out.read_text()
-    assert "](plots/seeds.png)" in again
+    assert "![each seed, and the learning-rate sweep](plots/seeds.png)" in again
     assert "| wall_clock | 0.002 (0.001, 0.002, 0.004) | 2 | 195.0 ± 7.1 |" in again
     assert "| 0.001 | 230.0 | 207.0 |  |" in again and "| 0.002 | 200.0 | 180.0 | **yes** |" in again
 

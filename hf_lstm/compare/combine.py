@@ -173,7 +173,8 @@ def report(
         ]
     lines.append("")
     if plot_link:
-        lines += [f"![each seed, and the learning-rate sweep]({plot_link})", ""]
+        swept = any(len(r.get("lr_candidates") or []) > 1 for r in records)
+        lines += [f"![each seed{', and the learning-rate sweep' if swept else ''}]({plot_link})", ""]
     lines += failures_section(records) + runs_section(records) + seeds_section(records)
     lines += sweep_section(records)
     return "\n".join([*lines, *lstm_versus_peers(records), ""])
