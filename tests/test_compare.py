@@ -307,19 +307,8 @@ def test_runs_made_apart_combine_into_means_spreads_and_ranks_seed_by_seed(tmp_p
     records = json.loads(saved.read_text())
     assert len(records) == 4 and "eval_curve" not in records[0] and records[0]["source"] == str(first)
     plot = tmp_path / "seeds.png"
-    args = [
-        str(first),
-        str(second),
-        "--models",
-        "xlstm",
-        "--title",
-        "t",
-        "--output",
-        str(out),
-        "--plot",
-        str(plot),
-    ]
-    assert main(args) == 0
+    args = [str(first), str(second), "--models", "xlstm", "--title", "t", "--output", str(out)]
+    assert main([*args, "--plot", str(plot)]) == 0
     assert "hf_lstm" not in out.read_text() and "| xlstm | 190.0 / 196.0 | 1 / 1 |" in out.read_text()
     assert "![each seed](seeds.png)" in out.read_text() and plot.stat().st_size > 5000  # no sweep to draw
     assert (

@@ -22,7 +22,7 @@ import json
 import os
 from pathlib import Path
 
-from .plots import draw_seeds_and_sweep
+from .plots import draw_seeds_and_sweep, swept_runs
 from .report import copy_model_cards
 from .tables import failures_section, lstm_versus_peers, runs_section, seeds_section, sweep_section
 
@@ -173,8 +173,8 @@ def report(
         ]
     lines.append("")
     if plot_link:
-        swept = any(len(r.get("lr_candidates") or []) > 1 for r in records)
-        lines += [f"![each seed{', and the learning-rate sweep' if swept else ''}]({plot_link})", ""]
+        sweep = ", and the learning-rate sweep" if swept_runs(records) else ""
+        lines += [f"![each seed{sweep}]({plot_link})", ""]
     lines += failures_section(records) + runs_section(records) + seeds_section(records)
     lines += sweep_section(records)
     return "\n".join([*lines, *lstm_versus_peers(records), ""])

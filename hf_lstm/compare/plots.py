@@ -182,6 +182,11 @@ def _plain_numbers(axis) -> None:
     axis.set_minor_formatter(FuncFormatter(minor))
 
 
+def swept_runs(records: list[dict]) -> list[dict]:
+    """The completed runs that were part of a learning-rate sweep (more than one rate tried)."""
+    return [r for r in records if r.get("status") == "ok" and len(r.get("lr_candidates") or []) > 1]
+
+
 def draw_seeds_and_sweep(records: list[dict], path: Path) -> None:
     """One PNG of a combined comparison (`scripts/combine_compare.py`): on the left each family's validation
     perplexity at every seed of its chosen rate (dots) with the mean and standard deviation, best family on
@@ -199,7 +204,7 @@ def draw_seeds_and_sweep(records: list[dict], path: Path) -> None:
         (r for r in aggregate(records) if r["validation_perplexity_fixed_window"]["mean"] is not None),
         key=lambda r: -r["validation_perplexity_fixed_window"]["mean"],
     )
-    swept = [r for r in records if r.get("status") == "ok" and len(r.get("lr_candidates") or []) > 1]
+    swept = swept_runs(records)
     fig, axes = plt.subplots(1, 2 if swept else 1, figsize=(12 if swept else 6.5, 0.45 * len(rows) + 1.8))
     left = axes[0] if swept else axes
     for y, row in enumerate(rows):
