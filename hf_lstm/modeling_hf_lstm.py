@@ -156,6 +156,16 @@ _HAS_CELL_STATE = {"lstm": True, "peephole": True, "gru": False, "rnn": False}
 # ----------------------------------------------------------------------------------------------------------
 
 
+_NO_ROLLBACK = (
+    "assisted and prompt-lookup decoding check draft tokens, then roll the cache back to the ones accepted, "
+    "and a recurrent state cannot forget the last tokens it read, so an hf_lstm model can take part there "
+    "neither as the model nor as the assistant. Use greedy search, sampling or beam search"
+)
+# what asks generate() for assisted or prompt-lookup decoding, as an argument or a generation-config field
+# (transformers marks the config it hands an assistant model with is_assistant=True)
+_DRAFTING = ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit", "is_assistant")
+
+
 class LSTMCache:
     """The recurrent state of every layer: (h, C) for LSTM and peephole cells, (h,) for GRU and RNN cells,
     each of shape (batch, hidden_size).
@@ -226,10 +236,7 @@ class LSTMCache:
 
     def crop(self, max_length: int) -> None:
         if max_length < 0 or max_length < self.seen_tokens:
-            raise ValueError(
-                "an LSTMCache cannot be cropped: a recurrent state cannot forget the last tokens it read. "
-                "Re-run the model on the shorter prefix instead."
-            )
+            raise ValueError(f"an LSTMCache cannot be cropped back: {_NO_ROLLBACK}")
 
     def detach(self) -> LSTMCache:
         """A copy cut from the autograd graph: truncated backpropagation through time carries the values of
@@ -1083,7 +1090,7 @@ class LSTMPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     supports_gradient_checkpointing = False
     _no_split_modules = ["LSTMRecurrentLayer"]
-    _is_stateful = True  # generate() must not try assisted decoding, which needs to rewind the state
+    _is_stateful = True  # no assisted decoding, which rewinds the state (read up to transformers 5.24)
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
@@ -1504,8 +1511,9 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         self.lm_head = new_embeddings
 
     def generate(self, inputs=None, *args, **kwargs):
-        """`GenerationMixin.generate`, refusing an empty prompt up front: transformers before 5.24 fails on
-        one with an IndexError inside its own input preparation, before this model's checks run."""
+        """`GenerationMixin.generate`, refusing up front what would otherwise fail inside transformers: an
+        empty prompt (before 5.24, an IndexError in its own input preparation) and assisted or prompt-lookup
+        decoding (a RuntimeError saying a cache is required, when this model has one that cannot go back)."""
         ids = inputs if inputs is not None else kwargs.get("input_ids")
         if (
             isinstance(ids, torch.Tensor)
@@ -1514,6 +1522,10 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
             and kwargs.get("inputs_embeds") is None
         ):
             raise ValueError(f"input_ids is empty (shape {tuple(ids.shape)}); give at least one token")
+        config = kwargs.get("generation_config") or self.generation_config
+        for name in _DRAFTING:  # set as an argument, or in the generation config transformers hands on
+            if any(value not in (None, False) for value in (kwargs.get(name), getattr(config, name, None))):
+                raise ValueError(f"{name} means assisted decoding: {_NO_ROLLBACK}")
         return super().generate(inputs, *args, **kwargs)
 
     _NOT_FOR_A_DECODING_STEP = frozenset(

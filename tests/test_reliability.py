@@ -552,6 +552,44 @@ def test_an_empty_prompt_is_a_clear_error_and_a_prompt_of_only_padding_works():
     assert torch.isfinite(only_pad.logits).all()
 
 
+@pytest.mark.parametrize(
+    "ask", [{"prompt_lookup_num_tokens": 2}, {"assistant_model": "itself"}, {"assistant_early_exit": 1}]
+)
+def test_assisted_decoding_with_an_lstm_as_the_model_is_refused_up_front(ask):
+    """Draft-and-verify decoding rolls the model's cache back to the accepted tokens, which a recurrent state
+    cannot do: a ValueError that says so, not transformers' "Assisted decoding requires a cache"."""
+    model = LSTMForCausalLM(tiny_config()).eval()
+    ask = {k: model if v == "itself" else v for k, v in ask.items()}
+    with pytest.raises(ValueError, match=f"{next(iter(ask))} means assisted decoding: .* cannot forget"):
+        model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=4, do_sample=False, **ask)
+
+
+def test_an_lstm_as_the_assistant_of_a_transformer_is_refused_before_it_drafts():
+    """As the assistant, the LSTM would fail at the first rollback, a round into generation: it refuses the
+    generation config transformers marks for an assistant instead, and its cache refuses to be cropped."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    lstm = LSTMForCausalLM(tiny_config()).eval()
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=lstm.config.vocab_size,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+    ).eval()
+    ids = torch.tensor([[5, 6, 7]])
+    with pytest.raises(ValueError, match="is_assistant means assisted decoding"):
+        llama.generate(ids, max_new_tokens=6, do_sample=False, assistant_model=lstm, pad_token_id=0)
+    cache = lstm(ids, use_cache=True).cache
+    with pytest.raises(ValueError, match="cannot be cropped back: assisted"):
+        cache.crop(-1)
+    assert len(llama.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)[0]) == 9
+
+
 def test_a_pipeline_with_an_empty_prompt_generates_or_refuses_clearly(word_tokenizer):
     from transformers import pipeline
 
