@@ -216,6 +216,21 @@ def build_model(
     return AutoModelForCausalLM.from_config(config)
 
 
+def enable_activation_checkpointing(model) -> None:
+    """`--gradient_checkpointing`: transformers' activation checkpointing, non-reentrant (torch's recommended
+    variant, and transformers' default), through the name the installed transformers prefers."""
+    if not model.supports_gradient_checkpointing:
+        raise ValueError(
+            f"--gradient_checkpointing: {type(model).__name__} does not support activation checkpointing; "
+            "train without it"
+        )
+    options = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # the name since transformers 5.25
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+    else:  # before (since then, a deprecated alias)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+
+
 def parse_config_overrides(text: str) -> dict:
     """`"hidden_size=650,cell_type=lstm,initializer_range=0.1,tie_word_embeddings=false"` -> a dict of typed
     values (int, float, true/false, none, else the string)."""

@@ -137,6 +137,9 @@ compares across tokenizers; the baselines are the training split's unigram frequ
 distribution over the vocabulary."""
 
 
+_CHECKPOINTING = "; activation checkpointing on: the FLOPs of its recomputation are not counted"
+
+
 def _training_section(results: dict, command: list[str]) -> str:
     lines = []  # one option per line, values quoted: a command that runs when pasted
     for token in command:
@@ -153,7 +156,7 @@ wall-clock: {results["train_seconds"]:.0f} s
 {mfu_text(results["model_flops_utilization"])}
   (matrix-product FLOPs against a {results.get("matmul_peak_dtype", "fp32")} matmul peak of \
 {results["matmul_peak_flops"] / 1e9:.0f} GFLOP/s measured in the run on that device; mixed precision: \
-{results.get("mixed_precision", "no")})
+{results.get("mixed_precision", "no")}{_CHECKPOINTING if results.get("gradient_checkpointing") else ""})
 - hardware: {results.get("device") or "CPU " + machine_summary()}, {torch.get_num_threads()} torch threads, \
 {results["num_processes"]} process(es);
   torch {torch.__version__}

@@ -1088,7 +1088,7 @@ class LSTMPreTrainedModel(PreTrainedModel):
     config_class = LSTMConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True  # per recurrent layer (`LSTMModel.gradient_checkpointing`)
     _no_split_modules = ["LSTMRecurrentLayer"]
     _is_stateful = True  # no assisted decoding, which rewinds the state (read up to transformers 5.24)
 
@@ -1252,6 +1252,9 @@ class LSTMModel(LSTMPreTrainedModel):
             )
             for k in range(config.num_hidden_layers)
         )
+        # Set by transformers' `gradient_checkpointing_enable()` (with `_gradient_checkpointing_func`): in
+        # training, each layer keeps only its input and recomputes the rest during the backward pass.
+        self.gradient_checkpointing = False
         self.post_init()
 
     def get_input_embeddings(self):
@@ -1312,19 +1315,17 @@ class LSTMModel(LSTMPreTrainedModel):
         all_gates = () if output_gates else None
         use_reference = not config.uses_fused_kernel
         x = self.input_dropout(hidden)
+        checkpointed = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         new_states = []
         for k, layer in enumerate(self.layers):
             state = None
             if past is not None and len(past) > 0:
                 state = tuple(s.unsqueeze(0) for s in past.states[k])
-            out, final, gates = layer(
-                x,
-                mask,
-                state,
-                use_reference=use_reference,
-                output_gates=bool(output_gates),
-                decode_cache_weights=config.decode_cache_weights,
-            )
+            args = (x, mask, state, use_reference, bool(output_gates), config.decode_cache_weights)
+            if checkpointed:  # positional: the reentrant variant of torch's checkpoint takes no keywords
+                out, final, gates = self._gradient_checkpointing_func(layer.__call__, *args)
+            else:
+                out, final, gates = layer(*args)
             new_states.append(tuple(s.squeeze(0) for s in final) if layer.num_directions == 1 else final)
             if output_hidden_states:
                 all_hidden += (out,)

@@ -244,6 +244,13 @@ class TrainingSettings:
         "training",
         choices=("no", "bf16", "fp16"),
     )
+    gradient_checkpointing: bool = option(
+        False,
+        "Keep only each layer's input during the forward pass and recompute the rest in the backward pass: "
+        "less activation memory for about one more forward pass of compute (transformers' activation "
+        "checkpointing; hf_lstm and most Transformers support it).",
+        "training",
+    )
     nonfinite_loss: str = option(
         "stop",
         "On a NaN/inf loss: stop (keeping the last good checkpoint) or skip the batch.",

@@ -31,6 +31,7 @@ from .builders import (
     build_scheduler,
     build_tokenizer,
     check_model_folder,
+    enable_activation_checkpointing,
     load_model,
     make_accelerator,
     parse_config_overrides,
@@ -333,6 +334,8 @@ def _model_for(settings: TrainingSettings, tokenizer):
         )
     if settings.batching == "stream" and not is_hf_lstm(model):
         raise ValueError("--batching stream needs a recurrent (hf_lstm) model; use --batching blocks")
+    if settings.gradient_checkpointing:
+        enable_activation_checkpointing(model)
     return model
 
 
@@ -660,6 +663,7 @@ def _evaluate(run: Run) -> dict:
         "matmul_peak_dtype": run.peak_dtype,
         "device": gpu_name() if device.type == "cuda" else f"CPU {machine_summary()}",
         "mixed_precision": run.accelerator.mixed_precision,
+        "gradient_checkpointing": settings.gradient_checkpointing,
         "num_processes": run.accelerator.num_processes,
         "final_train_loss": state["log"][-1][1] if state["log"] else None,
         "eval_seconds": round(time.perf_counter() - eval_start, 1),

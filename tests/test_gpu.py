@@ -181,3 +181,29 @@ def test_cuda_graph_decoding_after_training_steps_reads_the_new_weights():
             model.zero_grad()
         model.eval()
     assert torch.equal(graphed.generate(ids, **kwargs), ordinary.generate(ids, **kwargs))
+
+
+@pytest.mark.parametrize("cell_type", FUSED_CELL_TYPES)
+def test_checkpointed_cudnn_layers_give_the_same_gradients(cell_type):
+    """Activation checkpointing re-runs cuDNN's forward in the backward pass (the CPU kernels:
+    tests/test_activation_checkpointing.py): the same loss and gradients, weight-drop and dropout included."""
+    from test_activation_checkpointing import enable
+
+    def step(checkpointed):
+        torch.manual_seed(0)
+        config = tiny_config(
+            cell_type, hidden_size=64, num_hidden_layers=3, weight_dropout=0.3, hidden_dropout=0.2
+        )
+        model = LSTMForCausalLM(config).to(CUDA).train()
+        if checkpointed:
+            enable(model, use_reentrant=False)
+        ids = torch.randint(2, 40, (4, 33), device=CUDA, generator=torch.Generator(CUDA).manual_seed(1))
+        torch.manual_seed(5)
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        return loss.item(), {n: p.grad for n, p in model.named_parameters()}
+
+    (loss, grads), (loss_checkpointed, grads_checkpointed) = step(False), step(True)
+    assert loss_checkpointed == pytest.approx(loss, rel=1e-6)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grads_checkpointed[name], grad, rtol=1e-5, atol=1e-6, msg=name)
