@@ -161,6 +161,9 @@ _NO_ROLLBACK = (
     "and a recurrent state cannot forget the last tokens it read, so an hf_lstm model can take part there "
     "neither as the model nor as the assistant. Use greedy search, sampling or beam search"
 )
+# generate() arguments that transformers hands on with the model's inputs (from 5.0 to 5.25, `tokenizer`, when
+# `stop_strings` needs one): not the model's, and dropped before a step
+_FOR_GENERATE_ONLY = ("tokenizer", "assistant_tokenizer")
 # what asks generate() for assisted or prompt-lookup decoding, as an argument or a generation-config field
 # (transformers marks the config it hands an assistant model with is_assistant=True)
 _DRAFTING = ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit", "is_assistant")
@@ -1540,7 +1543,10 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         attention mask, `use_cache`, `logits_to_keep`, ...). Everything else (the prompt, `inputs_embeds`, a
         continued cache) goes through transformers' general version, which on a small model costs more than
         the step itself (it inspects `forward`'s signature at every step on 5.24), and gives the same inputs
-        for a recurrent model: it ignores positions."""
+        for a recurrent model: it ignores positions. The tokenizer `generate()` takes for `stop_strings` is
+        not an input of the model: transformers passes it on with the model's arguments, and it stops here."""
+        for name in _FOR_GENERATE_ONLY:
+            kwargs.pop(name, None)
         cache = kwargs.get(CACHE_NAME)
         if (
             args

@@ -112,3 +112,40 @@ def test_text_streamer_prints_the_generated_text(word_tokenizer, capsys):
     printed = capsys.readouterr().out.strip()
     assert printed == word_tokenizer.decode(out[0, ids.shape[1] :]).strip()
     assert len(printed.split()) == 6
+
+
+def test_stop_strings_stop_the_generation_with_the_tokenizer_generate_hands_on():
+    """`stop_strings` needs `tokenizer=`, which transformers passes on with the model's arguments (5.0 to
+    5.25): the model's step drops it instead of refusing it as an unknown argument. Byte-level BPE, the
+    tokenizer `hf-lstm train` gives your own text (transformers 5.0's stop-string search cannot read a
+    word-level vocabulary)."""
+    from transformers import pipeline
+
+    from hf_lstm.data import train_tokenizer
+
+    tok = train_tokenizer(
+        ["the cat sat on the mat. the dog ate the bone. a bird sang in the tree."] * 20, "bpe", 300
+    )
+    torch.manual_seed(0)
+    lm = LSTMForCausalLM(
+        tiny_config(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    ).eval()
+    ids = tok("the cat", return_tensors="pt").input_ids
+    free = lm.generate(ids, max_new_tokens=30, do_sample=False, min_new_tokens=30)
+    text = tok.decode(free[0, ids.shape[1] :])
+    stop = text[len(text) // 2 : len(text) // 2 + 2]  # a string the free run is known to produce
+    stopped = lm.generate(ids, max_new_tokens=30, do_sample=False, stop_strings=[stop], tokenizer=tok)
+    new = tok.decode(stopped[0, ids.shape[1] :])
+    # it stopped at the first token that completes the string
+    assert stop in new and stop not in tok.decode(stopped[0, ids.shape[1] : -1])
+    assert torch.equal(stopped[0], free[0, : stopped.shape[1]]) and stopped.shape[1] < free.shape[1]
+    pipe = pipeline("text-generation", model=lm, tokenizer=tok)
+    out = pipe(
+        "the cat",
+        max_new_tokens=30,
+        do_sample=False,
+        stop_strings=[stop],
+        tokenizer=tok,
+        return_full_text=False,
+    )
+    assert out[0]["generated_text"] == new
