@@ -8,10 +8,11 @@ import json
 
 import pytest
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import TrainingArguments
 
-from conftest import SENTENCES, tiny_config, tiny_train_args
+from conftest import tiny_config, tiny_train_args
 from hf_lstm import LSTMForCausalLM
+from test_ecosystem import blocks_of, logged_losses, train_with_trainer
 from test_training import losses, run_cli
 
 
@@ -85,31 +86,17 @@ def test_evaluation_and_decoding_ignore_the_switch():
 
 
 def test_trainer_with_gradient_checkpointing_takes_the_same_steps(tmp_path, word_tokenizer):
-    ids = [t for s in SENTENCES for t in word_tokenizer(s + " <eos>").input_ids]
-    dataset = [
-        {"input_ids": torch.tensor(ids[i : i + 8]), "labels": torch.tensor(ids[i : i + 8])}
-        for i in range(0, len(ids) - 8, 8)
-    ]
+    dataset = blocks_of(word_tokenizer)
 
     def train(checkpointing: bool) -> list[float]:
         torch.manual_seed(0)
         model = LSTMForCausalLM(tiny_config(vocab_size=len(word_tokenizer), hidden_size=32))
-        args = TrainingArguments(
-            output_dir=str(tmp_path / str(checkpointing)),
-            max_steps=12,
-            per_device_train_batch_size=4,
-            learning_rate=2e-2,
-            logging_steps=1,
-            report_to=[],
-            save_strategy="no",
-            use_cpu=True,
-            seed=0,
-            **{SWITCH: checkpointing},  # activation_checkpointing from 5.25, gradient_checkpointing before
+        # the switch is activation_checkpointing from transformers 5.25, gradient_checkpointing before
+        trainer = train_with_trainer(
+            model, dataset, tmp_path / str(checkpointing), 12, 1, **{SWITCH: checkpointing}
         )
-        trainer = Trainer(model=model, args=args, train_dataset=dataset)
-        trainer.train()
         assert model.model.gradient_checkpointing is checkpointing
-        return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        return logged_losses(trainer)
 
     plain, checkpointed = train(False), train(True)
     assert len(plain) == 12 and checkpointed == pytest.approx(plain, rel=1e-5)

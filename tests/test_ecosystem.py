@@ -9,27 +9,40 @@ from conftest import SENTENCES, tiny_config
 from hf_lstm import LSTMForCausalLM
 
 
-def test_trainer_trains_the_causal_lm_and_saves_safetensors(tmp_path, word_tokenizer):
-    ids = [word_tokenizer(s + " <eos>").input_ids for s in SENTENCES]
-    block = 8
-    stream = [t for seq in ids for t in seq]
+def blocks_of(tokenizer, block: int = 8) -> list[dict]:
+    """The test sentences as one stream cut into blocks of `block` tokens: a causal-LM dataset (`Trainer`)."""
+    stream = [t for s in SENTENCES for t in tokenizer(s + " <eos>").input_ids]
     blocks = [stream[i : i + block] for i in range(0, len(stream) - block + 1, block)]
-    dataset = [{"input_ids": torch.tensor(b), "labels": torch.tensor(b)} for b in blocks]
-    model = LSTMForCausalLM(tiny_config("lstm", vocab_size=len(word_tokenizer), hidden_size=32))
+    return [{"input_ids": torch.tensor(b), "labels": torch.tensor(b)} for b in blocks]
+
+
+def train_with_trainer(model, dataset, output_dir, max_steps: int, logging_steps: int, **args) -> Trainer:
+    """`Trainer` on the CPU, batch 4, rate 2e-2, no saving; `args` are more `TrainingArguments`."""
     args = TrainingArguments(
-        output_dir=str(tmp_path),
-        max_steps=60,
+        output_dir=str(output_dir),
+        max_steps=max_steps,
         per_device_train_batch_size=4,
         learning_rate=2e-2,
-        logging_steps=10,
+        logging_steps=logging_steps,
         report_to=[],
         save_strategy="no",
         use_cpu=True,
         seed=0,
+        **args,
     )
     trainer = Trainer(model=model, args=args, train_dataset=dataset)
     trainer.train()
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return trainer
+
+
+def logged_losses(trainer: Trainer) -> list[float]:
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+def test_trainer_trains_the_causal_lm_and_saves_safetensors(tmp_path, word_tokenizer):
+    model = LSTMForCausalLM(tiny_config("lstm", vocab_size=len(word_tokenizer), hidden_size=32))
+    trainer = train_with_trainer(model, blocks_of(word_tokenizer), tmp_path, max_steps=60, logging_steps=10)
+    losses = logged_losses(trainer)
     assert losses[-1] < 0.5 * losses[0], losses
     trainer.save_model(str(tmp_path / "final"))
     files = os.listdir(tmp_path / "final")
