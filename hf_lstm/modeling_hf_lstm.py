@@ -1884,8 +1884,12 @@ class _LSTMClassifier(LSTMPreTrainedModel):
         r"""
         Args:
             labels (`torch.Tensor`, *optional*): as the class describes (one per sequence, or one per token).
+            num_items_in_batch (`int` or `torch.Tensor`, *optional*): the labels counted over all the
+                micro-batches of one optimizer step (`Trainer` passes it under gradient accumulation): the
+                token classifier divides its summed loss by it; the sequence classifier does not take it.
             Other arguments: as in [`LSTMModel.forward`].
         """
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None) if self.accepts_loss_kwargs else None
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -1895,7 +1899,7 @@ class _LSTMClassifier(LSTMPreTrainedModel):
             output_gates=output_gates,
             **kwargs,
         )
-        logits, loss = self._classify(outputs.last_hidden_state, attention_mask, labels)
+        logits, loss = self._classify(outputs.last_hidden_state, attention_mask, labels, num_items_in_batch)
         return LSTMClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, gates=outputs.gates
         )
@@ -1909,7 +1913,11 @@ class LSTMForSequenceClassification(_LSTMClassifier):
     `num_labels == 1`) or multi-hot rows (multi-label).
     """
 
-    def _classify(self, hidden, attention_mask, labels):
+    # Its loss is a mean over the batch's sequences, so `Trainer` divides it by the gradient-accumulation
+    # steps itself and passes no `num_items_in_batch` (which it would count in labels, not sequences).
+    accepts_loss_kwargs = False
+
+    def _classify(self, hidden, attention_mask, labels, num_items_in_batch=None):
         # padded positions carry the state of the last real token
         batch, seq_len = hidden.shape[:2]
         mask = _prepare_mask(attention_mask, batch, seq_len)
@@ -1956,13 +1964,19 @@ class LSTMForTokenClassification(_LSTMClassifier):
     -100) are ignored.
     """
 
-    def _classify(self, hidden, attention_mask, labels):
+    # Under gradient accumulation `Trainer` passes the number of labelled tokens of the whole optimizer step:
+    # the summed loss divided by it weighs every token alike, however the micro-batches split them.
+    accepts_loss_kwargs = True
+
+    def _classify(self, hidden, attention_mask, labels, num_items_in_batch=None):
         logits = self.score(self.dropout(hidden))
         if labels is None:
             return logits, None
-        return logits, F.cross_entropy(
-            logits.reshape(-1, self.num_labels), labels.reshape(-1), ignore_index=-100
-        )
+        flat = (logits.reshape(-1, self.num_labels), labels.reshape(-1))
+        if num_items_in_batch is None:
+            return logits, F.cross_entropy(*flat, ignore_index=-100)
+        total = F.cross_entropy(*flat, ignore_index=-100, reduction="sum")
+        return logits, total / torch.as_tensor(num_items_in_batch, device=total.device)
 
 
 LSTMModel.register_for_auto_class("AutoModel")

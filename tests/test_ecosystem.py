@@ -2,11 +2,12 @@
 
 import os
 
+import pytest
 import torch
 from transformers import Trainer, TrainingArguments, pipeline
 
 from conftest import SENTENCES, tiny_config
-from hf_lstm import LSTMForCausalLM
+from hf_lstm import LSTMForCausalLM, LSTMForSequenceClassification, LSTMForTokenClassification
 
 
 def blocks_of(tokenizer, block: int = 8) -> list[dict]:
@@ -75,3 +76,49 @@ def test_text_generation_pipeline_with_the_package_installed(tmp_path, word_toke
         alone = pipe(prompt, max_new_tokens=4, do_sample=False)
         assert out[0]["generated_text"] == alone[0]["generated_text"]
         assert out[0]["generated_text"].startswith(prompt)
+
+
+@pytest.mark.parametrize("head", ["sequence", "token"])
+def test_trainer_trains_the_classifiers_and_accumulates_gradients_exactly(tmp_path, word_tokenizer, head):
+    """`Trainer` with each classifier, on padded batches of sentences of different lengths: one optimizer step
+    over 4 sentences equals two accumulated micro-batches of 2 (the token classifier divides its summed loss
+    by the labelled tokens `Trainer` counts over the whole step; the sequence classifier leaves the scaling
+    to `Trainer`)."""
+    from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
+
+    rows = [word_tokenizer(s) for s in SENTENCES[:8]]
+    if head == "sequence":
+        dataset = [{**r, "labels": k % 2} for k, r in enumerate(rows)]
+        collator, model_class = DataCollatorWithPadding(word_tokenizer), LSTMForSequenceClassification
+    else:
+        dataset = [{**r, "labels": [t % 3 for t in r["input_ids"]]} for r in rows]
+        collator, model_class = DataCollatorForTokenClassification(word_tokenizer), LSTMForTokenClassification
+    assert len({len(r["input_ids"]) for r in rows}) > 1  # the padding differs between micro-batches
+
+    def build():
+        torch.manual_seed(0)
+        pad = word_tokenizer.pad_token_id
+        return model_class(tiny_config(vocab_size=len(word_tokenizer), num_labels=3, pad_token_id=pad))
+
+    def one_step(batch: int, accumulation: int) -> dict:
+        model = build()
+        args = TrainingArguments(
+            output_dir=str(tmp_path / f"{batch}x{accumulation}"),
+            max_steps=1,
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=accumulation,
+            optim="sgd",
+            learning_rate=0.5,
+            report_to=[],
+            save_strategy="no",
+            use_cpu=True,
+            seed=0,
+        )
+        Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator).train()
+        return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+    initial = dict(build().named_parameters())
+    whole, accumulated = one_step(4, 1), one_step(2, 2)
+    assert not torch.equal(whole["score.weight"], initial["score.weight"])  # the step moved the weights
+    for name, weight in whole.items():
+        torch.testing.assert_close(accumulated[name], weight, rtol=1e-5, atol=1e-6, msg=name)
