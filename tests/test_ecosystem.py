@@ -78,16 +78,24 @@ def test_text_generation_pipeline_with_the_package_installed(tmp_path, word_toke
         assert out[0]["generated_text"].startswith(prompt)
 
 
-@pytest.mark.parametrize("head", ["sequence", "token"])
-def test_trainer_trains_the_classifiers_and_accumulates_gradients_exactly(tmp_path, word_tokenizer, head):
-    """`Trainer` with each classifier, on padded batches of sentences of different lengths: one optimizer step
-    over 4 sentences equals two accumulated micro-batches of 2 (the token classifier divides its summed loss
-    by the labelled tokens `Trainer` counts over the whole step; the sequence classifier leaves the scaling
-    to `Trainer`)."""
-    from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
+@pytest.mark.parametrize("head", ["causal", "sequence", "token"])
+def test_trainer_accumulates_gradients_exactly_for_every_head(tmp_path, word_tokenizer, head):
+    """`Trainer` with each head, on padded batches of sentences of different lengths: one optimizer step over
+    4 sentences equals two accumulated micro-batches of 2 (the language model and the token classifier
+    divide their summed loss by the labelled tokens `Trainer` counts over the whole step; the sequence
+    classifier leaves the scaling to `Trainer`)."""
+    from transformers import (
+        DataCollatorForLanguageModeling,
+        DataCollatorForTokenClassification,
+        DataCollatorWithPadding,
+    )
 
     rows = [word_tokenizer(s) for s in SENTENCES[:8]]
-    if head == "sequence":
+    if head == "causal":
+        dataset = rows
+        collator = DataCollatorForLanguageModeling(word_tokenizer, mlm=False)
+        model_class = LSTMForCausalLM
+    elif head == "sequence":
         dataset = [{**r, "labels": k % 2} for k, r in enumerate(rows)]
         collator, model_class = DataCollatorWithPadding(word_tokenizer), LSTMForSequenceClassification
     else:
@@ -119,6 +127,7 @@ def test_trainer_trains_the_classifiers_and_accumulates_gradients_exactly(tmp_pa
 
     initial = dict(build().named_parameters())
     whole, accumulated = one_step(4, 1), one_step(2, 2)
-    assert not torch.equal(whole["score.weight"], initial["score.weight"])  # the step moved the weights
+    last = "lm_head.bias" if head == "causal" else "score.weight"
+    assert not torch.equal(whole[last], initial[last])  # the step moved the weights
     for name, weight in whole.items():
         torch.testing.assert_close(accumulated[name], weight, rtol=1e-5, atol=1e-6, msg=name)
