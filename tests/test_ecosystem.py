@@ -79,11 +79,14 @@ def test_text_generation_pipeline_with_the_package_installed(tmp_path, word_toke
 
 
 @pytest.mark.parametrize("head", ["causal", "sequence", "token"])
-def test_trainer_accumulates_gradients_exactly_for_every_head(tmp_path, word_tokenizer, head):
+def test_trainer_accumulates_gradients_exactly_for_every_head(tmp_path, word_tokenizer, head, monkeypatch):
     """`Trainer` with each head, on padded batches of sentences of different lengths: one optimizer step over
     4 sentences equals two accumulated micro-batches of 2 (the language model and the token classifier
     divide their summed loss by the labelled tokens `Trainer` counts over the whole step; the sequence
-    classifier leaves the scaling to `Trainer`)."""
+    classifier leaves the scaling to `Trainer`). Padded on the right, as for training: on the left, a
+    language model also predicts the first token of every row shorter than the batch's longest (from the
+    state before any token), so which tokens count would depend on how rows are grouped into batches."""
+    monkeypatch.setattr(word_tokenizer, "padding_side", "right")  # a pipeline test sets it to "left"
     from transformers import (
         DataCollatorForLanguageModeling,
         DataCollatorForTokenClassification,
