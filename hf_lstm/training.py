@@ -482,7 +482,8 @@ def _curve_point(run: Run) -> dict:
     return {
         "step": run.state["completed_steps"],
         "tokens_seen": run.state["tokens_seen"],
-        "seconds": time.perf_counter() - run.run_start,
+        # rounded as all_results.json rounds train_seconds, so that no point lies after the end of training
+        "seconds": round(time.perf_counter() - run.run_start, 1),
         "validation_perplexity_fixed_window": metrics["perplexity"],
         "validation_loss_fixed_window": metrics["loss"],
         "validation_bits_per_byte_fixed_window": bits_per_byte(
