@@ -216,15 +216,15 @@ def build_model(
     return AutoModelForCausalLM.from_config(config)
 
 
-def enable_activation_checkpointing(model) -> None:
-    """`--gradient_checkpointing`: transformers' activation checkpointing, non-reentrant (torch's recommended
-    variant, and transformers' default), through the name the installed transformers prefers."""
+def enable_activation_checkpointing(model, use_reentrant: bool = False) -> None:
+    """`--gradient_checkpointing`: transformers' activation checkpointing, non-reentrant by default (torch's
+    recommended variant, and transformers' default), through the name the installed transformers prefers."""
     if not model.supports_gradient_checkpointing:
         raise ValueError(
             f"--gradient_checkpointing: {type(model).__name__} does not support activation checkpointing; "
             "train without it"
         )
-    options = {"use_reentrant": False}
+    options = {"use_reentrant": use_reentrant}
     if hasattr(model, "activation_checkpointing_enable"):  # the name since transformers 5.25
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
     else:  # before (since then, a deprecated alias)

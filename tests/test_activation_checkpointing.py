@@ -12,6 +12,7 @@ from transformers import TrainingArguments
 
 from conftest import tiny_config, tiny_train_args
 from hf_lstm import LSTMForCausalLM
+from hf_lstm.builders import enable_activation_checkpointing
 from test_ecosystem import blocks_of, logged_losses, train_with_trainer
 from test_training import losses, run_cli
 
@@ -23,14 +24,6 @@ SWITCH = next(
 )
 
 
-def enable(model, **options):
-    """transformers' switch under the name the installed version prefers."""
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
-
-
 def backward(checkpointed: bool, reentrant: bool = False, **overrides):
     """(bytes autograd kept for the backward pass, loss, gradients) of one training step of a 3-layer model;
     dropout draws the same masks in both runs (the same seed, and torch's checkpoint replays the random
@@ -38,7 +31,7 @@ def backward(checkpointed: bool, reentrant: bool = False, **overrides):
     torch.manual_seed(0)
     model = LSTMForCausalLM(tiny_config(**{"num_hidden_layers": 3, "hidden_size": 32, **overrides})).train()
     if checkpointed:
-        enable(model, use_reentrant=reentrant)
+        enable_activation_checkpointing(model, use_reentrant=reentrant)
         assert model.model.gradient_checkpointing
     ids = torch.randint(0, model.config.vocab_size, (4, 40), generator=torch.Generator().manual_seed(1))
     kept = []
@@ -81,7 +74,7 @@ def test_evaluation_and_decoding_ignore_the_switch():
     model = LSTMForCausalLM(tiny_config()).eval()
     ids = torch.tensor([[5, 6, 7]])
     before = model.generate(ids, max_new_tokens=5, do_sample=False)
-    enable(model, use_reentrant=False)
+    enable_activation_checkpointing(model)
     assert torch.equal(model.generate(ids, max_new_tokens=5, do_sample=False), before)
 
 

@@ -187,7 +187,7 @@ def test_cuda_graph_decoding_after_training_steps_reads_the_new_weights():
 def test_checkpointed_cudnn_layers_give_the_same_gradients(cell_type):
     """Activation checkpointing re-runs cuDNN's forward in the backward pass (the CPU kernels:
     tests/test_activation_checkpointing.py): the same loss and gradients, weight-drop and dropout included."""
-    from test_activation_checkpointing import enable
+    from hf_lstm.builders import enable_activation_checkpointing
 
     def step(checkpointed):
         torch.manual_seed(0)
@@ -196,7 +196,7 @@ def test_checkpointed_cudnn_layers_give_the_same_gradients(cell_type):
         )
         model = LSTMForCausalLM(config).to(CUDA).train()
         if checkpointed:
-            enable(model, use_reentrant=False)
+            enable_activation_checkpointing(model)
         ids = torch.randint(2, 40, (4, 33), device=CUDA, generator=torch.Generator(CUDA).manual_seed(1))
         torch.manual_seed(5)
         loss = model(ids, labels=ids).loss
