@@ -34,6 +34,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .modeling_hf_lstm import weights_readable_as
+
 CHECKPOINT_PATTERN = re.compile(r"^(step|epoch)_(\d+)$")
 STATE_FILE = "trainer_state.json"
 CHECKSUMS_FILE = "checksums.json"
@@ -144,6 +146,7 @@ def write_trainer_state(folder: Path, state: dict) -> None:
 def publish(output_dir: Path, name: str, keep_last: int | None = None) -> Path:
     """Move a finished `.tmp-NAME` into place as `NAME` (atomically) and prune old checkpoints."""
     tmp, final = temporary_path(output_dir, name), Path(output_dir) / name
+    weights_readable_as(tmp, STATE_FILE)
     _write_json(tmp / CHECKSUMS_FILE, _checksums(tmp))
     _fsync_tree(tmp)
     if final.exists():  # re-saving the same step (e.g. after a resume): swap, never leave a gap

@@ -25,6 +25,7 @@ Parameters are stored in the layout of torch's fused kernels (`weight_ih_l0`, `w
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import make_dataclass
 
 import torch
@@ -1084,6 +1085,23 @@ AUTO_MAP = {
 }
 
 
+def weights_readable_as(folder, reference: str) -> None:
+    """Give every `.safetensors` file in `folder` the permission bits of `reference`, a file written beside
+    them the ordinary way. safetensors 0.8 writes through a temporary file that is always created owner-only
+    (0600, whatever the umask), so a saved folder's weights could not be read by the colleagues who can read
+    its config (safetensors issue #782; transformers' own models are saved the same way). Nothing happens if
+    `reference` is missing."""
+    try:
+        mode = os.stat(os.path.join(folder, reference)).st_mode & 0o777
+    except FileNotFoundError:
+        return
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.endswith(".safetensors") and entry.is_file(follow_symlinks=False):
+                if entry.stat(follow_symlinks=False).st_mode & 0o777 != mode:
+                    os.chmod(entry.path, mode)
+
+
 class LSTMPreTrainedModel(PreTrainedModel):
     """Shared plumbing: configuration class, weight initialisation, the paper-notation weight view, and a
     complete `auto_map` in every saved folder."""
@@ -1160,7 +1178,9 @@ class LSTMPreTrainedModel(PreTrainedModel):
         """`save_pretrained`, with every Auto class in `config.auto_map` (transformers records only the saved
         class), so the folder loads with any `AutoModel*` and `trust_remote_code=True`."""
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        weights_readable_as(save_directory, "config.json")
+        return result
 
     def _recurrent_stack(self) -> LSTMModel:
         return self if isinstance(self, LSTMModel) else self.model

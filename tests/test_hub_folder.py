@@ -58,7 +58,8 @@ def test_folder_holds_safetensors_the_model_files_and_a_complete_auto_map(saved_
 
 def test_carried_files_import_only_torch_transformers_and_each_other(saved_lm):
     _, folder = saved_lm
-    allowed_roots = {"torch", "transformers", "__future__", "math", "dataclasses"}
+    # os: only save_pretrained's permission fix (`weights_readable_as`)
+    allowed_roots = {"torch", "transformers", "__future__", "math", "dataclasses", "os"}
     for name in CARRIED_FILES:
         tree = ast.parse((folder / name).read_text())
         for node in ast.walk(tree):
@@ -76,6 +77,31 @@ def test_carried_files_import_only_torch_transformers_and_each_other(saved_lm):
         source = (folder / name).read_text()
         for word in ("open(", "requests", "urllib", "subprocess", "os.system", "socket"):
             assert word not in source, f"{name} contains {word}"
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o007])
+def test_saved_weights_are_readable_by_whoever_can_read_the_config(tmp_path, umask):
+    """safetensors 0.8 creates its files owner-only (0600) whatever the umask; a saved folder's weights keep
+    the permission bits every other file there gets, one shard or several."""
+    model = LSTMForCausalLM(tiny_config(vocab_size=400, hidden_size=32))
+    previous = os.umask(umask)
+    try:
+        model.save_pretrained(tmp_path / "one")
+        model.save_pretrained(tmp_path / "sharded", max_shard_size="30KB")
+    finally:
+        os.umask(previous)
+    expected = 0o666 & ~umask
+    for folder in (tmp_path / "one", tmp_path / "sharded"):  # (the copied .py files keep their source's bits)
+        written = [p for p in folder.iterdir() if p.suffix in (".json", ".safetensors")]
+        modes = {p.name: oct(p.stat().st_mode & 0o777) for p in written}
+        assert set(modes.values()) == {oct(expected)}, modes
+    assert len(list((tmp_path / "sharded").glob("*.safetensors"))) > 1
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ Each test is a row of docs/RELIABILITY.md ("W::"); the runs are real (`hf-lstm t
 
 import json
 import math
+import os
 import re
 import warnings
 
@@ -48,6 +49,19 @@ def run_a(corpus, tmp_path_factory):
     args = ("--max_train_steps", "4", "--checkpointing_steps", "2")
     assert run(corpus, out, *args) == 0
     return out, args
+
+
+def test_every_file_a_run_writes_obeys_the_umask(run_a):
+    """The model folder and each checkpoint: weights (safetensors, which 0.8 creates owner-only) get the same
+    permission bits as the JSON beside them, so a run can be shared like any other folder."""
+    out, _ = run_a
+    mask = os.umask(0o022)
+    os.umask(mask)
+    files = [p for p in out.rglob("*") if p.suffix in (".json", ".safetensors")]  # (copied .py keep theirs)
+    assert any(p.name == "optimizer.safetensors" for p in files) and (out / "model.safetensors").exists()
+    wrong = {str(p.relative_to(out)): oct(p.stat().st_mode & 0o777) for p in files}
+    wrong = {name: mode for name, mode in wrong.items() if mode != oct(0o666 & ~mask)}
+    assert not wrong, wrong
 
 
 # -- 1. fine-tuning keeps the model's tokenizer --------------------------------------------------------------
