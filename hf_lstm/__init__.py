@@ -13,6 +13,7 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
 )
+from transformers.models.auto import modeling_auto
 
 from .configuration_hf_lstm import CELL_TYPES, IMPLEMENTATIONS, LSTMConfig, is_hf_lstm
 from .modeling_hf_lstm import (
@@ -36,6 +37,20 @@ AutoModel.register(LSTMConfig, LSTMModel, exist_ok=True)
 AutoModelForCausalLM.register(LSTMConfig, LSTMForCausalLM, exist_ok=True)
 AutoModelForSequenceClassification.register(LSTMConfig, LSTMForSequenceClassification, exist_ok=True)
 AutoModelForTokenClassification.register(LSTMConfig, LSTMForTokenClassification, exist_ok=True)
+
+# `register` is not enough for `Trainer`: it decides whether label smoothing shifts the labels (a causal LM
+# predicts the next token) by looking the model's class name up among the *names* of transformers' own
+# models, and so would train a label-smoothed hf_lstm to predict the token it is reading. The task a
+# `Trainer` model card names comes from the same tables. The tables' other readers, the lazy Auto mappings,
+# skip a model type that has no built-in config, so the entry changes nothing else
+# (tests/test_ecosystem.py::test_trainer_label_smoothing_scores_the_next_token).
+for _names, _cls in (
+    (modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, LSTMForCausalLM),
+    (modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES, LSTMForSequenceClassification),
+    (modeling_auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES, LSTMForTokenClassification),
+):
+    _names.setdefault(LSTMConfig.model_type, _cls.__name__)
+del _names, _cls
 
 __all__ = [
     "CACHE_NAME",

@@ -50,6 +50,26 @@ def test_trainer_trains_the_causal_lm_and_saves_safetensors(tmp_path, word_token
     assert "model.safetensors" in files and "pytorch_model.bin" not in files
 
 
+def test_trainer_label_smoothing_scores_the_next_token(tmp_path, word_tokenizer):
+    """With `label_smoothing_factor`, `Trainer` computes the loss itself and shifts the labels only for the
+    causal LMs it knows by name: an unknown one would be trained to predict the token it reads."""
+    model = LSTMForCausalLM(tiny_config("lstm", vocab_size=len(word_tokenizer), hidden_size=32)).eval()
+    blocks = blocks_of(word_tokenizer)
+    args = TrainingArguments(
+        output_dir=str(tmp_path), label_smoothing_factor=0.1, per_device_eval_batch_size=len(blocks),
+        report_to=[], use_cpu=True,
+    )  # fmt: skip
+    trainer = Trainer(model=model, args=args, eval_dataset=blocks)
+    ids = torch.stack([b["input_ids"] for b in blocks])
+    with torch.no_grad():
+        logits = model(ids).logits
+    vocab = logits.shape[-1]
+    next_token = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, vocab), ids[:, 1:].reshape(-1), label_smoothing=0.1
+    )
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(next_token.item(), rel=1e-5)
+
+
 def test_resize_token_embeddings_keeps_the_output_layer_tied():
     model = LSTMForCausalLM(tiny_config("lstm", embedding_size=6))
     model.resize_token_embeddings(57)
