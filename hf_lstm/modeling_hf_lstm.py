@@ -524,6 +524,7 @@ def _reads_copies(enabled: bool, module: nn.Module, matrices: tuple[torch.Tensor
         enabled
         and not module.training
         and not torch.is_grad_enabled()
+        and not torch.compiler.is_exporting()  # an exported program reads the parameters it holds
         and all(w.is_cpu and not w.is_inference() for w in matrices)
     )
 
@@ -818,22 +819,35 @@ class LSTMRecurrentLayer(nn.Module):
                 return final[0].unsqueeze(1), tuple(s.unsqueeze(0) for s in final), None
         params = self._parameters_for_pass()
         use_reference = use_reference or output_gates or one_step
+        # torch.export cannot trace packed sequences (their shapes depend on the mask's values), and the
+        # backward direction needs them: an exported bidirectional layer runs the equations
+        exporting = torch.compiler.is_exporting()
+        use_reference = use_reference or (exporting and mask is not None and self.num_directions == 2)
         run = self._run_reference if use_reference else self._run_fused
-
         if mask is None:
             return run(x, None, state, params, output_gates)
+        pack = not exporting or use_reference
+        return self._run_padded(run, x, mask, state, params, output_gates, pack)
 
-        # Padding anywhere (left, right, or in the middle): move each row's real tokens to the front, run them
-        # as variable-length sequences, then put every output back at its position. A padded position shows
-        # the state as it stood after the last real token before it (the initial state if there was none).
+    def _run_padded(self, run, x, mask, state, params, output_gates, pack: bool):
+        """Padding anywhere (left, right, or in the middle): move each row's real tokens to the front, run
+        them as variable-length sequences, then put every output back at its position. A padded position
+        shows the state as it stood after the last real token before it (the initial state if there was
+        none).
+
+        `pack=False` (the fused kernel under torch.export): the rows are not packed, so the kernel runs on
+        through each row's trailing padding. The outputs gathered back stop at the last real token; the final
+        state does not, and is None (an exported model returns no state)."""
         lengths = mask.sum(dim=1)
-        order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
-        x_packed = x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        out, final, gates = run(x_packed, lengths, state, params, output_gates)
-        last_real = mask.long().cumsum(dim=1) - 1  # index in the packed sequence of the newest real token
+        real = mask.long()
+        to = torch.where(mask, real.cumsum(1) - 1, lengths.unsqueeze(1) + (1 - real).cumsum(1) - 1)
+        x_packed = torch.zeros_like(x).scatter(1, to.unsqueeze(-1).expand_as(x), x)
+        out, final, gates = run(x_packed, lengths if pack else None, state, params, output_gates)
+        final = final if pack else None
+        last_real = real.cumsum(dim=1) - 1  # index in the packed sequence of the newest real token
         out = out.gather(1, last_real.clamp(min=0).unsqueeze(-1).expand(-1, -1, out.shape[-1]))
         before_first = (last_real < 0).unsqueeze(-1)
-        initial_h = state[0].permute(1, 0, 2).reshape(batch, 1, -1)
+        initial_h = state[0].permute(1, 0, 2).reshape(x.shape[0], 1, -1)
         out = torch.where(before_first, initial_h, out)
         if gates is not None:
             index = last_real.clamp(min=0).unsqueeze(-1)
@@ -1317,11 +1331,12 @@ class LSTMModel(LSTMPreTrainedModel):
         """
         config = self.config
         _check_kwargs(kwargs, allowed=_IGNORED_KWARGS)
+        past = _one_cache(cache, past_key_values)
+        use_cache = _cache_use_for_export(past, use_cache) if torch.compiler.is_exporting() else use_cache
         use_cache = config.use_cache if use_cache is None else use_cache
         output_hidden_states = (
             config.output_hidden_states if output_hidden_states is None else output_hidden_states
         )
-        past = _one_cache(cache, past_key_values)
         if config.bidirectional:
             if past is not None:
                 raise ValueError("a bidirectional model reads whole sequences and takes no cache")
@@ -1349,7 +1364,8 @@ class LSTMModel(LSTMPreTrainedModel):
                 out, final, gates = self._gradient_checkpointing_func(layer.__call__, *args)
             else:
                 out, final, gates = layer(*args)
-            new_states.append(tuple(s.squeeze(0) for s in final) if layer.num_directions == 1 else final)
+            if cache is not None:
+                new_states.append(tuple(s.squeeze(0) for s in final))
             if output_hidden_states:
                 all_hidden += (out,)
             if output_gates:
@@ -1387,9 +1403,10 @@ class LSTMModel(LSTMPreTrainedModel):
                 raise ValueError(
                     f"input_ids is empty (shape {tuple(input_ids.shape)}); give at least one token"
                 )
-            low, high = int(input_ids.min()), int(input_ids.max())
-            if low < 0 or high >= config.vocab_size:
-                raise _token_id_error(low if low < 0 else high, config.vocab_size)
+            if not torch.compiler.is_exporting():
+                low, high = int(input_ids.min()), int(input_ids.max())
+                if low < 0 or high >= config.vocab_size:
+                    raise _token_id_error(low if low < 0 else high, config.vocab_size)
             hidden = self.embed_tokens(input_ids.long())
             if self.training and config.embedding_dropout > 0:
                 hidden = embedding_dropout(hidden, input_ids, config.vocab_size, config.embedding_dropout)
@@ -1408,6 +1425,19 @@ class LSTMModel(LSTMPreTrainedModel):
                 )
             hidden = inputs_embeds
         return hidden, hidden.shape[0], hidden.shape[1]
+
+
+def _cache_use_for_export(past, use_cache) -> bool:
+    """Under `torch.export`: whole sequences in, no state out (an `LSTMCache` is a Python object an exported
+    program can neither take nor return), so `use_cache` is off; asking for it, or passing a cache, is an
+    error."""
+    if past is not None or use_cache:
+        raise ValueError(
+            "torch.export: an exported hf_lstm model reads whole sequences from the zero state and returns "
+            "no cache (an LSTMCache is a Python object an exported program cannot carry); export with "
+            "use_cache=False and no cache"
+        )
+    return False
 
 
 def _check_kwargs(kwargs: dict, allowed: set[str]) -> None:
@@ -1452,6 +1482,8 @@ def _prepare_mask(attention_mask, batch: int, seq_len: int, past_len: int = 0) -
         return None
     _check_mask_shape(attention_mask, batch, seq_len, past_len)
     mask = attention_mask[:, -seq_len:]
+    if torch.compiler.is_exporting():
+        return mask != 0
     if mask.dtype != torch.bool:
         if mask.is_floating_point() or bool(((mask != 0) & (mask != 1)).any()):
             if not bool(((mask == 0) | (mask == 1)).all()):

@@ -12,6 +12,6 @@ fi
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     "$VENV/bin/pip" install -q "torch==2.13.0"
 fi
-if ! "$VENV/bin/python" -c "import hf_lstm, pytest, hypothesis, matplotlib, importlinter, lm_eval, gradio, playwright" 2>/dev/null; then
+if ! "$VENV/bin/python" -c "import hf_lstm, pytest, hypothesis, matplotlib, importlinter, lm_eval, gradio, playwright, onnxscript, onnxruntime" 2>/dev/null; then
     "$VENV/bin/pip" install -q -e ".[dev]" ${CONSTRAINTS:+-c "$CONSTRAINTS"}
 fi
