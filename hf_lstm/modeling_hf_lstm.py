@@ -1103,7 +1103,7 @@ def weights_readable_as(folder, reference: str) -> None:
     """Give every `.safetensors` file in `folder` the permission bits of `reference`, a file written beside
     them the ordinary way. safetensors 0.8 writes through a temporary file that is always created owner-only
     (0600, whatever the umask), so a saved folder's weights could not be read by the colleagues who can read
-    its config (safetensors issue #782; transformers' own models are saved the same way). Nothing happens if
+    its config (safetensors issue #782; it hits every model transformers saves). Nothing happens if
     `reference` is missing."""
     try:
         mode = os.stat(os.path.join(folder, reference)).st_mode & 0o777
