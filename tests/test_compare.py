@@ -137,7 +137,13 @@ def test_results_json_has_one_record_per_model_with_the_promised_fields(tiny_com
             (8, 64),
         }
         assert r["train_log"] and r["train_seconds"] <= 0.05 * 60 + 2
-        assert r["eval_curve"] and all(p["seconds"] <= r["train_seconds"] for p in r["eval_curve"])
+        # one point per checkpoint the run saved (a run its time budget stops before the first has none:
+        # the plots add the finished model themselves), none after the end of training
+        every = int(r["train_argv"][r["train_argv"].index("--checkpointing_steps") + 1])
+        steps = [p["step"] for p in r["eval_curve"]]
+        assert set(range(every, r["train_steps"], every)) <= set(steps), (every, r["train_steps"], steps)
+        assert all(s % every == 0 and s <= r["train_steps"] for s in steps), (every, steps)
+        assert all(p["seconds"] <= r["train_seconds"] for p in r["eval_curve"])
         assert not list((out / "models" / r["name"]).glob("step_*"))  # evaluated, then removed
     lstm, gpt2, llama = records
     assert lstm["model_type"] == "hf_lstm" and lstm["batching"] == "stream"
