@@ -377,10 +377,15 @@ def _train_epoch(run: Run, epoch: int, stop_signal: StopSignal, progress) -> str
     for index in range(state["batch_in_epoch"] if resuming_this_epoch else 0, len(batches)):
         inputs, targets = (t.to(run.accelerator.device) for t in batches[index])
         loss = _step(run, inputs, targets)
-        if not math.isfinite(loss) and run.settings.nonfinite_loss == "stop":
-            return (
-                f"non-finite loss ({loss}) at step {state['completed_steps'] + 1} (epoch {epoch + 1}, batch "
-                f"{index}); the last checkpoint is kept"
+        if not math.isfinite(loss):
+            step = state["completed_steps"] + 1
+            if run.settings.nonfinite_loss == "stop":
+                return (
+                    f"non-finite loss ({loss}) at step {step} (epoch {epoch + 1}, batch {index}); the last "
+                    "checkpoint is kept"
+                )
+            run.accelerator.print(
+                f"skipped batch {index} of epoch {epoch + 1} (step {step}): non-finite loss {loss}"
             )
         run.window_tokens += inputs.numel() * world
         state["tokens_seen"] += inputs.numel() * world
@@ -411,10 +416,7 @@ def _step(run: Run, inputs: torch.LongTensor, targets: torch.LongTensor) -> floa
         if not bool(torch.isfinite(loss)):
             if settings.nonfinite_loss == "stop":
                 return loss.item()
-            run.state["skipped_batches"] = run.state.get("skipped_batches", 0) + 1
-            accelerator.print(
-                f"skipped a batch at step {run.state['completed_steps'] + 1}: non-finite loss {loss.item()}"
-            )
+            run.state["skipped_batches"] = run.state.get("skipped_batches", 0) + 1  # the caller reports it
         else:
             if settings.batching == "stream":
                 run.cache = out.cache  # truncated BPTT: its values go on, its history is cut at the next step
