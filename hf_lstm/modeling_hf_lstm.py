@@ -809,6 +809,9 @@ class LSTMRecurrentLayer(nn.Module):
         Returns: (output (batch, T, num_directions * H), final state like `state`, gates dict or None).
         """
         batch, seq_len, _ = x.shape
+        # torch.export cannot trace packed sequences (their shapes depend on the mask's values), which the
+        # backward direction and a final state read on need: there, an exported layer runs the equations
+        needs_packing = self.num_directions == 2 or state is not None
         if state is None:
             zeros = x.new_zeros(self.num_directions, batch, self.hidden_size)
             state = (zeros, zeros) if self.has_cell_state else (zeros,)
@@ -819,10 +822,8 @@ class LSTMRecurrentLayer(nn.Module):
                 return final[0].unsqueeze(1), tuple(s.unsqueeze(0) for s in final), None
         params = self._parameters_for_pass()
         use_reference = use_reference or output_gates or one_step
-        # torch.export cannot trace packed sequences (their shapes depend on the mask's values), and the
-        # backward direction needs them: an exported bidirectional layer runs the equations
         exporting = torch.compiler.is_exporting()
-        use_reference = use_reference or (exporting and mask is not None and self.num_directions == 2)
+        use_reference = use_reference or (exporting and mask is not None and needs_packing)
         run = self._run_reference if use_reference else self._run_fused
         if mask is None:
             return run(x, None, state, params, output_gates)
@@ -1427,15 +1428,18 @@ class LSTMModel(LSTMPreTrainedModel):
         return hidden, hidden.shape[0], hidden.shape[1]
 
 
-def _cache_use_for_export(past, use_cache) -> bool:
-    """Under `torch.export`: whole sequences in, no state out (an `LSTMCache` is a Python object an exported
-    program can neither take nor return), so `use_cache` is off; asking for it, or passing a cache, is an
-    error."""
-    if past is not None or use_cache:
+def _cache_use_for_export(past, use_cache) -> bool | None:
+    """Under `torch.export`, an `LSTMCache` can be neither an input nor an output of the exported program (it
+    is a Python object). Without a cache, `use_cache` is off and asking for it is an error. A cache can only
+    have been built inside the function being exported (`hf_lstm.export.RecurrentStep` builds one from
+    tensors and returns its tensors), so it is used as usual."""
+    if past is not None:
+        return use_cache
+    if use_cache:
         raise ValueError(
-            "torch.export: an exported hf_lstm model reads whole sequences from the zero state and returns "
-            "no cache (an LSTMCache is a Python object an exported program cannot carry); export with "
-            "use_cache=False and no cache"
+            "torch.export: an exported hf_lstm model returns no cache (an LSTMCache is a Python object an "
+            "exported program cannot carry); export with use_cache=False, or export "
+            "hf_lstm.export.RecurrentStep(model), which takes and returns the state as tensors"
         )
     return False
 
@@ -1698,6 +1702,7 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
             and inputs_embeds is None
             and not self.training
             and not torch.is_grad_enabled()
+            and not torch.compiler.is_exporting()  # an exported program holds no Python-side plan
             and isinstance(past, LSTMCache)
             and not any(extras.values())
         ):
