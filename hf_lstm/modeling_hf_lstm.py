@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import make_dataclass
 
 import torch
@@ -375,18 +376,64 @@ def _bag_arguments(copy: torch.Tensor, start: int, k: int, out_features: int) ->
     out once per step by `_copy_product`, once per `OneTokenPlan` by the batch-1 step."""
     blocks, height, width = copy.shape
     index, offsets = _bag_index(start, k, height, blocks, copy.device)
-    return copy.view(blocks * height, width), index, offsets, blocks, out_features
+    kernel_key = ((blocks, k, width), copy.dtype, torch.get_num_threads())  # `_batch1_kernel`'s table
+    flat, rows_of_copy = copy.view(blocks * height, width), copy[:, start : start + k]
+    return flat, index, offsets, blocks, out_features, rows_of_copy, kernel_key
 
 
-def _bag_product(rows, flat, index, offsets, blocks: int, out_features: int) -> torch.Tensor:
-    """`_copy_product` at batch 1: one bag of rows per column block, each row weighted by its entry of the
-    vector `rows` (1, k)."""
+def _bag_product(rows, flat, index, offsets, blocks, out_features, rows_of_copy, kernel_key) -> torch.Tensor:
+    """`_copy_product` at batch 1, with the kernel this machine runs faster for the copy's shape
+    (`_batch1_kernel`): one bag of rows per column block, each row weighted by its entry of the vector `rows`
+    (1, k), or a matrix product with the same rows of the copy (`rows_of_copy`, (blocks, k, width))."""
+    kernel = _BATCH1_KERNEL.get(kernel_key) or _batch1_kernel(
+        rows, flat, index, offsets, blocks, rows_of_copy, kernel_key
+    )
+    if kernel == "bag":
+        y = _weighted_rows(rows, flat, index, offsets, blocks)
+    else:
+        y = _block_products(rows, rows_of_copy)
+    return y if y.shape[1] == out_features else y[:, :out_features]  # the last block's padding
+
+
+def _weighted_rows(rows, flat, index, offsets, blocks: int) -> torch.Tensor:
     k = rows.shape[1]
     weights = rows.reshape(k) if blocks == 1 else rows.expand(blocks, k).reshape(blocks * k)
     # `torch.embedding_bag` is what `F.embedding_bag` calls after checking its arguments (in this order:
     # weight, indices, offsets, scale_grad_by_freq, mode 0 = "sum", sparse, per_sample_weights)
-    y = torch.embedding_bag(flat, index, offsets, False, 0, False, weights)[0].view(1, -1)
-    return y if y.shape[1] == out_features else y[:, :out_features]  # the last block's padding
+    return torch.embedding_bag(flat, index, offsets, False, 0, False, weights)[0].view(1, -1)
+
+
+def _block_products(rows, rows_of_copy) -> torch.Tensor:
+    if rows_of_copy.shape[0] == 1:
+        return rows @ rows_of_copy[0]
+    return torch.matmul(rows, rows_of_copy).transpose(0, 1).reshape(1, -1)
+
+
+def _batch1_kernel(rows, flat, index, offsets, blocks: int, rows_of_copy, key: tuple) -> str:
+    """ "bag" (`_weighted_rows`) or "matmul" (`_block_products`): which of the two reads a copy of this shape
+    faster on this machine, timed once per shape, dtype and thread count on its first product. Both read the
+    same bytes; which streams them faster depends on the host (docs/PERFORMANCE.md, 1f: 52.7 against 32.0
+    GB/s one day, 11.4 against 19.6 on another host of the same description). "matmul" is taken only when it
+    is clearly (1.25x) faster, so that the choice, and with it the order of summation, does not flip from run
+    to run on one machine. `key`: the copy's (blocks, rows, width), dtype and torch's thread count."""
+    if key not in _BATCH1_KERNEL:
+        bag = _best_time(lambda: _weighted_rows(rows, flat, index, offsets, blocks))
+        matmul = _best_time(lambda: _block_products(rows, rows_of_copy))
+        _BATCH1_KERNEL[key] = "matmul" if matmul * 1.25 < bag else "bag"
+    return _BATCH1_KERNEL[key]
+
+
+def _best_time(run, repeats: int = 5) -> float:
+    run()  # warm: caches, the kernel's first-call set-up
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+_BATCH1_KERNEL: dict[tuple, str] = {}
 
 
 def _bag_index(start: int, k: int, height: int, blocks: int, device) -> tuple[torch.Tensor, torch.Tensor]:

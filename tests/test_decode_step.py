@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from conftest import tiny_config
 from hf_lstm import LSTMConfig, LSTMForCausalLM
+from hf_lstm import modeling_hf_lstm as modeling
 
 WITH_CACHE = ("lstm", "gru", "rnn")  # the cells torch has a single-step op for
 TOLERANCE = 1e-5
@@ -314,3 +315,57 @@ def test_a_deep_copy_or_a_pickle_carries_no_copies_and_builds_its_own():
         for p in clone.parameters():
             p.mul_(0.5)
     assert (decode(clone, ids) - decode(twin(clone, decode_cache_weights=False), ids)).abs().max() < TOLERANCE
+
+
+class _Forced(dict):
+    """A `_BATCH1_KERNEL` table that answers `kernel` for every shape."""
+
+    def __init__(self, kernel: str):
+        super().__init__()
+        self.kernel = kernel
+
+    def __contains__(self, key) -> bool:
+        return True
+
+    def __getitem__(self, key) -> str:
+        return self.kernel
+
+    def get(self, key, default=None) -> str:
+        return self.kernel
+
+
+@pytest.mark.parametrize("n", [1, 2])
+@pytest.mark.parametrize("kernel", ["bag", "matmul"])
+@pytest.mark.parametrize("cell_type", WITH_CACHE)
+def test_both_batch1_kernels_give_what_the_parameters_give(cell_type, kernel, n, monkeypatch):
+    """At batch 1 a product reads its copy as weighted row sums or as a matrix product, whichever this
+    machine runs faster (`_batch1_kernel`); both must give the parameters' logits and greedy tokens."""
+    monkeypatch.setattr(modeling, "_BATCH1_KERNEL", _Forced(kernel))
+    model = make(cell_type, embedding_size=20)
+    ids = ids_for(model, batch=1, length=8)
+    with threads(n):
+        fast = decode(model, ids)
+        plain = decode(twin(model, decode_cache_weights=False), ids)
+        kwargs = dict(max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0)
+        tokens = model.generate(ids, **kwargs)
+        slow = twin(model, implementation="reference", decode_cache_weights=False)
+        reference = slow.generate(ids, **kwargs)
+    assert all(holds_copies(model))
+    assert (fast - plain).abs().max() < TOLERANCE
+    assert torch.equal(tokens, reference)
+
+
+def test_the_batch1_kernel_is_timed_once_per_shape_and_kept(monkeypatch):
+    timed = []
+    monkeypatch.setattr(modeling, "_BATCH1_KERNEL", {})
+    best_time = modeling._best_time
+    monkeypatch.setattr(modeling, "_best_time", lambda run: timed.append(run) or best_time(run))
+    model = make("lstm", num_hidden_layers=2)
+    ids = ids_for(model, batch=1, length=4)
+    with threads(1):
+        decode(model, ids)
+        first = len(timed)
+        decode(model, ids)
+    shapes = set(modeling._BATCH1_KERNEL)
+    assert first == 2 * len(shapes) and len(timed) == first  # two kernels per shape, once
+    assert set(modeling._BATCH1_KERNEL.values()) <= {"bag", "matmul"}
