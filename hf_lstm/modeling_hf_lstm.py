@@ -376,19 +376,17 @@ def _bag_arguments(copy: torch.Tensor, start: int, k: int, out_features: int) ->
     out once per step by `_copy_product`, once per `OneTokenPlan` by the batch-1 step."""
     blocks, height, width = copy.shape
     index, offsets = _bag_index(start, k, height, blocks, copy.device)
-    kernel_key = ((blocks, k, width), copy.dtype, torch.get_num_threads())  # `_batch1_kernel`'s table
+    kernel_key = ((blocks, k, width), copy.dtype, torch.get_num_threads())  # `_BATCH1_KERNEL`'s key
     flat, rows_of_copy = copy.view(blocks * height, width), copy[:, start : start + k]
     return flat, index, offsets, blocks, out_features, rows_of_copy, kernel_key
 
 
 def _bag_product(rows, flat, index, offsets, blocks, out_features, rows_of_copy, kernel_key) -> torch.Tensor:
     """`_copy_product` at batch 1, with the kernel this machine runs faster for the copy's shape
-    (`_batch1_kernel`): one bag of rows per column block, each row weighted by its entry of the vector `rows`
-    (1, k), or a matrix product with the same rows of the copy (`rows_of_copy`, (blocks, k, width))."""
-    kernel = _BATCH1_KERNEL.get(kernel_key) or _batch1_kernel(
-        rows, flat, index, offsets, blocks, rows_of_copy, kernel_key
-    )
-    if kernel == "bag":
+    (`choose_batch1_kernel`): one bag of rows per column block, each row weighted by its entry of the
+    vector `rows` (1, k), or a matrix product with the same rows of the copy (`rows_of_copy`, (blocks, k,
+    width))."""
+    if _BATCH1_KERNEL.get(kernel_key, "bag") == "bag":
         y = _weighted_rows(rows, flat, index, offsets, blocks)
     else:
         y = _block_products(rows, rows_of_copy)
@@ -409,18 +407,33 @@ def _block_products(rows, rows_of_copy) -> torch.Tensor:
     return torch.matmul(rows, rows_of_copy).transpose(0, 1).reshape(1, -1)
 
 
-def _batch1_kernel(rows, flat, index, offsets, blocks: int, rows_of_copy, key: tuple) -> str:
-    """ "bag" (`_weighted_rows`) or "matmul" (`_block_products`): which of the two reads a copy of this shape
-    faster on this machine, timed once per shape, dtype and thread count on its first product. Both read the
-    same bytes; which streams them faster depends on the host (docs/PERFORMANCE.md, 1f: 52.7 against 32.0
-    GB/s one day, 11.4 against 19.6 on another host of the same description). "matmul" is taken only when it
-    is clearly (1.25x) faster, so that the choice, and with it the order of summation, does not flip from run
-    to run on one machine. `key`: the copy's (blocks, rows, width), dtype and torch's thread count."""
-    if key not in _BATCH1_KERNEL:
-        bag = _best_time(lambda: _weighted_rows(rows, flat, index, offsets, blocks))
-        matmul = _best_time(lambda: _block_products(rows, rows_of_copy))
-        _BATCH1_KERNEL[key] = "matmul" if matmul * 1.25 < bag else "bag"
-    return _BATCH1_KERNEL[key]
+def choose_batch1_kernel(bags: list[tuple]) -> None:
+    """Record in `_BATCH1_KERNEL` which kernel the batch-1 products of one step run: weighted row sums
+    ("bag", `_weighted_rows`, the default) or a matrix product on the same rows of the copy ("matmul",
+    `_block_products`). Both read the same bytes; which streams them faster depends on the host
+    (docs/PERFORMANCE.md, 1f: 52.7 against 32.0 GB/s one day, 11.4 against 19.6 on another host of the same
+    description). Timed once per model shape and thread count, as one pass over every product of a step
+    (`bags`: `_bag_arguments` results), so that the timing sees the step's whole working set, from memory
+    or from cache as a step does; a product timed alone stays in cache and misleads. "matmul" is taken only
+    when clearly (1.25x) faster, so that the choice, and with it the order of summation, does not flip from
+    run to run on one machine."""
+    keys = [bag[-1] for bag in bags]
+    if all(key in _BATCH1_KERNEL for key in keys):
+        return
+    if sum(bag[5].numel() * bag[5].element_size() for bag in bags) < _TIMED_FROM_BYTES:
+        _BATCH1_KERNEL.update(dict.fromkeys(keys, "bag"))  # a step this small is fast either way
+        return
+    vectors = [torch.randn(1, bag[5].shape[1], dtype=bag[0].dtype, device=bag[0].device) for bag in bags]
+
+    def one_pass(kernel):
+        for v, (flat, index, offsets, blocks, _, rows_of_copy, _) in zip(vectors, bags):
+            if kernel == "bag":
+                _weighted_rows(v, flat, index, offsets, blocks)
+            else:
+                _block_products(v, rows_of_copy)
+
+    bag, matmul = _best_time(lambda: one_pass("bag")), _best_time(lambda: one_pass("matmul"))
+    _BATCH1_KERNEL.update(dict.fromkeys(keys, "matmul" if matmul * 1.25 < bag else "bag"))
 
 
 def _best_time(run, repeats: int = 5) -> float:
@@ -434,6 +447,7 @@ def _best_time(run, repeats: int = 5) -> float:
 
 
 _BATCH1_KERNEL: dict[tuple, str] = {}
+_TIMED_FROM_BYTES = 4 << 20  # below this a step's copies are not timed: "bag" (the choice cannot matter much)
 
 
 def _bag_index(start: int, k: int, height: int, blocks: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1837,6 +1851,8 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
             (_bag_arguments(copy, 0, copy.shape[1], width), bias)
             for copy, bias, width in self._output_copies(outputs)
         ]
+        read = [bag for _, fuses, x, h, both in layers for bag in ((both,) if fuses else (x, h))]
+        choose_batch1_kernel(read + [bag for bag, _ in heads])  # what a step reads, once per shape
         return layers, heads
 
     def _one_token(self, token: int, states: list[tuple]) -> tuple[torch.Tensor, list[tuple]]:

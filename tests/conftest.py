@@ -44,6 +44,34 @@ def _seed():
     torch.manual_seed(0)
 
 
+class ForcedKernel(dict):
+    """A `_BATCH1_KERNEL` table that answers `kernel` for every shape (and so is never timed)."""
+
+    def __init__(self, kernel: str):
+        super().__init__()
+        self.kernel = kernel
+
+    def __contains__(self, key) -> bool:
+        return True
+
+    def __getitem__(self, key) -> str:
+        return self.kernel
+
+    def get(self, key, default=None) -> str:
+        return self.kernel
+
+
+@pytest.fixture(autouse=True)
+def _one_batch1_kernel(monkeypatch):
+    """Every test decodes at batch 1 with the weighted row sums, whatever this machine would choose
+    (`choose_batch1_kernel` times the two kernels): a matrix product's rounding can depend on where its input
+    lies in memory, and tests compare paths bit for bit. tests/test_decode_step.py checks both kernels and
+    the choice itself."""
+    from hf_lstm import modeling_hf_lstm
+
+    monkeypatch.setattr(modeling_hf_lstm, "_BATCH1_KERNEL", ForcedKernel("bag"))
+
+
 @pytest.fixture(scope="session")
 def word_tokenizer():
     """A real fast tokenizer (word level, with <pad>, <eos>, <unk>) trained on a few sentences."""

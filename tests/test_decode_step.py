@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_config
+from conftest import ForcedKernel, tiny_config
 from hf_lstm import LSTMConfig, LSTMForCausalLM
 from hf_lstm import modeling_hf_lstm as modeling
 
@@ -317,30 +317,13 @@ def test_a_deep_copy_or_a_pickle_carries_no_copies_and_builds_its_own():
     assert (decode(clone, ids) - decode(twin(clone, decode_cache_weights=False), ids)).abs().max() < TOLERANCE
 
 
-class _Forced(dict):
-    """A `_BATCH1_KERNEL` table that answers `kernel` for every shape."""
-
-    def __init__(self, kernel: str):
-        super().__init__()
-        self.kernel = kernel
-
-    def __contains__(self, key) -> bool:
-        return True
-
-    def __getitem__(self, key) -> str:
-        return self.kernel
-
-    def get(self, key, default=None) -> str:
-        return self.kernel
-
-
 @pytest.mark.parametrize("n", [1, 2])
 @pytest.mark.parametrize("kernel", ["bag", "matmul"])
 @pytest.mark.parametrize("cell_type", WITH_CACHE)
 def test_both_batch1_kernels_give_what_the_parameters_give(cell_type, kernel, n, monkeypatch):
     """At batch 1 a product reads its copy as weighted row sums or as a matrix product, whichever this
-    machine runs faster (`_batch1_kernel`); both must give the parameters' logits and greedy tokens."""
-    monkeypatch.setattr(modeling, "_BATCH1_KERNEL", _Forced(kernel))
+    machine runs faster (`choose_batch1_kernel`); both must give the parameters' logits and greedy tokens."""
+    monkeypatch.setattr(modeling, "_BATCH1_KERNEL", ForcedKernel(kernel))
     model = make(cell_type, embedding_size=20)
     ids = ids_for(model, batch=1, length=8)
     with threads(n):
@@ -355,17 +338,28 @@ def test_both_batch1_kernels_give_what_the_parameters_give(cell_type, kernel, n,
     assert torch.equal(tokens, reference)
 
 
-def test_the_batch1_kernel_is_timed_once_per_shape_and_kept(monkeypatch):
+def test_the_batch1_kernel_is_chosen_once_per_model_shape_for_the_whole_step(monkeypatch):
+    """One timing per model shape and thread count, over every product a step reads, when the batch-1 plan
+    is made; one choice for all of them; later steps and a second model of the same shape time nothing. A
+    model whose copies are small is not timed."""
     timed = []
     monkeypatch.setattr(modeling, "_BATCH1_KERNEL", {})
     best_time = modeling._best_time
     monkeypatch.setattr(modeling, "_best_time", lambda run: timed.append(run) or best_time(run))
-    model = make("lstm", num_hidden_layers=2)
-    ids = ids_for(model, batch=1, length=4)
+    small = make("lstm")
+    with threads(1):
+        decode(small, ids_for(small, batch=1, length=2))
+    assert not timed and set(modeling._BATCH1_KERNEL.values()) == {"bag"}
+    modeling._BATCH1_KERNEL.clear()
+    model = LSTMForCausalLM(tiny_config("lstm", vocab_size=2000, hidden_size=512)).eval()  # 17 MB of copies
+    ids = ids_for(model, batch=1, length=3)
     with threads(1):
         decode(model, ids)
-        first = len(timed)
+        assert len(timed) == 2  # the two kernels, each over a whole step's products
         decode(model, ids)
-    shapes = set(modeling._BATCH1_KERNEL)
-    assert first == 2 * len(shapes) and len(timed) == first  # two kernels per shape, once
+        decode(twin(model), ids)
+    assert len(timed) == 2
+    # the first layer's [x, 1] and [h, 1] (one shape here), the second's [x, 1, h, 1], the output layer's
+    assert len(modeling._BATCH1_KERNEL) == 3
+    assert len(set(modeling._BATCH1_KERNEL.values())) == 1
     assert set(modeling._BATCH1_KERNEL.values()) <= {"bag", "matmul"}

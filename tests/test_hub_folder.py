@@ -58,7 +58,7 @@ def test_folder_holds_safetensors_the_model_files_and_a_complete_auto_map(saved_
 
 def test_carried_files_import_only_torch_transformers_and_each_other(saved_lm):
     _, folder = saved_lm
-    # os: only save_pretrained's permission fix (`weights_readable_as`); time: `_batch1_kernel`'s timing
+    # os: only save_pretrained's permission fix (`weights_readable_as`); time: `choose_batch1_kernel`'s timing
     allowed_roots = {"torch", "transformers", "__future__", "math", "dataclasses", "os", "time"}
     for name in CARRIED_FILES:
         tree = ast.parse((folder / name).read_text())
