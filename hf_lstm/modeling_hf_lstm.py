@@ -423,7 +423,8 @@ def choose_batch1_kernel(bags: list[tuple]) -> None:
     if sum(bag[5].numel() * bag[5].element_size() for bag in bags) < _TIMED_FROM_BYTES:
         _BATCH1_KERNEL.update(dict.fromkeys(keys, "bag"))  # a step this small is fast either way
         return
-    vectors = [torch.randn(1, bag[5].shape[1], dtype=bag[0].dtype, device=bag[0].device) for bag in bags]
+    # ones, not random numbers: the timing must not move the generator a seeded `generate()` samples from
+    vectors = [torch.ones(1, bag[5].shape[1], dtype=bag[0].dtype, device=bag[0].device) for bag in bags]
 
     def one_pass(kernel):
         for v, (flat, index, offsets, blocks, _, rows_of_copy, _) in zip(vectors, bags):

@@ -353,9 +353,11 @@ def test_the_batch1_kernel_is_chosen_once_per_model_shape_for_the_whole_step(mon
     modeling._BATCH1_KERNEL.clear()
     model = LSTMForCausalLM(tiny_config("lstm", vocab_size=2000, hidden_size=512)).eval()  # 17 MB of copies
     ids = ids_for(model, batch=1, length=3)
+    generator = torch.get_rng_state()
     with threads(1):
         decode(model, ids)
         assert len(timed) == 2  # the two kernels, each over a whole step's products
+        assert torch.equal(torch.get_rng_state(), generator)  # a seeded sampling is not moved by the timing
         decode(model, ids)
         decode(twin(model), ids)
     assert len(timed) == 2
