@@ -1,7 +1,7 @@
 """A causal LM as a function of tensors, so that a program without Python can generate: `torch.export` and
 ONNX take tensors in and give tensors out, and an `LSTMCache` is a Python object.
 
-    step = RecurrentStep(model).eval()
+    step = RecurrentStep(model.eval())  # inference only: the model's dropout off
     program = torch.export.export(step, step.example_inputs(batch=2), dynamic_shapes=step.dynamic_shapes())
     logits, *state = program.module()(input_ids, attention_mask, *state)
 
@@ -23,8 +23,8 @@ from .modeling_hf_lstm import LSTMCache, LSTMForCausalLM
 
 
 class RecurrentStep(nn.Module):
-    """`model` (an `LSTMForCausalLM`, in eval mode) as `(input_ids, attention_mask, *state) -> (logits,
-    *state)`; see the module's docstring."""
+    """`model` (an `LSTMForCausalLM`, in eval mode) as `(input_ids, attention_mask, h, c=None) -> (logits,
+    h, c)`; see the module's docstring."""
 
     def __init__(self, model: LSTMForCausalLM):
         super().__init__()
