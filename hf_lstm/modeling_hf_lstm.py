@@ -378,6 +378,8 @@ def _bag_arguments(copy: torch.Tensor, start: int, k: int, out_features: int) ->
     index, offsets = _bag_index(start, k, height, blocks, copy.device)
     kernel_key = ((blocks, k, width), copy.dtype, torch.get_num_threads())  # `_BATCH1_KERNEL`'s key
     flat, rows_of_copy = copy.view(blocks * height, width), copy[:, start : start + k]
+    if blocks == 1:
+        rows_of_copy = rows_of_copy[0]  # (k, width): `_block_products` then makes one product, no batch
     return flat, index, offsets, blocks, out_features, rows_of_copy, kernel_key
 
 
@@ -385,7 +387,7 @@ def _bag_product(rows, flat, index, offsets, blocks, out_features, rows_of_copy,
     """`_copy_product` at batch 1, with the kernel this machine runs faster for the copy's shape
     (`choose_batch1_kernel`): one bag of rows per column block, each row weighted by its entry of the
     vector `rows` (1, k), or a matrix product with the same rows of the copy (`rows_of_copy`, (blocks, k,
-    width))."""
+    width), or (k, width) for one block)."""
     if _BATCH1_KERNEL.get(kernel_key, "bag") == "bag":
         y = _weighted_rows(rows, flat, index, offsets, blocks)
     else:
@@ -402,8 +404,8 @@ def _weighted_rows(rows, flat, index, offsets, blocks: int) -> torch.Tensor:
 
 
 def _block_products(rows, rows_of_copy) -> torch.Tensor:
-    if rows_of_copy.shape[0] == 1:
-        return rows @ rows_of_copy[0]
+    if rows_of_copy.dim() == 2:
+        return rows @ rows_of_copy
     return torch.matmul(rows, rows_of_copy).transpose(0, 1).reshape(1, -1)
 
 
@@ -424,7 +426,7 @@ def choose_batch1_kernel(bags: list[tuple]) -> None:
         _BATCH1_KERNEL.update(dict.fromkeys(keys, "bag"))  # a step this small is fast either way
         return
     # ones, not random numbers: the timing must not move the generator a seeded `generate()` samples from
-    vectors = [torch.ones(1, bag[5].shape[1], dtype=bag[0].dtype, device=bag[0].device) for bag in bags]
+    vectors = [torch.ones(1, bag[5].shape[-2], dtype=bag[0].dtype, device=bag[0].device) for bag in bags]
 
     def one_pass(kernel):
         for v, (flat, index, offsets, blocks, _, rows_of_copy, _) in zip(vectors, bags):
@@ -550,9 +552,11 @@ class OneTokenPlan:
     def __setstate__(self, state: dict) -> None:
         self.clear()
 
-    def ready(self, model) -> bool:
-        """Whether `model`'s one-token step at batch 1 reads copies; made again first if anything changed."""
-        key = (torch.get_num_threads(), model.config.decode_cache_weights, *_stamps(model._step_weights()))
+    def ready(self, model, plan: tuple) -> bool:
+        """Whether `model`'s one-token step at batch 1 reads copies; made again first if anything changed.
+        `plan`: the model's `_decode_plan()`, checked by the caller."""
+        weights = model._step_weights(plan)
+        key = (torch.get_num_threads(), model.config.decode_cache_weights, *_stamps(weights))
         if key != self.key:
             self.clear()
             model.model.layers[0]._input_rows.clear()
@@ -1150,6 +1154,7 @@ _GLOBAL_HOOKS = tuple(
 """torch's hooks on every module (`nn.modules.module.register_module_forward_hook` and its pre-hook twin),
 dictionaries it fills in place; a one-token step that skips module calls checks them too (a test registers
 one and counts its calls, so a change in torch shows)."""
+_STEP_PARAMETERS = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")  # what a step reads per layer
 _TOKEN_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 _IGNORED_KWARGS = {"position_ids", "cache_position", "return_dict", "output_attentions"}
 
@@ -1715,39 +1720,46 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         return [m for m in (self.output_projection, self.lm_head) if m is not None]
 
     def _decode_plan(self) -> tuple:
-        """What a one-token step relies on, worked out again only when a module is swapped: (the modules'
-        ids, whether they are the plain ones the step reimplements (`LSTMRecurrentLayer`s of LSTM, GRU or
-        vanilla RNN cells, an `nn.Embedding`, `nn.Linear` output layers), the number of layers, and the hook
-        dictionaries of every module the step would not call, torch's global ones included: while any of
-        them holds a hook, the ordinary path runs, calling every module)."""
-        stack = self.model
-        layers = list(stack.layers)
-        rnns = [getattr(layer, "rnn", None) for layer in layers]
-        outputs = self._output_layers()
-        identity = tuple(map(id, (stack, stack.embed_tokens, *layers, *rnns, *outputs)))
+        """What a one-token step relies on, worked out again only when a module is swapped: (the modules
+        themselves, whether they are the plain ones the step reimplements (`LSTMRecurrentLayer`s of LSTM, GRU
+        or vanilla RNN cells, an `nn.Embedding`, `nn.Linear` output layers), the number of layers, the hook
+        dictionaries of every module the step would not call, torch's global ones included (while any of them
+        holds a hook, the ordinary path runs, calling every module), and where each tensor the step reads is
+        kept (`_step_weights`)).
+
+        It runs at every step, so it reads the modules from their own dictionaries (`_modules`,
+        `_parameters`, what `nn.Module.__getattr__` reads, at a twentieth of its cost) and compares them with
+        the plan's by identity; the plan holds them, so a swapped module's address cannot be reused unseen."""
+        stack = self._modules["model"]
+        layers = tuple(stack._modules["layers"]._modules.values())
+        rnns = tuple(layer._modules.get("rnn") for layer in layers)
+        outputs = tuple(m for m in (self._modules.get("output_projection"), self._modules["lm_head"]) if m)
+        modules = (stack, stack._modules["embed_tokens"], *layers, *rnns, *outputs)
         plan = self._decode_graph.plan
-        if plan is not None and plan[0] == identity:
+        if plan is not None and plan[0] == modules:
             return plan
         plain = (
-            type(stack.embed_tokens) is nn.Embedding
+            type(modules[1]) is nn.Embedding
             and all(type(layer) is LSTMRecurrentLayer and layer.cell_type in _TORCH_CELL for layer in layers)
-            and all(
-                type(layer.rnn) in (nn.LSTM, nn.GRU, nn.RNN) and layer.num_directions == 1 for layer in layers
-            )
+            and all(type(rnn) in (nn.LSTM, nn.GRU, nn.RNN) for rnn in rnns)
+            and all(layer.num_directions == 1 for layer in layers)
             and all(type(m) is nn.Linear for m in outputs)
         )
-        modules = [self, stack, stack.embed_tokens, *layers, *rnns, *outputs]
-        hooks = _GLOBAL_HOOKS + tuple(d for m in modules for d in (m._forward_hooks, m._forward_pre_hooks))
-        self._decode_graph.plan = (identity, plain, len(layers), hooks)
+        every = (self, *modules)
+        hooks = _GLOBAL_HOOKS + tuple(d for m in every for d in (m._forward_hooks, m._forward_pre_hooks))
+        kept = [(modules[1]._parameters, "weight")]
+        for rnn in rnns if plain else ():
+            kept += [(rnn._parameters, name) for name in _STEP_PARAMETERS]
+        kept += [(m._parameters, name) for m in outputs for name in ("weight", "bias")]
+        self._decode_graph.plan = (modules, plain, len(layers), hooks, kept)
         return self._decode_graph.plan
 
-    def _step_weights(self) -> list[torch.Tensor]:
-        """Every tensor a one-token step reads (`GraphedDecodeStep`'s stamps), read from the modules now."""
-        weights = [self.model.embed_tokens.weight]
-        for layer in self.model.layers:
-            rnn = layer.rnn
-            weights += [rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0]
-        return weights + [p for m in self._output_layers() for p in (m.weight, m.bias) if p is not None]
+    def _step_weights(self, plan: tuple | None = None) -> list[torch.Tensor]:
+        """Every tensor a one-token step reads (`GraphedDecodeStep`'s and `OneTokenPlan`'s stamps), read from
+        the modules now: the embedding, each layer's W_ih, W_hh, b_ih and b_hh, each output layer's weight
+        and bias (where it has one). `plan`: `_decode_plan()`'s, when the caller has it."""
+        kept = (plan or self._decode_plan())[4]
+        return [w for w in (where.get(name) for where, name in kept) if w is not None]
 
     def _decode_route(self, input_ids, inputs_embeds, past, use_cache, extras: dict) -> str | None:
         """How a one-token decoding step runs, when this call is one: in eval mode without gradients, one
@@ -1769,17 +1781,21 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
             and not any(extras.values())
         ):
             return None
-        config = self.config
-        _, plain, num_layers, hooks = self._decode_plan()
-        dtype = self.model.embed_tokens.weight.dtype
+        config, plan = self.config, self._decode_plan()
+        _, plain, num_layers, hooks, kept = plan
+        if not (plain and len(past) == num_layers and not any(hooks)):
+            return None
+        dtype, device = kept[0][0]["weight"].dtype, input_ids.device  # the embedding's
+        expected = (input_ids.shape[0], plan[0][2].hidden_size)  # (batch, the first layer's width)
         if not (
-            plain
-            and not any(hooks)
-            and (config.use_cache if use_cache is None else use_cache)
+            (config.use_cache if use_cache is None else use_cache)
             and not config.output_hidden_states
             and config.implementation != "reference"
-            and len(past) == num_layers
-            and all(t.dtype == dtype and t.device == input_ids.device for state in past.states for t in state)
+            and all(
+                t.shape == expected and t.dtype == dtype and t.device == device
+                for state in past.states
+                for t in state
+            )
         ):
             return None
         if input_ids.is_cuda or self._decode_graph.eager:
@@ -1801,23 +1817,21 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         tensors as the ordinary path (the same results, bit for bit), without the module calls, dropout
         layers and output classes a sequence needs. None when a row is padded at this position or the cache
         does not fit: the ordinary path handles or explains those."""
-        batch, stack = input_ids.shape[0], self.model
+        batch = input_ids.shape[0]
         if attention_mask is not None:
             _check_mask_shape(attention_mask, batch, 1, past.seen_tokens)
             newest = attention_mask[:, -1]
             if not (newest.item() == 1 if batch == 1 else bool((newest == 1).all())):
                 return None
-        expected = (batch, stack.layers[0].hidden_size)
-        if any(t.shape != expected for state in past.states for t in state):
-            return None
         token = int(input_ids) if batch == 1 else None
         low, high = (token, token) if batch == 1 else map(int, torch.aminmax(input_ids))
         vocab_size = self.config.vocab_size
         if low < 0 or high >= vocab_size:
             raise _token_id_error(low if low < 0 else high, vocab_size)
-        if batch == 1 and self._one_token_plan.ready(self):
+        if batch == 1 and self._one_token_plan.ready(self, self._decode_graph.plan):  # `_decode_route`'s
             logits, past.states = self._one_token(token, past.states)
         else:
+            stack = self.model
             x, states = F.embedding(input_ids[:, 0].long(), stack.embed_tokens.weight), []
             for layer, state in zip(stack.layers, past.states):
                 states.append(layer._decode_step(x, state, self.config.decode_cache_weights))
@@ -1862,12 +1876,11 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         and `_output_layer`, with what they work out at every call worked out once; the first layer's input
         product is kept per token (`InputProductRows`)."""
         plan, embedding = self._one_token_plan, self.model.embed_tokens.weight
-        x = embedding[token : token + 1]
-        one, first = _ones(1, x.dtype, x.device), plan.layers[0][2]
+        one, first = _ones(1, embedding.dtype, embedding.device), plan.layers[0][2]
         gx = self.model.layers[0]._input_rows.product(
-            token, lambda: _bag_product(torch.cat((x, one), 1), *first)
+            token, lambda: _bag_product(torch.cat((embedding[token : token + 1], one), 1), *first)
         )
-        new = []
+        x, new = None, []  # the first layer reads its input product `gx`, not its input
         for (cell_type, fuses, bag_x, bag_h, bag_all), state in zip(plan.layers, states):
             h = state[0]
             if fuses:

@@ -90,8 +90,31 @@ def _round_trip_through_bfloat16(model):
     model.to(torch.bfloat16).to(torch.float32)
 
 
+def _swap_a_parameter(model):
+    """A layer's recurrent matrix replaced by another parameter (no eval(), no version counter moved): the
+    step finds its tensors through the modules' own dictionaries, so it must see the new one."""
+    rnn = model.model.layers[0].rnn
+    rnn.weight_hh_l0 = torch.nn.Parameter(rnn.weight_hh_l0.detach() * 2)
+
+
+def _swap_an_output_layer(model):
+    """The output layer replaced by a new module (untied from the embedding), between two steps."""
+    torch.manual_seed(1)
+    old = model.lm_head
+    model.lm_head = torch.nn.Linear(old.in_features, old.out_features).eval()
+    model.config.tie_word_embeddings = False  # so that `ordinary`'s twin does not tie it back
+
+
 @pytest.mark.parametrize(
-    "change", [_in_place_updates, _load_other_weights, _double_through_data, _round_trip_through_bfloat16]
+    "change",
+    [
+        _in_place_updates,
+        _load_other_weights,
+        _double_through_data,
+        _round_trip_through_bfloat16,
+        _swap_a_parameter,
+        _swap_an_output_layer,
+    ],
 )
 @pytest.mark.parametrize("cell_type", WITH_CACHE)
 def test_rows_are_dropped_when_what_they_came_from_changes(cell_type, change):
