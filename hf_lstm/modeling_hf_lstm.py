@@ -1733,7 +1733,8 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         stack = self._modules["model"]
         layers = tuple(stack._modules["layers"]._modules.values())
         rnns = tuple(layer._modules.get("rnn") for layer in layers)
-        outputs = tuple(m for m in (self._modules.get("output_projection"), self._modules["lm_head"]) if m)
+        heads = (self._modules.get("output_projection"), self._modules["lm_head"])
+        outputs = tuple(m for m in heads if m is not None)
         modules = (stack, stack._modules["embed_tokens"], *layers, *rnns, *outputs)
         plan = self._decode_graph.plan
         if plan is not None and plan[0] == modules:
