@@ -154,3 +154,30 @@ def test_trainer_accumulates_gradients_exactly_for_every_head(tmp_path, word_tok
     assert not torch.equal(whole[last], initial[last])  # the step moved the weights
     for name, weight in whole.items():
         torch.testing.assert_close(accumulated[name], weight, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("cell_type", ["lstm", "gru"])
+def test_torch_compile_gives_the_eager_logits_loss_and_gradients(cell_type):
+    """`torch.compile(model)` (inductor, the default mode), as a training script or `Trainer(torch_compile=
+    True)` applies it: the same logits on a left-padded batch in eval mode, and the same loss and gradients
+    in training mode (dropout off). The value checks break the graph; they do not change the result."""
+    torch.manual_seed(0)
+    model = LSTMForCausalLM(tiny_config(cell_type, hidden_size=16)).eval()
+    ids = torch.randint(2, model.config.vocab_size, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    compiled = torch.compile(model)
+    with torch.no_grad():
+        eager = model(ids, attention_mask=mask).logits
+        assert (compiled(ids, attention_mask=mask).logits - eager).abs().max() < 1e-5
+    model.train()
+    losses, grads = [], []
+    for run in (model, compiled):
+        model.zero_grad(set_to_none=True)
+        loss = run(ids, labels=ids).loss
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert torch.allclose(losses[0], losses[1], atol=1e-6)
+    for eager_grad, compiled_grad in zip(*grads):
+        assert torch.allclose(eager_grad, compiled_grad, atol=1e-5)
