@@ -576,9 +576,10 @@ def _through_copies(hidden: torch.Tensor, outputs: list[tuple]) -> torch.Tensor:
 
 def _plain_linear(module: nn.Module) -> bool:
     """An `nn.Linear` exactly, with no hook: one whose product a step may compute itself (an int8 or adapter
-    module, or a hooked one, runs as itself; so does every module while torch holds a global module hook)."""
+    module, or a hooked one, runs as itself; so does one whose `forward` was replaced on the instance, as
+    accelerate's hooks do, and every module while torch holds a global module hook)."""
     return type(module) is nn.Linear and not (
-        module._forward_hooks or module._forward_pre_hooks or any(_GLOBAL_HOOKS)
+        module._forward_hooks or module._forward_pre_hooks or "forward" in vars(module) or any(_GLOBAL_HOOKS)
     )
 
 
@@ -749,6 +750,20 @@ class GraphedDecodeStep:
         return check, step, torch.cuda.Event()
 
 
+class _PatchedForward:
+    """True while a module's attribute dictionary holds a `forward` of its own (a wrapper set on the instance,
+    as accelerate's `add_hook_to_module` does), for `_decode_plan`'s list of reasons to take the ordinary
+    path."""
+
+    __slots__ = ("attributes",)
+
+    def __init__(self, attributes: dict):
+        self.attributes = attributes
+
+    def __bool__(self) -> bool:
+        return "forward" in self.attributes
+
+
 def _token_id_error(bad: int, vocab_size: int) -> ValueError:
     return ValueError(
         f"input_ids contains token id {bad}, outside [0, vocab_size={vocab_size}); "
@@ -859,6 +874,27 @@ class LSTMRecurrentLayer(nn.Module):
         return params
 
     def forward(
+        self, x, mask=None, state=None, use_reference=False, output_gates=False, decode_cache_weights=False
+    ):
+        """`_forward` (the layer over x), with the recurrent module's weights in place when accelerate
+        offloads them (`from_pretrained(..., device_map=..., offload_folder=...)`): its hook keeps them on the
+        meta device except while the module's own `forward` runs, and the one-token step and the reference
+        equations read them directly. The hook's own two calls (`pre_forward`, `post_forward`: accelerate's
+        `ModelHook` interface) bring them in for the whole layer and send them back; decode-time copies are
+        not made of weights loaded afresh at every call."""
+        hook = vars(self.rnn).get("_hf_hook")  # accelerate's, set by `add_hook_to_module`
+        offloaded = hook is not None and getattr(hook, "offload", False)
+        if offloaded:
+            hook.pre_forward(self.rnn)
+        try:
+            return self._forward(
+                x, mask, state, use_reference, output_gates, decode_cache_weights and not offloaded
+            )
+        finally:
+            if offloaded:
+                hook.post_forward(self.rnn, None)
+
+    def _forward(
         self, x, mask=None, state=None, use_reference=False, output_gates=False, decode_cache_weights=False
     ):
         """Run the layer over x (batch, T, input_size).
@@ -1723,9 +1759,10 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         """What a one-token step relies on, worked out again only when a module is swapped: (the modules
         themselves, whether they are the plain ones the step reimplements (`LSTMRecurrentLayer`s of LSTM, GRU
         or vanilla RNN cells, an `nn.Embedding`, `nn.Linear` output layers), the number of layers, the hook
-        dictionaries of every module the step would not call, torch's global ones included (while any of them
-        holds a hook, the ordinary path runs, calling every module), and where each tensor the step reads is
-        kept (`_step_weights`)).
+        dictionaries of every module the step would not call, torch's global ones included, and a
+        `_PatchedForward` per such module (while any of them holds a hook or a module's `forward` is replaced,
+        the ordinary path runs, calling every module), and where each tensor the step reads is kept
+        (`_step_weights`)).
 
         It runs at every step, so it reads the modules from their own dictionaries (`_modules`,
         `_parameters`, what `nn.Module.__getattr__` reads, at a twentieth of its cost) and compares them with
@@ -1748,6 +1785,9 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         )
         every = (self, *modules)
         hooks = _GLOBAL_HOOKS + tuple(d for m in every for d in (m._forward_hooks, m._forward_pre_hooks))
+        # a `forward` set on the instance (accelerate's offloading and device hooks, or any wrapper) would be
+        # skipped too: the modules' attribute dictionaries, checked at every step for that name
+        hooks += tuple(_PatchedForward(vars(m)) for m in modules)
         kept = [(modules[1]._parameters, "weight")]
         for rnn in rnns if plain else ():
             kept += [(rnn._parameters, name) for name in _STEP_PARAMETERS]

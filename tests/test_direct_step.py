@@ -233,6 +233,29 @@ def test_hooks_on_every_module_see_every_step(kind):
     assert (hooked - decode(model, ids)).abs().max() < TOLERANCE and rows(model)  # the direct step again
 
 
+@pytest.mark.parametrize("where", ["lm_head", "layer"])
+def test_a_forward_replaced_on_the_instance_is_called_at_every_step(where):
+    # what accelerate's hooks do (`module.forward = wrapper`): the direct step would skip the wrapper, so
+    # while one is set the ordinary path runs, which calls it; removed, the direct step runs again
+    model = make()
+    ids = ids_with_repeats(model)
+    module = model.lm_head if where == "lm_head" else model.model.layers[1]
+    calls, original = [], module.forward
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    plain = decode(model, ids)
+    model.model.layers[0]._input_rows.clear()
+    module.forward = wrapper
+    wrapped = decode(model, ids)
+    del module.forward
+    assert len(calls) == ids.shape[1] and not rows(model), "every step took the ordinary path"
+    assert (wrapped - plain).abs().max() < TOLERANCE
+    assert torch.equal(decode(model, ids), plain) and rows(model)  # the direct step again
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("cell_type", WITH_CACHE)
 def test_batch_1_in_other_dtypes_and_under_inference_mode(cell_type, dtype):
