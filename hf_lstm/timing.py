@@ -10,11 +10,15 @@ import time
 import torch
 
 
-def interleaved(runs: dict, repeats: int, warmup: bool = True) -> dict[str, float]:
+def interleaved(
+    runs: dict, repeats: int, warmup: bool = True, rounds: dict[str, list[float]] | None = None
+) -> dict[str, float]:
     """Run each callable of `runs` once per round, in alternation, for `repeats` rounds; each callable returns
     the seconds it wants counted (so set-up can be left out). Returns the median per name. With `warmup`, one
-    untimed round first (first calls pay for allocation, oneDNN primitive creation and lazy imports)."""
-    times: dict[str, list[float]] = {name: [] for name in runs}
+    untimed round first (first calls pay for allocation, oneDNN primitive creation and lazy imports).
+    `rounds`, when given, receives every round's seconds per name (for a ratio's spread, `round_ratios`)."""
+    times: dict[str, list[float]] = rounds if rounds is not None else {}
+    times.update({name: [] for name in runs})
     if warmup:
         for fn in runs.values():
             fn()
@@ -22,6 +26,13 @@ def interleaved(runs: dict, repeats: int, warmup: bool = True) -> dict[str, floa
         for name, fn in runs.items():
             times[name].append(fn())
     return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def round_ratios(rounds: dict[str, list[float]], numerator: str, denominator: str) -> str:
+    """The lowest and highest of a ratio taken round by round (the two timed minutes apart at most), as
+    "a-b": how far the host moved the median ratio a figure reports."""
+    ratios = [a / b for a, b in zip(rounds[numerator], rounds[denominator])]
+    return f"{min(ratios):.3g}-{max(ratios):.3g}"
 
 
 def timed(fn, device: torch.device | None = None) -> float:

@@ -15,6 +15,7 @@ import hf_lstm
 from hf_lstm import benchmark, flops
 from hf_lstm.benchmark.measuring import layouts_now
 from hf_lstm.quantization import quantize_dynamic_int8
+from hf_lstm.timing import interleaved, round_ratios
 
 TARGETED = {
     "decode.generate_vs_floor": ">= 0.70",
@@ -237,3 +238,15 @@ def test_the_gpu_sections_run_anywhere_and_report_graph_floor_and_peers(tmp_path
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit):
             benchmark.parse_args(["--device", "cuda"])
+
+
+def test_interleaved_keeps_every_round_and_reports_a_ratios_spread():
+    # callables that return the seconds they want counted: the warm-up round is not kept, the median is
+    floor_seconds, generate_seconds = iter([9.0, 1.0, 2.0, 3.0]), iter([9.0, 2.0, 2.0, 4.0])
+    rounds: dict[str, list[float]] = {}
+    t = interleaved(
+        {"floor": lambda: next(floor_seconds), "generate": lambda: next(generate_seconds)}, 3, rounds=rounds
+    )
+    assert rounds == {"floor": [1.0, 2.0, 3.0], "generate": [2.0, 2.0, 4.0]}
+    assert t == {"floor": 2.0, "generate": 2.0}
+    assert round_ratios(rounds, "floor", "generate") == "0.5-1"  # 1/2, 2/2, 3/4

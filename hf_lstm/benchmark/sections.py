@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..flops import flops_per_token, matmul_parameters, matmul_weights, measure_matmul_peak
-from ..timing import interleaved, timed
+from ..timing import interleaved, round_ratios, timed
 from .measuring import (
     Measurement,
     NaiveLSTM,
@@ -54,6 +54,7 @@ def section_decode(model, args, report: Report) -> None:
         layouts.append(layout_seconds(weights, n))
         return best_of_layouts(layouts[-1])
 
+    rounds: dict[str, list[float]] = {}
     t = interleaved(
         {
             "floor": floor,
@@ -64,8 +65,9 @@ def section_decode(model, args, report: Report) -> None:
             "naive": lambda: naive.greedy(ids, n),
         },
         args.repeats,
+        rounds=rounds,
     )
-    report.add(*_floor_measurements(t, layouts[1:], weights), *_decode_measurements(t))
+    report.add(*_floor_measurements(t, layouts[1:], weights), *_decode_measurements(t, rounds))
 
 
 def _floor_measurements(t: dict, layouts: list[dict], weights) -> list[Measurement]:
@@ -97,7 +99,7 @@ def _floor_measurements(t: dict, layouts: list[dict], weights) -> list[Measureme
     ]
 
 
-def _decode_measurements(t: dict) -> list[Measurement]:
+def _decode_measurements(t: dict, rounds: dict[str, list[float]]) -> list[Measurement]:
     onednn = "on" if torch.backends.mkldnn.is_available() else "off"
     return [
         Measurement(
@@ -114,6 +116,7 @@ def _decode_measurements(t: dict) -> list[Measurement]:
             "x",
             ">= 0.70",
             t["floor"] / t["generate"] >= 0.70,
+            detail=f"round by round: {round_ratios(rounds, 'floor', 'generate')}",
         ),
         Measurement(
             "decode.parameters_tokens_per_s",
@@ -157,6 +160,7 @@ def _decode_measurements(t: dict) -> list[Measurement]:
             "x",
             "<= 1.25",
             t["generate"] / t["step"] <= 1.25,
+            detail=f"round by round: {round_ratios(rounds, 'generate', 'step')}",
         ),
     ]
 
