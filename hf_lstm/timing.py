@@ -25,7 +25,7 @@ def interleaved(
     for _ in range(repeats):
         for name, fn in runs.items():
             times[name].append(fn())
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return {name: statistics.median(times[name]) for name in runs}
 
 
 def round_ratios(rounds: dict[str, list[float]], numerator: str, denominator: str) -> str:
