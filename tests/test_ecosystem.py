@@ -189,7 +189,7 @@ def test_from_pretrained_with_weights_offloaded_to_disk(tmp_path, where):
     meta device and loads each module's only around that module's `forward` (its hooks). The one-token
     steps, the padded prompt and the reference equations (`output_gates`) read the recurrent weights outside
     the cell module's own forward, so they must get the same tokens and logits as the model in memory. The
-    recurrent layers on disk (an explicit map) works with every version in range; the whole model on disk
+    recurrent layers on disk (an explicit map) works at both ends of the ranges; the whole model on disk
     (`device_map="auto"` with no memory to spare) needs accelerate >= 1.15 (docs/UPSTREAM.md)."""
     from transformers import AutoModelForCausalLM
 
