@@ -163,6 +163,11 @@ _NO_ROLLBACK = (
     "and a recurrent state cannot forget the last tokens it read, so an hf_lstm model can take part there "
     "neither as the model nor as the assistant. Use greedy search, sampling or beam search"
 )
+_NO_PAGES = (
+    "transformers' continuous batching schedules requests over a paged attention key/value cache, and an "
+    "hf_lstm model has neither attention nor keys and values: its state is one fixed-size (h, C) per layer "
+    "and row. Batch the prompts with left padding and call generate(), or pipeline(..., batch_size=n)"
+)
 # generate() arguments that transformers hands on with the model's inputs (from 5.0 to 5.25, `tokenizer`, when
 # `stop_strings` needs one): not the model's, and dropped before a step
 _FOR_GENERATE_ONLY = ("tokenizer", "assistant_tokenizer")
@@ -1675,8 +1680,9 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
 
     def generate(self, inputs=None, *args, **kwargs):
         """`GenerationMixin.generate`, refusing up front what would otherwise fail inside transformers: an
-        empty prompt (before 5.24, an IndexError in its own input preparation) and assisted or prompt-lookup
-        decoding (a RuntimeError saying a cache is required, when this model has one that cannot go back)."""
+        empty prompt (before 5.24, an IndexError in its own input preparation), assisted or prompt-lookup
+        decoding (a RuntimeError saying a cache is required, when this model has one that cannot go back) and
+        `cache_implementation="paged"`, continuous batching (an error about attention heads in the config)."""
         ids = inputs if inputs is not None else kwargs.get("input_ids")
         if (
             isinstance(ids, torch.Tensor)
@@ -1685,11 +1691,18 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
             and kwargs.get("inputs_embeds") is None
         ):
             raise ValueError(f"input_ids is empty (shape {tuple(ids.shape)}); give at least one token")
+        if kwargs.get("cache_implementation") == "paged":  # transformers' switch to continuous batching
+            raise ValueError(f"cache_implementation='paged' means continuous batching: {_NO_PAGES}")
         config = kwargs.get("generation_config") or self.generation_config
         for name in _DRAFTING:  # set as an argument, or in the generation config transformers hands on
             if any(value not in (None, False) for value in (kwargs.get(name), getattr(config, name, None))):
                 raise ValueError(f"{name} means assisted decoding: {_NO_ROLLBACK}")
         return super().generate(inputs, *args, **kwargs)
+
+    def init_continuous_batching(self, *args, **kwargs):
+        """Refused: `generate_batch` and `continuous_batching_context_manager` come here first (transformers
+        5.0 to 5.25), and would fail inside transformers looking for attention heads in the config."""
+        raise ValueError(f"continuous batching (generate_batch, init_continuous_batching): {_NO_PAGES}")
 
     _NOT_FOR_A_DECODING_STEP = frozenset(
         {"cache", "past_key_values", "cache_position", "position_ids", "next_sequence_length", "labels"}

@@ -590,6 +590,26 @@ def test_an_lstm_as_the_assistant_of_a_transformer_is_refused_before_it_drafts()
     assert len(llama.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)[0]) == 9
 
 
+@pytest.mark.parametrize("entry", ["generate", "generate_batch", "context_manager", "init"])
+def test_continuous_batching_is_refused_by_each_of_its_entry_points(entry):
+    """transformers' continuous batching runs over a paged attention cache: each way in says so, where
+    transformers alone would fail looking for `num_attention_heads` in the config."""
+    from transformers import GenerationConfig
+
+    model = LSTMForCausalLM(tiny_config()).eval()
+    config = GenerationConfig(max_new_tokens=2, eos_token_id=1, pad_token_id=0)
+    calls = {
+        "generate": lambda: model.generate(torch.tensor([[5, 6, 7]]), cache_implementation="paged"),
+        "generate_batch": lambda: model.generate_batch([[5, 6, 7], [8, 9]], generation_config=config),
+        "context_manager": lambda: model.continuous_batching_context_manager(config).__enter__(),
+        "init": lambda: model.init_continuous_batching(config),
+    }
+    with pytest.raises(ValueError, match="continuous batching.*paged attention key/value.*left padding"):
+        calls[entry]()
+    other_cache = model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=2, cache_implementation="dynamic")
+    assert other_cache.shape == (1, 5)  # the other names are ignored with transformers' warning, as before
+
+
 def test_a_pipeline_with_an_empty_prompt_generates_or_refuses_clearly(word_tokenizer):
     from transformers import pipeline
 
