@@ -272,6 +272,24 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.99))
 
 
+class TimeBudget:
+    """How much of a wall-clock training budget (`--max_train_minutes`) is spent: `used` is the training time
+    (evaluation excluded) that every process agreed on at the last step; a time-aware schedule reads it."""
+
+    def __init__(self, minutes: float | None):
+        self.seconds = None if minutes is None else 60.0 * minutes
+        self.used = 0.0
+
+    def fraction(self) -> float:
+        return 0.0 if self.seconds is None else min(1.0, self.used / self.seconds)
+
+
+_DECAYS = {  # a schedule's factor at progress p in [0, 1], as transformers' linear and cosine schedules
+    "linear": lambda p: max(0.0, 1.0 - p),
+    "cosine": lambda p: max(0.0, 0.5 * (1.0 + math.cos(math.pi * p))),
+}
+
+
 def build_scheduler(
     optimizer,
     kind: str,
@@ -280,9 +298,14 @@ def build_scheduler(
     warmup_steps: int = 0,
     decay: float = 0.5,
     decay_start_epoch: int = 5,
+    budget: TimeBudget | None = None,
 ):
     """transformers' schedule `kind` (linear, cosine, ...), or `epoch_decay`: the rate times `decay` per epoch
-    from the 1-based epoch `decay_start_epoch` on (Zaremba et al. 2014), after a linear warm-up."""
+    from the 1-based epoch `decay_start_epoch` on (Zaremba et al. 2014), after a linear warm-up.
+
+    With a time `budget`, linear and cosine run over whichever ends first, the steps or the minutes: their
+    progress is the larger of the two shares, so a run stopped by the clock ends at the schedule's end value
+    instead of midway at a high rate. While the steps run out first, they are transformers' schedules."""
     if kind == "epoch_decay":
 
         def factor(step: int) -> float:
@@ -291,6 +314,16 @@ def build_scheduler(
             return warm * decay ** max(0, epoch - decay_start_epoch + 1)
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if budget is not None and budget.seconds is not None and kind in _DECAYS:
+        shape = _DECAYS[kind]
+
+        def timed(step: int) -> float:
+            if step < warmup_steps:
+                return step / max(1, warmup_steps)
+            steps = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+            return shape(min(1.0, max(steps, budget.fraction())))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, timed)
     return get_scheduler(kind, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
 
 

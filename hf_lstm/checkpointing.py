@@ -16,7 +16,8 @@ A checkpoint is a folder `OUTPUT_DIR/step_N` (or `epoch_N`) holding
 
 It is written to `.tmp-step_N` first and renamed into place only when complete: `os.rename` of a folder is
 atomic, so a run killed at any moment leaves either the whole checkpoint or none. Nothing here unpickles:
-everything loads through safetensors or JSON.
+everything loads through safetensors or JSON. `StopSignal` turns SIGTERM and SIGINT into a flag the training
+loop reads after each step, so a run asked to stop saves one more checkpoint before it exits.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import os
 import random
 import re
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -492,3 +494,23 @@ def fingerprint(model) -> str:
     )
     described = ",".join(f"{k}={getattr(config, k)}" for k in fields if hasattr(config, k))
     return f"{type(model).__name__}({described}, params={sum(p.numel() for p in model.parameters())})"
+
+
+class StopSignal:
+    """Turns SIGTERM (and SIGINT) into a flag the loop checks after each step, so it can save and exit."""
+
+    def __init__(self):
+        self.received = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)

@@ -217,7 +217,10 @@ class TrainingSettings:
         None, "Stop after this many optimizer steps (overrides epochs).", "training"
     )
     max_train_minutes: float | None = option(
-        None, "Stop after this much wall-clock training time.", "training"
+        None,
+        "Stop after this much wall-clock training time (evaluation excluded); linear and cosine schedules "
+        "end with whichever runs out first, the steps or the minutes.",
+        "training",
     )
     gradient_accumulation_steps: int = option(1, "Micro-batches per optimizer step.", "training")
     lr_scheduler_type: str = option(

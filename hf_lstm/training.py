@@ -11,7 +11,6 @@ tokenizer, model card). It runs as `hf-lstm train ...`, `python scripts/train.py
 from __future__ import annotations
 
 import math
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,10 +23,12 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from . import checkpointing, data
+from .checkpointing import StopSignal
 from .builders import (
     TokenIds,
     build_model,
     build_optimizer,
+    TimeBudget,
     build_scheduler,
     build_tokenizer,
     check_model_folder,
@@ -57,26 +58,6 @@ def _epoch_batches(settings: TrainingSettings, ids, rank: int, world: int, epoch
         process_index=rank,
         num_processes=world,
     )
-
-
-class StopSignal:
-    """Turns SIGTERM (and SIGINT) into a flag the loop checks after each step, so it can save and exit."""
-
-    def __init__(self):
-        self.received = None
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.received = signal.Signals(signum).name
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 @dataclass
@@ -114,6 +95,7 @@ class Run:
     eval_every: int | None = None  # steps between validation evaluations (None: none during training)
     keep_best: bool = False  # keep the weights with the best validation metric and save those at the end
     best_weights: dict | None = None  # a CPU copy of the best weights so far (written into every checkpoint)
+    budget: TimeBudget | None = None  # --max_train_minutes, as spent so far (the schedule reads it)
     cache: LSTMCache | None = None  # the recurrent state carried from batch to batch (stream batching)
     carried_on_resume: LSTMCache | None = None
     run_start: float = 0.0
@@ -167,18 +149,7 @@ def _set_up(settings: TrainingSettings) -> Run:
     model = _model_for(settings, tokenizer)
     optimizer = build_optimizer(model, settings.optimizer, settings.learning_rate, settings.weight_decay)
     rank, world = accelerator.process_index, accelerator.num_processes
-    batches = len(_epoch_batches(settings, streams["train"], rank, world, 0))
-    steps_per_epoch = math.ceil(batches / settings.gradient_accumulation_steps)
-    total_steps = settings.max_train_steps or steps_per_epoch * settings.num_train_epochs
-    scheduler = build_scheduler(
-        optimizer,
-        settings.lr_scheduler_type,
-        total_steps,
-        steps_per_epoch,
-        settings.num_warmup_steps,
-        settings.lr_decay,
-        settings.lr_decay_start_epoch,
-    )
+    scheduler, budget, total_steps, steps_per_epoch = _schedule(settings, optimizer, streams, rank, world)
     state, carried = None, None
     if resume_dir is not None:
         state, carried = checkpointing.resume(resume_dir, model, optimizer, scheduler, rank)
@@ -211,8 +182,9 @@ def _set_up(settings: TrainingSettings) -> Run:
         peak_dtype,
     )
     run.keep_best, run.eval_every = settings.best_model_plan("validation" in streams, total_steps)
+    run.budget = budget
     if state is not None:
-        run.state = state
+        run.state, budget.used = state, state["train_seconds"]
         if accelerator.scaler is not None and "grad_scaler" in state:
             accelerator.scaler.load_state_dict(state["grad_scaler"])
     if resume_dir is not None:
@@ -232,6 +204,25 @@ def _set_up(settings: TrainingSettings) -> Run:
         f"{run.peak_dtype} matmul peak {run.peak / 1e9:.0f} GFLOP/s on {accelerator.device.type}"
     )
     return run
+
+
+def _schedule(settings: TrainingSettings, optimizer, streams: dict, rank: int, world: int) -> tuple:
+    """The learning-rate schedule over the run's steps and, with `--max_train_minutes`, its time budget."""
+    batches = len(_epoch_batches(settings, streams["train"], rank, world, 0))
+    steps_per_epoch = math.ceil(batches / settings.gradient_accumulation_steps)
+    total_steps = settings.max_train_steps or steps_per_epoch * settings.num_train_epochs
+    budget = TimeBudget(settings.max_train_minutes)
+    scheduler = build_scheduler(
+        optimizer,
+        settings.lr_scheduler_type,
+        total_steps,
+        steps_per_epoch,
+        settings.num_warmup_steps,
+        settings.lr_decay,
+        settings.lr_decay_start_epoch,
+        budget,
+    )
+    return scheduler, budget, total_steps, steps_per_epoch
 
 
 def _claim_output_dir(settings: TrainingSettings, output_dir: Path, accelerator: Accelerator) -> None:
@@ -520,11 +511,13 @@ def _should_stop(run: Run, stop_signal: StopSignal) -> str | None:
                 settings.early_stopping_patience is not None
                 and state.get("evals_without_improvement", 0) >= settings.early_stopping_patience
             ),
+            state["train_seconds"],
         ],
         device=run.accelerator.device,
     )
     if run.accelerator.num_processes > 1:
         flags = run.accelerator.reduce(flags, reduction="sum")
+    run.budget.used = float(flags[4]) / run.accelerator.num_processes  # the same on every process
     if flags[2] > 0:
         return f"signal {stop_signal.received or 'SIGTERM'} received"
     if flags[0] > 0:
@@ -669,6 +662,7 @@ def _evaluate(run: Run) -> dict:
         "gradient_checkpointing": settings.gradient_checkpointing,
         "num_processes": run.accelerator.num_processes,
         "final_train_loss": state["log"][-1][1] if state["log"] else None,
+        "final_learning_rate": run.scheduler.get_last_lr()[0],
         "eval_seconds": round(time.perf_counter() - eval_start, 1),
         **metrics,
         "eval_curve": state["eval_curve"],

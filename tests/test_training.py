@@ -2,6 +2,7 @@
 signals, distributed launch, tracking and the push to a (local stand-in) Hub."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import tiny_train_args
@@ -289,6 +291,48 @@ def test_push_to_hub_uploads_a_loadable_model_repo_to_a_local_stand_in(corpus, t
         push_folder(tmp_path, "me/empty", api=hub)
 
 
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_a_schedule_with_a_time_budget_ends_with_whichever_runs_out_first(kind):
+    """While the steps run out first it is transformers' own schedule, warm-up included; once the clock is
+    ahead, the rate is the schedule's at the share of the minutes spent."""
+    from transformers import get_scheduler
+
+    from hf_lstm.builders import TimeBudget, build_scheduler
+
+    def rates(make, steps, budget=None, used_at=None):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+        scheduler, seen = make(optimizer), []
+        for step in range(steps):
+            if used_at is not None and step == used_at[0]:
+                budget.used = used_at[1]
+            seen.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return seen
+
+    ours = TimeBudget(minutes=1.0)
+    steps = rates(lambda o: build_scheduler(o, kind, 100, 10, warmup_steps=10, budget=ours), 100)
+    assert steps == pytest.approx(rates(lambda o: get_scheduler(kind, o, 10, 100), 100), abs=1e-12)
+    clock = TimeBudget(minutes=1.0)
+    timed = rates(
+        lambda o: build_scheduler(o, kind, 100, 10, warmup_steps=10, budget=clock), 40, clock, (20, 45)
+    )
+    half_way = {"linear": 0.25, "cosine": 0.5 * (1 + math.cos(math.pi * 0.75))}[kind]
+    assert timed[:21] == steps[:21] and timed[21:] == pytest.approx([0.5 * half_way] * 19)
+    clock.used = 120.0  # past the budget: the schedule's end value from the first step
+    assert rates(lambda o: build_scheduler(o, kind, 100, 10, budget=clock), 3) == [0.0, 0.0, 0.0]
+
+
+def test_a_run_stopped_by_its_time_budget_ends_its_schedule(corpus, tmp_path):
+    """Stopped by the clock long before its steps are done, a cosine run ends near the schedule's end rate,
+    where it used to stop midway at a high rate."""
+    results = train_tiny(
+        corpus, tmp_path / "run", "--num_train_epochs", "100000", "--max_train_minutes", "0.04"
+    )
+    assert results["train_steps"] < 100000 and 2.4 <= results["train_seconds"] < 10
+    assert results["final_learning_rate"] < 0.01 * TrainingSettings().learning_rate, results
+
+
 def test_accelerate_launch_two_cpu_processes(corpus, tmp_path):
     # On a machine without GPUs, Accelerate 1.15's multi-process launcher (`--multi_gpu`) starts CPU processes
     # that talk through gloo (MULTI_CPU); `--cpu --num_processes 2` would start a single process.
@@ -316,6 +360,8 @@ def test_accelerate_launch_two_cpu_processes(corpus, tmp_path):
             "3",
             "--sample_max_new_tokens",
             "0",
+            "--max_train_minutes",  # not reached: the processes agree on the time spent at every step
+            "30",
         ),
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -323,6 +369,7 @@ def test_accelerate_launch_two_cpu_processes(corpus, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "all_results.json").read_text())
     assert results["num_processes"] == 2 and results["train_steps"] == 6
+    assert results["final_learning_rate"] == 0.0  # the cosine schedule ended with its steps
     assert results["train_tokens"] == 6 * 2 * 4 * 8  # steps x processes x batch x bptt
     assert results["validation_perplexity_stateful"] < 10_000
     assert {"rng_state_0.json", "rng_state_1.json", "stream_state_1.safetensors"} <= set(
