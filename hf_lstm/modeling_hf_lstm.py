@@ -164,7 +164,7 @@ _NO_ROLLBACK = (
     "neither as the model nor as the assistant. Use greedy search, sampling or beam search"
 )
 _NO_PAGES = (
-    "transformers' continuous batching schedules requests over a paged attention key/value cache, and an "
+    "transformers' continuous batching schedules its prompts over a paged attention key/value cache, and an "
     "hf_lstm model has neither attention nor keys and values: its state is one fixed-size (h, C) per layer "
     "and row. Batch the prompts with left padding and call generate(), or pipeline(..., batch_size=n)"
 )
