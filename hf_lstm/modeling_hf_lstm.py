@@ -583,9 +583,8 @@ def _plain_linear(module: nn.Module) -> bool:
     """An `nn.Linear` exactly, with no hook: one whose product a step may compute itself (an int8 or adapter
     module, or a hooked one, runs as itself; so does one whose `forward` was replaced on the instance, as
     accelerate's hooks do, and every module while torch holds a global module hook)."""
-    return type(module) is nn.Linear and not (
-        module._forward_hooks or module._forward_pre_hooks or "forward" in vars(module) or any(_GLOBAL_HOOKS)
-    )
+    hooked = module._forward_hooks or module._forward_pre_hooks or any(_GLOBAL_HOOKS)
+    return type(module) is nn.Linear and not (hooked or "forward" in module.__dict__)
 
 
 def _reads_copies(enabled: bool, module: nn.Module, matrices: tuple[torch.Tensor, ...]) -> bool:
@@ -887,7 +886,9 @@ class LSTMRecurrentLayer(nn.Module):
         equations read them directly. The hook's own two calls (`pre_forward`, `post_forward`: accelerate's
         `ModelHook` interface) bring them in for the whole layer and send them back; decode-time copies are
         not made of weights loaded afresh at every call."""
-        hook = vars(self.rnn).get("_hf_hook")  # accelerate's, set by `add_hook_to_module`
+        # accelerate's, set by `add_hook_to_module` (`__dict__`, not `vars()`: torch 2.15's compiler rejects
+        # `vars()` of an RNN module)
+        hook = self.rnn.__dict__.get("_hf_hook")
         offloaded = hook is not None and getattr(hook, "offload", False)
         if offloaded:
             hook.pre_forward(self.rnn)
@@ -1800,7 +1801,7 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         hooks = _GLOBAL_HOOKS + tuple(d for m in every for d in (m._forward_hooks, m._forward_pre_hooks))
         # a `forward` set on the instance (accelerate's offloading and device hooks, or any wrapper) would be
         # skipped too: the modules' attribute dictionaries, checked at every step for that name
-        hooks += tuple(_PatchedForward(vars(m)) for m in modules)
+        hooks += tuple(_PatchedForward(m.__dict__) for m in modules)
         kept = [(modules[1]._parameters, "weight")]
         for rnn in rnns if plain else ():
             kept += [(rnn._parameters, name) for name in _STEP_PARAMETERS]
