@@ -4,6 +4,7 @@ signals, distributed launch, tracking and the push to a (local stand-in) Hub."""
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -331,6 +332,25 @@ def test_a_run_stopped_by_its_time_budget_ends_its_schedule(corpus, tmp_path):
     )
     assert results["train_steps"] < 100000 and 2.4 <= results["train_seconds"] < 10
     assert results["final_learning_rate"] < 0.01 * TrainingSettings().learning_rate, results
+
+
+def test_the_prepared_gpu_moonshot_command_parses_and_stays_within_25m_parameters():
+    """scripts/gpu_moonshot.sh waits for a session with a GPU: its command must still parse, and its model
+    must keep to the issue's 25M parameters, whatever changes here before then."""
+    from hf_lstm.builders import parse_config_overrides
+    from hf_lstm.modeling_hf_lstm import LSTMConfig, LSTMForCausalLM
+
+    script = (REPO / "scripts" / "gpu_moonshot.sh").read_text()
+    command = script[script.index("hf_lstm.cli train") + len("hf_lstm.cli train") : script.index('>"$out')]
+    settings = TrainingSettings.from_argv(
+        shlex.split(command.replace("\\\n", " ").replace('"$minutes"', "9"))
+    )
+    assert settings.dataset_name == "ptb" and settings.max_train_minutes == 9
+    assert settings.lr_scheduler_type == "cosine"  # the schedule that ends with the clock
+    with torch.device("meta"):
+        config = LSTMConfig(vocab_size=10_001, **parse_config_overrides(settings.config_overrides))
+        parameters = sum(p.numel() for p in LSTMForCausalLM(config).parameters())
+    assert 24_000_000 < parameters <= 25_000_000, parameters  # PTB's 10,000 words and <eos>
 
 
 def test_accelerate_launch_two_cpu_processes(corpus, tmp_path):
