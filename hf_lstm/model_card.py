@@ -140,6 +140,13 @@ distribution over the vocabulary."""
 _CHECKPOINTING = "; activation checkpointing on: the FLOPs of its recomputation are not counted"
 
 
+def _ending(results: dict) -> str:
+    """Why training stopped and at which learning rate (results written before 2026-12-07 have neither)."""
+    if "stopped_by" not in results:
+        return ""
+    return f"\n- ended by: {results['stopped_by']}; final learning rate {results['final_learning_rate']:.3g}"
+
+
 def _training_section(results: dict, command: list[str]) -> str:
     lines = []  # one option per line, values quoted: a command that runs when pasted
     for token in command:
@@ -151,7 +158,7 @@ def _training_section(results: dict, command: list[str]) -> str:
     return f"""## Training
 
 - steps: {results["train_steps"]:,}; tokens: {results["train_tokens"]:,}; \
-wall-clock: {results["train_seconds"]:.0f} s
+wall-clock: {results["train_seconds"]:.0f} s{_ending(results)}
 - speed: {results["train_tokens_per_second"]:.0f} tokens/s, \
 {mfu_text(results["model_flops_utilization"])}
   (matrix-product FLOPs against a {results.get("matmul_peak_dtype", "fp32")} matmul peak of \

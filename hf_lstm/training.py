@@ -96,6 +96,7 @@ class Run:
     keep_best: bool = False  # keep the weights with the best validation metric and save those at the end
     best_weights: dict | None = None  # a CPU copy of the best weights so far (written into every checkpoint)
     budget: TimeBudget | None = None  # --max_train_minutes, as spent so far (the schedule reads it)
+    stopped_by: str = ""  # why training ended: the schedule's last step, the clock, early stopping
     cache: LSTMCache | None = None  # the recurrent state carried from batch to batch (stream batching)
     carried_on_resume: LSTMCache | None = None
     run_start: float = 0.0
@@ -119,6 +120,9 @@ def train(settings: TrainingSettings) -> dict:
         raise
     stop_reason = _train_loop(run)
     _handle_early_stop(run, stop_reason)
+    run.stopped_by = stop_reason or f"end of schedule ({run.total_steps:,} steps)"
+    if stop_reason and not stop_reason.startswith("end of schedule"):
+        run.accelerator.print(f"stopped at step {run.state['completed_steps']:,}: {stop_reason}")
     run.accelerator.wait_for_everyone()
     results = _finish(run) if run.main else {}
     run.accelerator.wait_for_everyone()
@@ -521,7 +525,7 @@ def _should_stop(run: Run, stop_signal: StopSignal) -> str | None:
     if flags[2] > 0:
         return f"signal {stop_signal.received or 'SIGTERM'} received"
     if flags[0] > 0:
-        return "max_train_steps reached"
+        return f"end of schedule ({run.total_steps:,} steps)"
     if flags[1] > 0:
         return f"time budget of {settings.max_train_minutes} minutes reached"
     if flags[3] > 0:
@@ -663,6 +667,7 @@ def _evaluate(run: Run) -> dict:
         "num_processes": run.accelerator.num_processes,
         "final_train_loss": state["log"][-1][1] if state["log"] else None,
         "final_learning_rate": run.scheduler.get_last_lr()[0],
+        "stopped_by": run.stopped_by,
         "eval_seconds": round(time.perf_counter() - eval_start, 1),
         **metrics,
         "eval_curve": state["eval_curve"],

@@ -324,14 +324,18 @@ def test_a_schedule_with_a_time_budget_ends_with_whichever_runs_out_first(kind):
     assert rates(lambda o: build_scheduler(o, kind, 100, 10, budget=clock), 3) == [0.0, 0.0, 0.0]
 
 
-def test_a_run_stopped_by_its_time_budget_ends_its_schedule(corpus, tmp_path):
+def test_a_run_stopped_by_its_time_budget_ends_its_schedule(corpus, tmp_path, capsys):
     """Stopped by the clock long before its steps are done, a cosine run ends near the schedule's end rate,
-    where it used to stop midway at a high rate."""
+    where it used to stop midway at a high rate; it says why it stopped, and so does its card."""
     results = train_tiny(
         corpus, tmp_path / "run", "--num_train_epochs", "100000", "--max_train_minutes", "0.04"
     )
     assert results["train_steps"] < 100000 and 2.4 <= results["train_seconds"] < 10
     assert results["final_learning_rate"] < 0.01 * TrainingSettings().learning_rate, results
+    assert results["stopped_by"] == "time budget of 0.04 minutes reached"
+    assert f"stopped at step {results['train_steps']:,}: time budget" in capsys.readouterr().out
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "- ended by: time budget of 0.04 minutes reached; final learning rate" in card
 
 
 def test_the_prepared_gpu_moonshot_command_parses_and_stays_within_25m_parameters():
@@ -390,6 +394,7 @@ def test_accelerate_launch_two_cpu_processes(corpus, tmp_path):
     results = json.loads((out / "all_results.json").read_text())
     assert results["num_processes"] == 2 and results["train_steps"] == 6
     assert results["final_learning_rate"] == 0.0  # the cosine schedule ended with its steps
+    assert results["stopped_by"] == "end of schedule (6 steps)"
     assert results["train_tokens"] == 6 * 2 * 4 * 8  # steps x processes x batch x bptt
     assert results["validation_perplexity_stateful"] < 10_000
     assert {"rng_state_0.json", "rng_state_1.json", "stream_state_1.safetensors"} <= set(
