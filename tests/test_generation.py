@@ -43,18 +43,21 @@ def test_beam_search_cached_equals_uncached(model):
     assert torch.equal(greedy(model, ids, **kwargs), greedy(model, ids, use_cache=False, **kwargs))
 
 
-def test_left_padded_batch_equals_each_prompt_alone(model):
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_a_padded_batch_equals_each_prompt_alone_on_either_side(model, side):
+    """Left padding is what transformers asks of a decoder-only model. Right padding works here too (the state
+    skips padding wherever it is, and the logits at a padded position are those after the last real token),
+    with or without the cache, even though transformers warns about it for every decoder-only model."""
     prompts = [torch.randint(2, 40, (n,)) for n in (6, 2, 4)]
     ids = torch.zeros(3, 6, dtype=torch.long)
     mask = torch.zeros(3, 6, dtype=torch.long)
     for k, p in enumerate(prompts):
-        ids[k, 6 - len(p) :], mask[k, 6 - len(p) :] = p, 1
-    batch = greedy(model, ids, attention_mask=mask)
-    for k, p in enumerate(prompts):
-        assert torch.equal(batch[k, 6:], greedy(model, p[None])[0, len(p) :])
-    beams = greedy(model, ids, attention_mask=mask, num_beams=3)
-    for k, p in enumerate(prompts):
-        assert torch.equal(beams[k, 6:], greedy(model, p[None], num_beams=3)[0, len(p) :])
+        where = slice(6 - len(p), 6) if side == "left" else slice(0, len(p))
+        ids[k, where], mask[k, where] = p, 1
+    for options in ({}, {"num_beams": 3}, {"use_cache": False}):
+        batch = greedy(model, ids, attention_mask=mask, **options)
+        for k, p in enumerate(prompts):
+            assert torch.equal(batch[k, 6:], greedy(model, p[None], **options)[0, len(p) :]), (options, k)
 
 
 def test_sampling_is_seeded_and_returns_several_sequences(model):
