@@ -23,12 +23,11 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from . import checkpointing, data
-from .checkpointing import StopSignal
 from .builders import (
+    TimeBudget,
     TokenIds,
     build_model,
     build_optimizer,
-    TimeBudget,
     build_scheduler,
     build_tokenizer,
     check_model_folder,
@@ -37,6 +36,7 @@ from .builders import (
     make_accelerator,
     parse_config_overrides,
 )
+from .checkpointing import StopSignal
 from .configuration_hf_lstm import is_hf_lstm
 from .evaluation import baseline_bits_per_byte, bits_per_byte, evaluate_splits, fixed_window_perplexity
 from .flops import compute_dtype, flops_per_token, measure_matmul_peak
