@@ -217,10 +217,14 @@ class TrainingSettings:
         None, "Stop after this many optimizer steps (overrides epochs).", "training"
     )
     max_train_minutes: float | None = option(
-        None,
-        "Stop after this much wall-clock training time (evaluation excluded); linear and cosine schedules "
-        "end with whichever runs out first, the steps or the minutes.",
+        None, "Stop after this much wall-clock training time (evaluation excluded).", "training"
+    )
+    schedule_by: str = option(
+        "steps",
+        "What a linear or cosine schedule runs over: the steps, or with `time` whichever runs out first, "
+        "the steps or --max_train_minutes (the rate reaches its end value when the clock stops the run).",
         "training",
+        choices=("steps", "time"),
     )
     gradient_accumulation_steps: int = option(1, "Micro-batches per optimizer step.", "training")
     lr_scheduler_type: str = option(
@@ -348,6 +352,14 @@ class TrainingSettings:
         steps = self.checkpointing_steps
         if steps is not None and steps != "epoch" and (not steps.isdigit() or int(steps) < 1):
             raise ValueError(f"--checkpointing_steps must be a positive integer or 'epoch', got {steps!r}")
+        if self.schedule_by == "time" and (
+            self.max_train_minutes is None or self.lr_scheduler_type not in ("linear", "cosine")
+        ):
+            raise ValueError(
+                "--schedule_by time runs a linear or cosine schedule over --max_train_minutes: give both "
+                f"(got --lr_scheduler_type {self.lr_scheduler_type}, --max_train_minutes "
+                f"{self.max_train_minutes})"
+            )
         if not self.dataset_name and not self.train_file:
             raise ValueError(
                 "give a corpus: --dataset_name (Hub name, local path, or ptb/shakespeare) or --train_file"

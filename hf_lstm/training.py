@@ -95,7 +95,7 @@ class Run:
     eval_every: int | None = None  # steps between validation evaluations (None: none during training)
     keep_best: bool = False  # keep the weights with the best validation metric and save those at the end
     best_weights: dict | None = None  # a CPU copy of the best weights so far (written into every checkpoint)
-    budget: TimeBudget | None = None  # --max_train_minutes, as spent so far (the schedule reads it)
+    budget: TimeBudget | None = None  # --max_train_minutes as spent so far (read by --schedule_by time)
     stopped_by: str = ""  # why training ended: the schedule's last step, the clock, early stopping
     cache: LSTMCache | None = None  # the recurrent state carried from batch to batch (stream batching)
     carried_on_resume: LSTMCache | None = None
@@ -211,11 +211,12 @@ def _set_up(settings: TrainingSettings) -> Run:
 
 
 def _schedule(settings: TrainingSettings, optimizer, streams: dict, rank: int, world: int) -> tuple:
-    """The learning-rate schedule over the run's steps and, with `--max_train_minutes`, its time budget."""
+    """The learning-rate schedule over the run's steps, or with `--schedule_by time` over the steps or the
+    minutes, whichever runs out first."""
     batches = len(_epoch_batches(settings, streams["train"], rank, world, 0))
     steps_per_epoch = math.ceil(batches / settings.gradient_accumulation_steps)
     total_steps = settings.max_train_steps or steps_per_epoch * settings.num_train_epochs
-    budget = TimeBudget(settings.max_train_minutes)
+    budget = TimeBudget(settings.max_train_minutes if settings.schedule_by == "time" else None)
     scheduler = build_scheduler(
         optimizer,
         settings.lr_scheduler_type,

@@ -9,8 +9,8 @@
 #     0.4 out, DropConnect 0.5 on the recurrent weights;
 #   - AWD-LSTM's optimiser (SGD at 30 on the loss averaged over tokens, clipping 0.25), U(-0.05, 0.05) as in
 #     Zaremba et al.'s medium run here, windows of 70, batch 40;
-#   - a cosine schedule that ends with the clock (`--max_train_minutes` ends linear and cosine schedules),
-#     in place of AWD-LSTM's averaged SGD over 500 epochs.
+#   - a cosine schedule that ends with the clock (`--schedule_by time`), in place of AWD-LSTM's averaged SGD
+#     over 500 epochs.
 #
 #     bash scripts/gpu_moonshot.sh OUT_DIR [TRAIN_MINUTES]    # default 9: start and evaluation fit in 10
 #
@@ -29,7 +29,7 @@ start=$SECONDS
 $python -m hf_lstm.cli train --dataset_name ptb \
     --config_overrides "hidden_size=960,embedding_size=400,num_hidden_layers=3,tie_word_embeddings=true,initializer_range=0.05,embedding_dropout=0.1,input_dropout=0.4,hidden_dropout=0.25,output_dropout=0.4,weight_dropout=0.5" \
     --optimizer sgd --learning_rate 30 --max_grad_norm 0.25 --lr_scheduler_type cosine --num_warmup_steps 0 \
-    --bptt 70 --per_device_train_batch_size 40 --num_train_epochs 1000 --max_train_minutes "$minutes" \
+    --bptt 70 --per_device_train_batch_size 40 --num_train_epochs 1000 --max_train_minutes "$minutes" --schedule_by time \
     --eval_steps 2000 --output_dir runs/moonshot --overwrite_output_dir >"$out/moonshot.txt" 2>&1
 echo "exit $? after $((SECONDS - start)) s" | tee -a "$out/moonshot.txt"
 for f in all_results.json README.md train_log.json; do

@@ -324,18 +324,25 @@ def test_a_schedule_with_a_time_budget_ends_with_whichever_runs_out_first(kind):
     assert rates(lambda o: build_scheduler(o, kind, 100, 10, budget=clock), 3) == [0.0, 0.0, 0.0]
 
 
-def test_a_run_stopped_by_its_time_budget_ends_its_schedule(corpus, tmp_path, capsys):
-    """Stopped by the clock long before its steps are done, a cosine run ends near the schedule's end rate,
-    where it used to stop midway at a high rate; it says why it stopped, and so does its card."""
-    results = train_tiny(
-        corpus, tmp_path / "run", "--num_train_epochs", "100000", "--max_train_minutes", "0.04"
-    )
-    assert results["train_steps"] < 100000 and 2.4 <= results["train_seconds"] < 10
-    assert results["final_learning_rate"] < 0.01 * TrainingSettings().learning_rate, results
-    assert results["stopped_by"] == "time budget of 0.04 minutes reached"
-    assert f"stopped at step {results['train_steps']:,}: time budget" in capsys.readouterr().out
-    card = (tmp_path / "run" / "README.md").read_text()
-    assert "- ended by: time budget of 0.04 minutes reached; final learning rate" in card
+def test_a_run_the_clock_stops_ends_its_schedule_with_schedule_by_time(corpus, tmp_path, capsys):
+    """By default a time budget only stops the run: the schedule is the steps', cut where the clock stops it
+    (near its peak here). With `--schedule_by time` the schedule ends with the clock. Either way the run says
+    what stopped it, and so do its results and its card."""
+    budget = ("--num_train_epochs", "100000", "--max_train_minutes", "0.04")
+    peak = TrainingSettings().learning_rate
+    cut = train_tiny(corpus, tmp_path / "cut", *budget)
+    assert cut["final_learning_rate"] > 0.99 * peak, cut
+    ended = train_tiny(corpus, tmp_path / "ended", *budget, "--schedule_by", "time")
+    assert ended["train_steps"] < 100000 and 2.4 <= ended["train_seconds"] < 10
+    assert ended["final_learning_rate"] < 0.01 * peak, ended
+    for results, folder in ((cut, "cut"), (ended, "ended")):
+        assert results["stopped_by"] == "time budget of 0.04 minutes reached"
+        card = (tmp_path / folder / "README.md").read_text()
+        assert "- ended by: time budget of 0.04 minutes reached; final learning rate" in card
+    assert f"stopped at step {ended['train_steps']:,}: time budget" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # one line, exit 1, as for every refused option
+        TrainingSettings.from_argv(tiny_args(corpus, tmp_path / "refused", "--schedule_by", "time"))
+    assert "--schedule_by time runs a linear or cosine schedule over" in capsys.readouterr().err
 
 
 def test_the_prepared_gpu_moonshot_command_parses_and_stays_within_25m_parameters():
@@ -350,7 +357,7 @@ def test_the_prepared_gpu_moonshot_command_parses_and_stays_within_25m_parameter
         shlex.split(command.replace("\\\n", " ").replace('"$minutes"', "9"))
     )
     assert settings.dataset_name == "ptb" and settings.max_train_minutes == 9
-    assert settings.lr_scheduler_type == "cosine"  # the schedule that ends with the clock
+    assert settings.lr_scheduler_type == "cosine" and settings.schedule_by == "time"  # ends with the clock
     config = LSTMConfig(vocab_size=10_001, **parse_config_overrides(settings.config_overrides))
     # built for real: on the meta device transformers 5.0 leaves the output layer untied (GPT-2's too)
     parameters = sum(p.numel() for p in LSTMForCausalLM(config).parameters())
@@ -386,6 +393,8 @@ def test_accelerate_launch_two_cpu_processes(corpus, tmp_path):
             "0",
             "--max_train_minutes",  # not reached: the processes agree on the time spent at every step
             "30",
+            "--schedule_by",
+            "time",
         ),
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
