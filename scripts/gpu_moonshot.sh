@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 16's moonshot on one CUDA GPU: PTB test perplexity <= 78.4 (Zaremba et al.'s large model, 66M
+# A moonshot on one CUDA GPU: PTB test perplexity <= 78.4 (Zaremba et al.'s large model, 66M
 # parameters, 55 epochs) with at most 25M parameters, inside one 10-minute run. Prepared and checked on the CPU
 # (tests/test_training.py parses this command and counts the model's parameters); not yet run on a GPU, so the
 # recipe below is reasoned, not tuned:

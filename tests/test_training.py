@@ -347,7 +347,7 @@ def test_a_run_the_clock_stops_ends_its_schedule_with_schedule_by_time(corpus, t
 
 def test_the_prepared_gpu_moonshot_command_parses_and_stays_within_25m_parameters():
     """scripts/gpu_moonshot.sh waits for a session with a GPU: its command must still parse, and its model
-    must keep to the issue's 25M parameters, whatever changes here before then."""
+    must keep to the goal's 25M parameters, whatever changes here before then."""
     from hf_lstm.builders import parse_config_overrides
     from hf_lstm.modeling_hf_lstm import LSTMConfig, LSTMForCausalLM
 
